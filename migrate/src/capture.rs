@@ -1,0 +1,251 @@
+//! Checkpoint and restore against a live Wasmtime instance of an instrumented module.
+
+use crate::instrument::{EXPORT_GLOBAL_PREFIX, EXPORT_MEMORY_PREFIX, EXPORT_START};
+use crate::snapshot::{ComponentMeta, MemoryImage, Snapshot, Value};
+use crate::{Digest, MemoryDelta};
+use wasmtime::{AsContext, AsContextMut, Extern, Func, Global, Instance, Memory, Val};
+
+/// Why state could not be read from or written into an instance.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("the instance was not instrumented for checkpoints: {0}")]
+    NotInstrumented(String),
+    #[error("snapshot does not fit this module: {0}")]
+    Mismatch(String),
+    #[error("global {0} holds a reference, which cannot be checkpointed")]
+    RefGlobal(usize),
+    #[error("growing memory {memory} to {bytes} bytes for the restore failed: {why}")]
+    Grow {
+        memory: usize,
+        bytes: u64,
+        why: String,
+    },
+}
+
+/// The exported state of one instance, found once and reused for every checkpoint.
+#[derive(Clone, Debug)]
+pub struct StateHandles {
+    memories: Vec<Memory>,
+    globals: Vec<Global>,
+    start: Option<Func>,
+}
+
+impl StateHandles {
+    /// Find the state exports that [`crate::instrument`] added.
+    pub fn new(mut store: impl AsContextMut, instance: &Instance) -> Result<Self, CaptureError> {
+        let mut memories = Vec::new();
+        let mut globals = Vec::new();
+        let mut start = None;
+        for export in instance.exports(&mut store) {
+            let name = export.name();
+            let index = |prefix: &str| name.strip_prefix(prefix).and_then(|n| n.parse::<u32>().ok());
+            match (export.into_extern(), index(EXPORT_MEMORY_PREFIX), index(EXPORT_GLOBAL_PREFIX)) {
+                (Extern::Memory(m), Some(i), _) => memories.push((i, m)),
+                (Extern::Global(g), _, Some(i)) => globals.push((i, g)),
+                (Extern::Func(f), _, _) if name == EXPORT_START => start = Some(f),
+                _ => {}
+            }
+        }
+        if memories.is_empty() {
+            return Err(CaptureError::NotInstrumented("no memory exports found".into()));
+        }
+        memories.sort_by_key(|(i, _)| *i);
+        globals.sort_by_key(|(i, _)| *i);
+        Ok(StateHandles {
+            memories: memories.into_iter().map(|(_, m)| m).collect(),
+            globals: globals.into_iter().map(|(_, g)| g).collect(),
+            start,
+        })
+    }
+
+    /// The module's start function, if it had one: call it on a fresh instance, never on a
+    /// restored one.
+    pub fn start(&self) -> Option<&Func> {
+        self.start.as_ref()
+    }
+
+    /// Bytes of linear memory the instance holds now.
+    pub fn memory_bytes(&self, store: impl AsContext) -> u64 {
+        self.memories.iter().map(|m| m.data_size(&store) as u64).sum()
+    }
+
+    /// Read every mutable global.
+    pub fn globals(&self, mut store: impl AsContextMut) -> Result<Vec<Value>, CaptureError> {
+        self.globals
+            .iter()
+            .enumerate()
+            .map(|(i, g)| match g.get(&mut store) {
+                Val::I32(v) => Ok(Value::I32(v)),
+                Val::I64(v) => Ok(Value::I64(v)),
+                Val::F32(v) => Ok(Value::F32(v)),
+                Val::F64(v) => Ok(Value::F64(v)),
+                Val::V128(v) => Ok(Value::V128(v.as_u128().to_le_bytes())),
+                _ => Err(CaptureError::RefGlobal(i)),
+            })
+            .collect()
+    }
+
+    /// Write every mutable global (types are checked against the instance).
+    pub fn set_globals(&self, mut store: impl AsContextMut, values: &[Value]) -> Result<(), CaptureError> {
+        if values.len() != self.globals.len() {
+            return Err(CaptureError::Mismatch(format!(
+                "it has {} mutable globals, the module {}",
+                values.len(),
+                self.globals.len()
+            )));
+        }
+        for (i, (g, v)) in self.globals.iter().zip(values).enumerate() {
+            let val = match *v {
+                Value::I32(x) => Val::I32(x),
+                Value::I64(x) => Val::I64(x),
+                Value::F32(x) => Val::F32(x),
+                Value::F64(x) => Val::F64(x),
+                Value::V128(x) => Val::V128(u128::from_le_bytes(x).into()),
+            };
+            g.set(&mut store, val).map_err(|e| {
+                CaptureError::Mismatch(format!("global {i} ({v:?}) does not fit: {e}"))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Capture the whole state. Call only at a quiescent point (no Wasm frame live).
+    pub fn capture(
+        &self,
+        mut store: impl AsContextMut,
+        meta: ComponentMeta,
+        module_digest: Digest,
+    ) -> Result<Snapshot, CaptureError> {
+        let globals = self.globals(&mut store)?;
+        let memories = self
+            .memories
+            .iter()
+            .map(|m| MemoryImage::capture(m.data(&store)))
+            .collect();
+        Ok(Snapshot::new(meta, module_digest, memories, globals))
+    }
+
+    /// The pages of every memory that changed since `base` (a digest map per memory), with the
+    /// new digest maps: one pre-copy round.
+    pub fn capture_changed(
+        &self,
+        store: impl AsContext,
+        base: &[Vec<Digest>],
+    ) -> (Vec<MemoryDelta>, Vec<Vec<Digest>>) {
+        self.memories
+            .iter()
+            .enumerate()
+            .map(|(i, m)| MemoryImage::changed_since(m.data(&store), base.get(i).map_or(&[], |v| v)))
+            .unzip()
+    }
+
+    /// Write a snapshot into a fresh instance (one on which nothing has run but instantiation).
+    pub fn restore(&self, mut store: impl AsContextMut, snap: &Snapshot) -> Result<(), CaptureError> {
+        if snap.memories.len() != self.memories.len() {
+            return Err(CaptureError::Mismatch(format!(
+                "it has {} memories, the module {}",
+                snap.memories.len(),
+                self.memories.len()
+            )));
+        }
+        // Globals first: they fail fast and cheaply on a snapshot of another module.
+        self.set_globals(&mut store, &snap.globals)?;
+        for (i, (m, image)) in self.memories.iter().zip(&snap.memories).enumerate() {
+            let fresh = m.data_size(&store) as u64;
+            if image.size < fresh {
+                return Err(CaptureError::Mismatch(format!(
+                    "memory {i} is {} bytes in the snapshot but the module starts with {fresh}",
+                    image.size
+                )));
+            }
+            let grow = (image.size - fresh) / 65536;
+            if grow > 0 {
+                m.grow(&mut store, grow).map_err(|e| CaptureError::Grow {
+                    memory: i,
+                    bytes: image.size,
+                    why: e.to_string(),
+                })?;
+            }
+            image.write_into(m.data_mut(&mut store), fresh as usize);
+        }
+        Ok(())
+    }
+
+    /// Write changed pages (from [`Self::capture_changed`]) into this instance, growing
+    /// memories as needed.
+    pub fn apply_changed(
+        &self,
+        mut store: impl AsContextMut,
+        deltas: &[MemoryDelta],
+    ) -> Result<(), CaptureError> {
+        for (i, (m, d)) in self.memories.iter().zip(deltas).enumerate() {
+            let size = m.data_size(&store) as u64;
+            if d.size > size {
+                m.grow(&mut store, (d.size - size) / 65536).map_err(|e| CaptureError::Grow {
+                    memory: i,
+                    bytes: d.size,
+                    why: e.to_string(),
+                })?;
+            }
+            d.write_pages_into(m.data_mut(&mut store));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::instrument;
+    use wasmtime::{Engine, Module, Store};
+
+    const WAT: &str = r#"(module
+        (memory 1)
+        (global $n (mut i32) (i32.const 0))
+        (global $started (mut i32) (i32.const 0))
+        (func $start (global.set $started (i32.add (global.get $started) (i32.const 1))))
+        (start $start)
+        (func (export "bump") (result i32)
+            (global.set $n (i32.add (global.get $n) (i32.const 1)))
+            (i32.store (i32.mul (global.get $n) (i32.const 4096)) (global.get $n))
+            (global.get $n))
+        (func (export "started") (result i32) (global.get $started))
+        (func (export "grow") (result i32) (memory.grow (i32.const 3)))
+        (export "memory" (memory 0)))"#;
+
+    #[test]
+    fn restore_continues_without_rerunning_start() -> anyhow::Result<()> {
+        let engine = Engine::default();
+        let module = Module::new(&engine, instrument(&wat::parse_str(WAT)?)?)?;
+        let meta = ComponentMeta {
+            name: "t".into(),
+            version: "1".into(),
+            abi: 1,
+        };
+
+        let mut store = Store::new(&engine, ());
+        let inst = Instance::new(&mut store, &module, &[])?;
+        let h = StateHandles::new(&mut store, &inst)?;
+        h.start().unwrap().call(&mut store, &[], &mut [])?;
+        let bump = inst.get_typed_func::<(), i32>(&mut store, "bump")?;
+        inst.get_typed_func::<(), i32>(&mut store, "grow")?.call(&mut store, ())?;
+        for _ in 0..5 {
+            bump.call(&mut store, ())?;
+        }
+        let snap = Snapshot::decode(&h.capture(&mut store, meta, [0; 32])?.encode())?;
+        assert_eq!(snap.memory_bytes(), 4 * 65536);
+
+        let mut store2 = Store::new(&engine, ());
+        let inst2 = Instance::new(&mut store2, &module, &[])?;
+        let h2 = StateHandles::new(&mut store2, &inst2)?;
+        h2.restore(&mut store2, &snap)?;
+        let bump2 = inst2.get_typed_func::<(), i32>(&mut store2, "bump")?;
+        assert_eq!(bump2.call(&mut store2, ())?, bump.call(&mut store, ())?);
+        let started = inst2.get_typed_func::<(), i32>(&mut store2, "started")?;
+        assert_eq!(started.call(&mut store2, ())?, 1, "start ran once, before the checkpoint");
+        let m1 = inst.get_memory(&mut store, "memory").unwrap();
+        let m2 = inst2.get_memory(&mut store2, "memory").unwrap();
+        assert_eq!(m1.data(&store), m2.data(&store2));
+        Ok(())
+    }
+}

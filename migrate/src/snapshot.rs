@@ -1,0 +1,385 @@
+//! The snapshot format (ARCHITECTURE.md §3): module digest, memory pages, mutable globals and
+//! component metadata, encoded as CBOR, with a blake3 digest per page and one over the whole.
+
+use crate::hash::{Digest, Framer, PAGE_SIZE, ZERO_PAGE_DIGEST, first_bad_page, page_digests};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// Version of the snapshot encoding; bumped on any incompatible change.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// What a snapshot says about the component it came from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComponentMeta {
+    pub name: String,
+    /// The component's own version label (free text, from the deployer).
+    pub version: String,
+    /// Guest ABI version the module was built against.
+    pub abi: u32,
+}
+
+/// The value of one mutable global. Floats are kept as bits so that NaN payloads survive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Value {
+    I32(i32),
+    I64(i64),
+    F32(u32),
+    F64(u64),
+    V128(#[serde(with = "serde_bytes")] [u8; 16]),
+}
+
+impl Value {
+    fn frame(&self, f: &mut Framer) {
+        match *self {
+            Value::I32(v) => f.u64(1).u64(v as u32 as u64),
+            Value::I64(v) => f.u64(2).u64(v as u64),
+            Value::F32(v) => f.u64(3).u64(v as u64),
+            Value::F64(v) => f.u64(4).u64(v),
+            Value::V128(v) => f.u64(5).bytes(&v),
+        };
+    }
+}
+
+/// One linear memory, as pages. Zero pages are left out: a fresh memory is zero already.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryImage {
+    /// Length of the memory in bytes (a multiple of the 64 KiB Wasm page).
+    pub size: u64,
+    /// Indices of the pages that are not all zero, ascending.
+    pub present: Vec<u32>,
+    /// 32-byte blake3 digest of each present page, in the order of `present`.
+    #[serde(with = "serde_bytes")]
+    pub digests: Vec<u8>,
+    /// [`PAGE_SIZE`] bytes for each present page, in the order of `present`.
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+}
+
+impl MemoryImage {
+    /// Capture a memory: hash every page, keep the pages that are not zero.
+    pub fn capture(mem: &[u8]) -> MemoryImage {
+        let all = page_digests(mem);
+        let present: Vec<u32> = (0..all.len() as u32)
+            .filter(|&i| all[i as usize] != *ZERO_PAGE_DIGEST)
+            .collect();
+        Self::select(mem, &all, present)
+    }
+
+    /// Build an image of `mem` holding only the pages in `present`, whose digests are in `all`.
+    pub(crate) fn select(mem: &[u8], all: &[Digest], present: Vec<u32>) -> MemoryImage {
+        let digests = present.iter().flat_map(|&i| all[i as usize]).collect();
+        let mut data = vec![0u8; present.len() * PAGE_SIZE];
+        data.par_chunks_exact_mut(PAGE_SIZE)
+            .zip(present.par_iter())
+            .with_min_len(64)
+            .for_each(|(dst, &i)| dst.copy_from_slice(page(mem, i)));
+        MemoryImage {
+            size: mem.len() as u64,
+            present,
+            digests,
+            data,
+        }
+    }
+
+    /// Number of [`PAGE_SIZE`] pages in the memory.
+    pub fn pages(&self) -> usize {
+        (self.size / PAGE_SIZE as u64) as usize
+    }
+
+    /// The digest of every page, zero pages included.
+    pub fn digest_map(&self) -> Vec<Digest> {
+        let mut all = vec![*ZERO_PAGE_DIGEST; self.pages()];
+        for (k, &i) in self.present.iter().enumerate() {
+            all[i as usize].copy_from_slice(&self.digests[k * 32..k * 32 + 32]);
+        }
+        all
+    }
+
+    /// Write this image into `mem`, which must be `size` bytes long. Pages absent from the image
+    /// are zeroed, but only below `dirty_len`: past it the caller guarantees `mem` is zero already
+    /// (a freshly grown memory), which saves clearing what the kernel handed over clean.
+    pub fn write_into(&self, mem: &mut [u8], dirty_len: usize) {
+        assert_eq!(mem.len() as u64, self.size, "memory size differs from the image");
+        let mut slot = vec![u32::MAX; self.pages()];
+        for (k, &i) in self.present.iter().enumerate() {
+            slot[i as usize] = k as u32;
+        }
+        mem.par_chunks_exact_mut(PAGE_SIZE)
+            .zip(slot.par_iter())
+            .enumerate()
+            .with_min_len(64)
+            .for_each(|(i, (dst, &k))| {
+                if k != u32::MAX {
+                    dst.copy_from_slice(&self.data[k as usize * PAGE_SIZE..][..PAGE_SIZE]);
+                } else if i * PAGE_SIZE < dirty_len {
+                    dst.fill(0);
+                }
+            });
+    }
+
+    fn frame(&self, f: &mut Framer) {
+        f.u64(self.size).u32s(&self.present).bytes(&self.digests);
+    }
+
+    fn check_shape(&self, memory: usize) -> Result<(), SnapshotError> {
+        let bad = |why: String| Err(SnapshotError::Inconsistent(format!("memory {memory}: {why}")));
+        if self.size % 65536 != 0 {
+            return bad(format!("size {} is not a whole number of Wasm pages", self.size));
+        }
+        let n = self.present.len();
+        if self.digests.len() != n * 32 || self.data.len() != n * PAGE_SIZE {
+            return bad(format!(
+                "{n} pages listed but {} bytes of digests and {} bytes of data",
+                self.digests.len(),
+                self.data.len()
+            ));
+        }
+        if self.present.windows(2).any(|w| w[0] >= w[1]) {
+            return bad("page list is not strictly ascending".into());
+        }
+        if let Some(&last) = self.present.last() {
+            if last as usize >= self.pages() {
+                return bad(format!("page {last} lies past the end of the memory"));
+            }
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn page(mem: &[u8], i: u32) -> &[u8] {
+    &mem[i as usize * PAGE_SIZE..][..PAGE_SIZE]
+}
+
+/// The state of a component at a quiescent point.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Snapshot {
+    pub format: u32,
+    pub meta: ComponentMeta,
+    /// blake3 of the original (uninstrumented) module bytes.
+    #[serde(with = "serde_bytes")]
+    pub module_digest: Digest,
+    /// Every defined memory, in index order.
+    pub memories: Vec<MemoryImage>,
+    /// Every defined mutable global, in index order.
+    pub globals: Vec<Value>,
+    /// The module itself, when the snapshot must stand alone (a checkpoint file a user carries
+    /// to another node); left out where the receiver fetches modules by digest.
+    #[serde(with = "serde_bytes", default, skip_serializing_if = "Option::is_none")]
+    pub module: Option<Vec<u8>>,
+    /// Digest over every other field (page data through the page digests).
+    #[serde(with = "serde_bytes")]
+    pub digest: Digest,
+}
+
+/// Why a snapshot was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("snapshot is truncated: it ends in the middle of its encoding")]
+    Truncated,
+    #[error("snapshot is not a continuum snapshot (bad CBOR: {0})")]
+    Malformed(String),
+    #[error("snapshot has {0} stray bytes after its end")]
+    Trailing(usize),
+    #[error("snapshot format {0} is not supported (this build reads format {FORMAT_VERSION})")]
+    Format(u32),
+    #[error("snapshot is inconsistent: {0}")]
+    Inconsistent(String),
+    #[error("snapshot page {page} of memory {memory} does not match its digest: the snapshot is corrupt")]
+    BadPage { memory: usize, page: u32 },
+    #[error("snapshot digest does not match its contents: the snapshot is corrupt or was altered")]
+    BadDigest,
+    #[error("the module inside the snapshot does not match the module digest the snapshot names")]
+    BadModule,
+}
+
+impl Snapshot {
+    /// A snapshot of the given state, digest computed.
+    pub fn new(
+        meta: ComponentMeta,
+        module_digest: Digest,
+        memories: Vec<MemoryImage>,
+        globals: Vec<Value>,
+    ) -> Snapshot {
+        let mut s = Snapshot {
+            format: FORMAT_VERSION,
+            meta,
+            module_digest,
+            memories,
+            globals,
+            module: None,
+            digest: [0; 32],
+        };
+        s.digest = s.compute_digest();
+        s
+    }
+
+    /// Digest over every field but `digest` and `module` (the module is covered by
+    /// `module_digest`).
+    pub fn compute_digest(&self) -> Digest {
+        let mut f = Framer::new("continuum-snapshot-v1");
+        f.u64(self.format as u64)
+            .bytes(self.meta.name.as_bytes())
+            .bytes(self.meta.version.as_bytes())
+            .u64(self.meta.abi as u64)
+            .bytes(&self.module_digest)
+            .u64(self.memories.len() as u64);
+        for m in &self.memories {
+            m.frame(&mut f);
+        }
+        f.u64(self.globals.len() as u64);
+        for g in &self.globals {
+            g.frame(&mut f);
+        }
+        f.finish()
+    }
+
+    /// Total bytes of linear memory the snapshot describes.
+    pub fn memory_bytes(&self) -> u64 {
+        self.memories.iter().map(|m| m.size).sum()
+    }
+
+    /// Encode as CBOR.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.encoded_len_hint());
+        ciborium::into_writer(self, &mut out).expect("writing to a Vec cannot fail");
+        out
+    }
+
+    fn encoded_len_hint(&self) -> usize {
+        let pages: usize = self.memories.iter().map(|m| m.data.len() + m.digests.len()).sum();
+        pages + self.module.as_ref().map_or(0, Vec::len) + 4096
+    }
+
+    /// Decode and verify: a snapshot that comes back from here is whole and untampered.
+    pub fn decode(bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
+        let snap: Snapshot = decode_cbor(bytes)?;
+        snap.verify()?;
+        Ok(snap)
+    }
+
+    /// Check structure, the whole digest, every page digest and the embedded module.
+    pub fn verify(&self) -> Result<(), SnapshotError> {
+        if self.format != FORMAT_VERSION {
+            return Err(SnapshotError::Format(self.format));
+        }
+        for (i, m) in self.memories.iter().enumerate() {
+            m.check_shape(i)?;
+        }
+        if self.compute_digest() != self.digest {
+            return Err(SnapshotError::BadDigest);
+        }
+        for (memory, m) in self.memories.iter().enumerate() {
+            if let Some(k) = first_bad_page(&m.data, &m.digests) {
+                return Err(SnapshotError::BadPage {
+                    memory,
+                    page: m.present[k],
+                });
+            }
+        }
+        if let Some(module) = &self.module {
+            if *blake3::hash(module).as_bytes() != self.module_digest {
+                return Err(SnapshotError::BadModule);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Decode one CBOR value that must fill `bytes` exactly.
+pub(crate) fn decode_cbor<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, SnapshotError> {
+    let mut rest = bytes;
+    let mut scratch = vec![0u8; 64 * 1024];
+    let value = ciborium::de::from_reader_with_buffer(&mut rest, &mut scratch).map_err(|e| match e {
+        ciborium::de::Error::Io(_) => SnapshotError::Truncated,
+        ciborium::de::Error::Syntax(at) => SnapshotError::Malformed(format!("syntax error at byte {at}")),
+        ciborium::de::Error::Semantic(at, msg) => SnapshotError::Malformed(match at {
+            Some(at) => format!("{msg} at byte {at}"),
+            None => msg,
+        }),
+        ciborium::de::Error::RecursionLimitExceeded => {
+            SnapshotError::Malformed("nested too deeply".into())
+        }
+    })?;
+    if !rest.is_empty() {
+        return Err(SnapshotError::Trailing(rest.len()));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta() -> ComponentMeta {
+        ComponentMeta {
+            name: "t".into(),
+            version: "1".into(),
+            abi: 1,
+        }
+    }
+
+    fn sample() -> Snapshot {
+        let mut mem = vec![0u8; 2 * 65536];
+        mem[5] = 1;
+        mem[3 * PAGE_SIZE + 7] = 9;
+        mem[2 * 65536 - 1] = 0xff;
+        Snapshot::new(
+            meta(),
+            [7; 32],
+            vec![MemoryImage::capture(&mem)],
+            vec![Value::I32(-5), Value::F64(f64::NAN.to_bits())],
+        )
+    }
+
+    #[test]
+    fn roundtrip_keeps_only_nonzero_pages() {
+        let s = sample();
+        assert_eq!(s.memories[0].present, vec![0, 3, 31]);
+        let back = Snapshot::decode(&s.encode()).unwrap();
+        assert_eq!(back, s);
+        let mut mem = vec![0xAAu8; 2 * 65536];
+        let len = mem.len();
+        back.memories[0].write_into(&mut mem, len);
+        assert_eq!(mem[5], 1);
+        assert_eq!(mem[3 * PAGE_SIZE + 7], 9);
+        assert_eq!(mem[6], 0);
+        assert_eq!(mem[2 * 65536 - 1], 0xff);
+    }
+
+    #[test]
+    fn truncated_is_refused() {
+        let bytes = sample().encode();
+        for cut in [1, bytes.len() / 2, bytes.len() - 1] {
+            let err = Snapshot::decode(&bytes[..cut]).unwrap_err();
+            assert!(matches!(err, SnapshotError::Truncated), "cut at {cut}: {err}");
+        }
+    }
+
+    #[test]
+    fn every_flipped_byte_is_refused() {
+        let bytes = sample().encode();
+        for i in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0x01;
+            assert!(Snapshot::decode(&b).is_err(), "flip at byte {i} went unnoticed");
+        }
+    }
+
+    #[test]
+    fn embedded_module_must_match_digest() {
+        let mut s = sample();
+        s.module = Some(b"not the module".to_vec());
+        let err = Snapshot::decode(&s.encode()).unwrap_err();
+        assert!(matches!(err, SnapshotError::BadModule), "{err}");
+    }
+
+    #[test]
+    fn trailing_bytes_are_refused() {
+        let mut bytes = sample().encode();
+        bytes.push(0);
+        assert!(matches!(Snapshot::decode(&bytes), Err(SnapshotError::Trailing(1))));
+    }
+}
