@@ -42,7 +42,10 @@ struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {
     fn u32(&mut self) -> Result<u32, AbiError> {
-        let (head, rest) = self.0.split_first_chunk::<4>().ok_or(AbiError("message is truncated"))?;
+        let (head, rest) = self
+            .0
+            .split_first_chunk::<4>()
+            .ok_or(AbiError("message is truncated"))?;
         self.0 = rest;
         Ok(u32::from_le_bytes(*head))
     }
@@ -73,7 +76,11 @@ impl<'a> Reader<'a> {
         Ok(headers)
     }
     fn end(self) -> Result<(), AbiError> {
-        if self.0.is_empty() { Ok(()) } else { Err(AbiError("message has trailing bytes")) }
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(AbiError("message has trailing bytes"))
+        }
     }
 }
 
@@ -142,6 +149,9 @@ mod tests {
         assert_eq!(decode_response(&encode_response(&resp)).unwrap(), resp);
         let mut bad = encode_response(&resp);
         bad[..4].copy_from_slice(&7u32.to_le_bytes());
-        assert_eq!(decode_response(&bad), Err(AbiError("status code is out of range")));
+        assert_eq!(
+            decode_response(&bad),
+            Err(AbiError("status code is out of range"))
+        );
     }
 }

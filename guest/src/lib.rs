@@ -60,7 +60,10 @@ impl Request {
 
     /// The first value of a header, by lower-case name.
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_slice())
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_slice())
     }
 }
 
@@ -100,7 +103,8 @@ impl Response {
     }
 
     pub fn header(mut self, name: &str, value: impl AsRef<[u8]>) -> Response {
-        self.headers.push((name.to_ascii_lowercase(), value.as_ref().to_vec()));
+        self.headers
+            .push((name.to_ascii_lowercase(), value.as_ref().to_vec()));
         self
     }
 }

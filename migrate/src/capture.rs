@@ -38,8 +38,15 @@ impl StateHandles {
         let mut start = None;
         for export in instance.exports(&mut store) {
             let name = export.name();
-            let index = |prefix: &str| name.strip_prefix(prefix).and_then(|n| n.parse::<u32>().ok());
-            match (export.into_extern(), index(EXPORT_MEMORY_PREFIX), index(EXPORT_GLOBAL_PREFIX)) {
+            let index = |prefix: &str| {
+                name.strip_prefix(prefix)
+                    .and_then(|n| n.parse::<u32>().ok())
+            };
+            match (
+                export.into_extern(),
+                index(EXPORT_MEMORY_PREFIX),
+                index(EXPORT_GLOBAL_PREFIX),
+            ) {
                 (Extern::Memory(m), Some(i), _) => memories.push((i, m)),
                 (Extern::Global(g), _, Some(i)) => globals.push((i, g)),
                 (Extern::Func(f), _, _) if name == EXPORT_START => start = Some(f),
@@ -47,7 +54,9 @@ impl StateHandles {
             }
         }
         if memories.is_empty() {
-            return Err(CaptureError::NotInstrumented("no memory exports found".into()));
+            return Err(CaptureError::NotInstrumented(
+                "no memory exports found".into(),
+            ));
         }
         memories.sort_by_key(|(i, _)| *i);
         globals.sort_by_key(|(i, _)| *i);
@@ -66,7 +75,10 @@ impl StateHandles {
 
     /// Bytes of linear memory the instance holds now.
     pub fn memory_bytes(&self, store: impl AsContext) -> u64 {
-        self.memories.iter().map(|m| m.data_size(&store) as u64).sum()
+        self.memories
+            .iter()
+            .map(|m| m.data_size(&store) as u64)
+            .sum()
     }
 
     /// Read every mutable global.
@@ -86,7 +98,11 @@ impl StateHandles {
     }
 
     /// Write every mutable global (types are checked against the instance).
-    pub fn set_globals(&self, mut store: impl AsContextMut, values: &[Value]) -> Result<(), CaptureError> {
+    pub fn set_globals(
+        &self,
+        mut store: impl AsContextMut,
+        values: &[Value],
+    ) -> Result<(), CaptureError> {
         if values.len() != self.globals.len() {
             return Err(CaptureError::Mismatch(format!(
                 "it has {} mutable globals, the module {}",
@@ -135,12 +151,18 @@ impl StateHandles {
         self.memories
             .iter()
             .enumerate()
-            .map(|(i, m)| MemoryImage::changed_since(m.data(&store), base.get(i).map_or(&[], |v| v)))
+            .map(|(i, m)| {
+                MemoryImage::changed_since(m.data(&store), base.get(i).map_or(&[], |v| v))
+            })
             .unzip()
     }
 
     /// Write a snapshot into a fresh instance (one on which nothing has run but instantiation).
-    pub fn restore(&self, mut store: impl AsContextMut, snap: &Snapshot) -> Result<(), CaptureError> {
+    pub fn restore(
+        &self,
+        mut store: impl AsContextMut,
+        snap: &Snapshot,
+    ) -> Result<(), CaptureError> {
         if snap.memories.len() != self.memories.len() {
             return Err(CaptureError::Mismatch(format!(
                 "it has {} memories, the module {}",
@@ -181,11 +203,12 @@ impl StateHandles {
         for (i, (m, d)) in self.memories.iter().zip(deltas).enumerate() {
             let size = m.data_size(&store) as u64;
             if d.size > size {
-                m.grow(&mut store, (d.size - size) / 65536).map_err(|e| CaptureError::Grow {
-                    memory: i,
-                    bytes: d.size,
-                    why: e.to_string(),
-                })?;
+                m.grow(&mut store, (d.size - size) / 65536)
+                    .map_err(|e| CaptureError::Grow {
+                        memory: i,
+                        bytes: d.size,
+                        why: e.to_string(),
+                    })?;
             }
             d.write_pages_into(m.data_mut(&mut store));
         }
@@ -228,7 +251,8 @@ mod tests {
         let h = StateHandles::new(&mut store, &inst)?;
         h.start().unwrap().call(&mut store, &[], &mut [])?;
         let bump = inst.get_typed_func::<(), i32>(&mut store, "bump")?;
-        inst.get_typed_func::<(), i32>(&mut store, "grow")?.call(&mut store, ())?;
+        inst.get_typed_func::<(), i32>(&mut store, "grow")?
+            .call(&mut store, ())?;
         for _ in 0..5 {
             bump.call(&mut store, ())?;
         }
@@ -242,7 +266,11 @@ mod tests {
         let bump2 = inst2.get_typed_func::<(), i32>(&mut store2, "bump")?;
         assert_eq!(bump2.call(&mut store2, ())?, bump.call(&mut store, ())?);
         let started = inst2.get_typed_func::<(), i32>(&mut store2, "started")?;
-        assert_eq!(started.call(&mut store2, ())?, 1, "start ran once, before the checkpoint");
+        assert_eq!(
+            started.call(&mut store2, ())?,
+            1,
+            "start ran once, before the checkpoint"
+        );
         let m1 = inst.get_memory(&mut store, "memory").unwrap();
         let m2 = inst2.get_memory(&mut store2, "memory").unwrap();
         assert_eq!(m1.data(&store), m2.data(&store2));

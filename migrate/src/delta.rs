@@ -101,7 +101,8 @@ impl Delta {
             return Err(SnapshotError::Format(d.format));
         }
         for (memory, m) in d.memories.iter().enumerate() {
-            if m.digests.len() != m.present.len() * 32 || m.data.len() != m.present.len() * PAGE_SIZE
+            if m.digests.len() != m.present.len() * 32
+                || m.data.len() != m.present.len() * PAGE_SIZE
             {
                 return Err(SnapshotError::Inconsistent(format!(
                     "delta memory {memory}: page list, digests and data disagree in length"
@@ -132,7 +133,11 @@ impl Snapshot {
         same_shape(self.memories.len(), delta.memories.len())?;
         let mut memories = Vec::with_capacity(self.memories.len());
         for (b, d) in self.memories.iter().zip(&delta.memories) {
-            if d.size < b.size || d.present.iter().any(|&i| i as u64 >= d.size / PAGE_SIZE as u64) {
+            if d.size < b.size
+                || d.present
+                    .iter()
+                    .any(|&i| i as u64 >= d.size / PAGE_SIZE as u64)
+            {
                 return Err(SnapshotError::Inconsistent(
                     "delta shrinks a memory or writes past its end".into(),
                 ));
@@ -194,7 +199,12 @@ mod tests {
             version: "1".into(),
             abi: 1,
         };
-        Snapshot::new(meta, [1; 32], vec![MemoryImage::capture(mem)], vec![Value::I32(g)])
+        Snapshot::new(
+            meta,
+            [1; 32],
+            vec![MemoryImage::capture(mem)],
+            vec![Value::I32(g)],
+        )
     }
 
     proptest! {

@@ -39,7 +39,9 @@ pub(crate) fn first_bad_page(data: &[u8], digests: &[u8]) -> Option<usize> {
         let pages = data.chunks_exact(PAGE_SIZE).zip(digests.chunks_exact(32));
         pages.enumerate().find_map(check)
     } else {
-        let pages = data.par_chunks_exact(PAGE_SIZE).zip(digests.par_chunks_exact(32));
+        let pages = data
+            .par_chunks_exact(PAGE_SIZE)
+            .zip(digests.par_chunks_exact(32));
         pages.enumerate().find_map_first(check)
     }
 }

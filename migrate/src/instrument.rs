@@ -84,7 +84,9 @@ pub fn instrument(wasm: &[u8]) -> Result<Vec<u8>, InstrumentError> {
                 for m in r.clone() {
                     let m = m.map_err(parse)?;
                     if m.shared || m.memory64 {
-                        return unsupported("shared and 64-bit memories cannot be checkpointed yet".into());
+                        return unsupported(
+                            "shared and 64-bit memories cannot be checkpointed yet".into(),
+                        );
                     }
                     defined_memories.push(memories);
                     memories += 1;
@@ -110,7 +112,10 @@ pub fn instrument(wasm: &[u8]) -> Result<Vec<u8>, InstrumentError> {
                         ExternalKind::Tag => ExportKind::Tag,
                     };
                     if e.name.starts_with("__continuum_") {
-                        return unsupported(format!("it already exports the reserved name {}", e.name));
+                        return unsupported(format!(
+                            "it already exports the reserved name {}",
+                            e.name
+                        ));
                     }
                     exports.push((e.name.to_string(), kind, e.index));
                 }
@@ -222,11 +227,14 @@ mod tests {
 
     #[test]
     fn refuses_bad_input_with_reasons() {
-        let err = instrument(b"hello world, not wasm").unwrap_err().to_string();
+        let err = instrument(b"hello world, not wasm")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("magic"), "{err}");
         let err = instrument(b"\0asm\x0d\0\x01\0").unwrap_err().to_string();
         assert!(err.contains("component model"), "{err}");
-        let mut truncated = wat::parse_str("(module (memory 1) (export \"m\" (memory 0)))").unwrap();
+        let mut truncated =
+            wat::parse_str("(module (memory 1) (export \"m\" (memory 0)))").unwrap();
         truncated.pop();
         let err = instrument(&truncated).unwrap_err().to_string();
         assert!(err.starts_with("not a WebAssembly module"), "{err}");

@@ -101,7 +101,11 @@ impl MemoryImage {
     /// are zeroed, but only below `dirty_len`: past it the caller guarantees `mem` is zero already
     /// (a freshly grown memory), which saves clearing what the kernel handed over clean.
     pub fn write_into(&self, mem: &mut [u8], dirty_len: usize) {
-        assert_eq!(mem.len() as u64, self.size, "memory size differs from the image");
+        assert_eq!(
+            mem.len() as u64,
+            self.size,
+            "memory size differs from the image"
+        );
         let mut slot = vec![u32::MAX; self.pages()];
         for (k, &i) in self.present.iter().enumerate() {
             slot[i as usize] = k as u32;
@@ -124,9 +128,16 @@ impl MemoryImage {
     }
 
     fn check_shape(&self, memory: usize) -> Result<(), SnapshotError> {
-        let bad = |why: String| Err(SnapshotError::Inconsistent(format!("memory {memory}: {why}")));
+        let bad = |why: String| {
+            Err(SnapshotError::Inconsistent(format!(
+                "memory {memory}: {why}"
+            )))
+        };
         if self.size % 65536 != 0 {
-            return bad(format!("size {} is not a whole number of Wasm pages", self.size));
+            return bad(format!(
+                "size {} is not a whole number of Wasm pages",
+                self.size
+            ));
         }
         let n = self.present.len();
         if self.digests.len() != n * 32 || self.data.len() != n * PAGE_SIZE {
@@ -187,7 +198,9 @@ pub enum SnapshotError {
     Format(u32),
     #[error("snapshot is inconsistent: {0}")]
     Inconsistent(String),
-    #[error("snapshot page {page} of memory {memory} does not match its digest: the snapshot is corrupt")]
+    #[error(
+        "snapshot page {page} of memory {memory} does not match its digest: the snapshot is corrupt"
+    )]
     BadPage { memory: usize, page: u32 },
     #[error("snapshot digest does not match its contents: the snapshot is corrupt or was altered")]
     BadDigest,
@@ -249,7 +262,11 @@ impl Snapshot {
     }
 
     fn encoded_len_hint(&self) -> usize {
-        let pages: usize = self.memories.iter().map(|m| m.data.len() + m.digests.len()).sum();
+        let pages: usize = self
+            .memories
+            .iter()
+            .map(|m| m.data.len() + m.digests.len())
+            .sum();
         pages + self.module.as_ref().map_or(0, Vec::len) + 4096
     }
 
@@ -289,20 +306,25 @@ impl Snapshot {
 }
 
 /// Decode one CBOR value that must fill `bytes` exactly.
-pub(crate) fn decode_cbor<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, SnapshotError> {
+pub(crate) fn decode_cbor<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+) -> Result<T, SnapshotError> {
     let mut rest = bytes;
     let mut scratch = vec![0u8; 64 * 1024];
-    let value = ciborium::de::from_reader_with_buffer(&mut rest, &mut scratch).map_err(|e| match e {
-        ciborium::de::Error::Io(_) => SnapshotError::Truncated,
-        ciborium::de::Error::Syntax(at) => SnapshotError::Malformed(format!("syntax error at byte {at}")),
-        ciborium::de::Error::Semantic(at, msg) => SnapshotError::Malformed(match at {
-            Some(at) => format!("{msg} at byte {at}"),
-            None => msg,
-        }),
-        ciborium::de::Error::RecursionLimitExceeded => {
-            SnapshotError::Malformed("nested too deeply".into())
-        }
-    })?;
+    let value =
+        ciborium::de::from_reader_with_buffer(&mut rest, &mut scratch).map_err(|e| match e {
+            ciborium::de::Error::Io(_) => SnapshotError::Truncated,
+            ciborium::de::Error::Syntax(at) => {
+                SnapshotError::Malformed(format!("syntax error at byte {at}"))
+            }
+            ciborium::de::Error::Semantic(at, msg) => SnapshotError::Malformed(match at {
+                Some(at) => format!("{msg} at byte {at}"),
+                None => msg,
+            }),
+            ciborium::de::Error::RecursionLimitExceeded => {
+                SnapshotError::Malformed("nested too deeply".into())
+            }
+        })?;
     if !rest.is_empty() {
         return Err(SnapshotError::Trailing(rest.len()));
     }
@@ -354,7 +376,10 @@ mod tests {
         let bytes = sample().encode();
         for cut in [1, bytes.len() / 2, bytes.len() - 1] {
             let err = Snapshot::decode(&bytes[..cut]).unwrap_err();
-            assert!(matches!(err, SnapshotError::Truncated), "cut at {cut}: {err}");
+            assert!(
+                matches!(err, SnapshotError::Truncated),
+                "cut at {cut}: {err}"
+            );
         }
     }
 
@@ -364,7 +389,10 @@ mod tests {
         for i in 0..bytes.len() {
             let mut b = bytes.clone();
             b[i] ^= 0x01;
-            assert!(Snapshot::decode(&b).is_err(), "flip at byte {i} went unnoticed");
+            assert!(
+                Snapshot::decode(&b).is_err(),
+                "flip at byte {i} went unnoticed"
+            );
         }
     }
 
@@ -380,6 +408,9 @@ mod tests {
     fn trailing_bytes_are_refused() {
         let mut bytes = sample().encode();
         bytes.push(0);
-        assert!(matches!(Snapshot::decode(&bytes), Err(SnapshotError::Trailing(1))));
+        assert!(matches!(
+            Snapshot::decode(&bytes),
+            Err(SnapshotError::Trailing(1))
+        ));
     }
 }

@@ -80,7 +80,10 @@ impl Component for Kv {
             ("POST", "/fill") => match req.query("mb").and_then(|m| m.parse::<usize>().ok()) {
                 Some(mb) if mb <= 4096 => {
                     let added = self.fill(mb);
-                    Response::json(200, format!("{{\"added_bytes\":{added},\"keys\":{}}}", self.map.len()))
+                    Response::json(
+                        200,
+                        format!("{{\"added_bytes\":{added},\"keys\":{}}}", self.map.len()),
+                    )
                 }
                 _ => Response::bad_request("fill needs ?mb=N with N a number of MiB up to 4096\n"),
             },

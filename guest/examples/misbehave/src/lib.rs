@@ -22,7 +22,10 @@ impl Component for Misbehave {
                 }
             }
             ("POST", "/hog") => {
-                let mb = req.query("mb").and_then(|m| m.parse().ok()).unwrap_or(1usize);
+                let mb = req
+                    .query("mb")
+                    .and_then(|m| m.parse().ok())
+                    .unwrap_or(1usize);
                 for _ in 0..mb {
                     self.hoard.push(vec![1u8; 1024 * 1024]);
                 }

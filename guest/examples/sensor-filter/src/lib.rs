@@ -29,7 +29,11 @@ fn sensor(now_ms: u64) -> f64 {
 impl Component for Filter {
     fn tick(&mut self, now_ms: u64) -> Option<u32> {
         let x = sensor(now_ms);
-        self.mean = if self.ticks == 0 { x } else { self.mean + ALPHA * (x - self.mean) };
+        self.mean = if self.ticks == 0 {
+            x
+        } else {
+            self.mean + ALPHA * (x - self.mean)
+        };
         if self.ring.len() < RING {
             self.ring.push(x as f32);
         } else {
@@ -37,7 +41,9 @@ impl Component for Filter {
         }
         self.head = (self.head + 1) % RING;
         if self.last_tick_ms != 0 {
-            self.max_gap_ms = self.max_gap_ms.max(now_ms.saturating_sub(self.last_tick_ms));
+            self.max_gap_ms = self
+                .max_gap_ms
+                .max(now_ms.saturating_sub(self.last_tick_ms));
         }
         self.last_tick_ms = now_ms;
         self.ticks += 1;

@@ -1,0 +1,59 @@
+use super::{ClientArgs, human_bytes};
+use crate::components::ComponentInfo;
+use anyhow::{Context, Result};
+use clap::Args;
+use http::Method;
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct DeployArgs {
+    /// The component: a wasm32-wasip1 module built with continuum-guest.
+    file: PathBuf,
+    /// Name to reach it by (/c/NAME/); default: the file name without extension.
+    #[arg(long)]
+    name: Option<String>,
+    /// A version label for the component.
+    #[arg(long, default_value = "1")]
+    version: String,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+impl DeployArgs {
+    pub async fn run(self) -> Result<()> {
+        let wasm = std::fs::read(&self.file)
+            .with_context(|| format!("reading {}", self.file.display()))?;
+        let name = match self.name {
+            Some(n) => n,
+            None => self
+                .file
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .context("cannot take a name from the file name; pass --name")?
+                .to_string(),
+        };
+        crate::components::check_name(&name).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let version: String = self
+            .version
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || "._-+".contains(*c))
+            .collect();
+        let target = format!("/v1/components/{name}?version={version}");
+        let info: ComponentInfo = self
+            .client
+            .api_json(Method::PUT, &target, wasm.into())
+            .await?;
+        if self.client.json {
+            println!("{}", serde_json::to_string_pretty(&info)?);
+        } else {
+            println!(
+                "deployed {} (module {}, {}) on {}",
+                info.name,
+                &info.digest[..12],
+                human_bytes(info.module_bytes),
+                info.host
+            );
+        }
+        Ok(())
+    }
+}

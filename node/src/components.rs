@@ -1,0 +1,389 @@
+//! The components this node hosts: deploy, restore, checkpoint, remove, and their persistence
+//! in the data directory (one snapshot file per component, written atomically).
+
+use crate::datadir::{DataDir, write_atomic};
+use crate::metrics::{Metrics, TriggerLabels};
+use crate::runtime::{ComponentHandle, Instance, Runtime};
+use continuum_migrate::{ComponentMeta, Snapshot, digest_hex};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+
+/// A control-API failure, with the HTTP status that reports it.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    /// Well-formed request, unusable content: a bad module or snapshot.
+    #[error("{0}")]
+    Unprocessable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> u16 {
+        match self {
+            ApiError::BadRequest(_) => 400,
+            ApiError::NotFound(_) => 404,
+            ApiError::Conflict(_) => 409,
+            ApiError::Unprocessable(_) => 422,
+            ApiError::Internal(_) => 500,
+        }
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    fn from(e: anyhow::Error) -> Self {
+        ApiError::Internal(format!("{e:#}"))
+    }
+}
+
+/// What `continuum ls` shows of a component.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ComponentInfo {
+    pub name: String,
+    /// Peer id of the node that hosts it.
+    pub host: String,
+    /// Location epoch: grows each time the component moves (always 1 on a single node).
+    pub epoch: u64,
+    /// blake3 of the module (hex).
+    pub digest: String,
+    pub version: String,
+    pub module_bytes: u64,
+    pub memory_bytes: u64,
+    pub calls: u64,
+    pub failed_calls: u64,
+    pub ticks: u64,
+}
+
+pub struct Components {
+    rt: Arc<Runtime>,
+    dir: DataDir,
+    metrics: Arc<Metrics>,
+    peer_id: String,
+    map: RwLock<BTreeMap<String, Arc<ComponentHandle>>>,
+    /// Serialises changes (deploy, restore, remove) and snapshot writes.
+    ops: tokio::sync::Mutex<()>,
+}
+
+/// Names are path segments and file names: keep them to a safe alphabet.
+pub fn check_name(name: &str) -> Result<(), ApiError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest(format!(
+            "invalid component name {name:?}: use 1 to 63 letters, digits, '-', '_' or '.', starting with a letter or digit"
+        )))
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::Internal(format!("worker failed: {e}")))
+}
+
+impl Components {
+    pub fn new(rt: Arc<Runtime>, dir: DataDir, metrics: Arc<Metrics>, peer_id: String) -> Self {
+        Components {
+            rt,
+            dir,
+            metrics,
+            peer_id,
+            map: RwLock::default(),
+            ops: tokio::sync::Mutex::default(),
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<ComponentHandle>> {
+        self.map.read().unwrap().get(name).cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.read().unwrap().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn list(&self) -> Vec<ComponentInfo> {
+        self.map
+            .read()
+            .unwrap()
+            .values()
+            .map(|h| self.info(h))
+            .collect()
+    }
+
+    fn info(&self, h: &ComponentHandle) -> ComponentInfo {
+        ComponentInfo {
+            name: h.name.clone(),
+            host: self.peer_id.clone(),
+            epoch: 1,
+            digest: digest_hex(&h.digest),
+            version: h.version.clone(),
+            module_bytes: h.module_size as u64,
+            memory_bytes: h.stats.memory_bytes.load(Ordering::Relaxed),
+            calls: h.stats.calls.load(Ordering::Relaxed),
+            failed_calls: h.stats.failed_calls.load(Ordering::Relaxed),
+            ticks: h.stats.ticks.load(Ordering::Relaxed),
+        }
+    }
+
+    fn bad(&self, reason: &'static str, msg: String) -> ApiError {
+        self.metrics.reject(reason);
+        ApiError::Unprocessable(msg)
+    }
+
+    /// Start `instance`, write its first snapshot, and make it reachable under its name,
+    /// replacing (and stopping) any previous holder of the name.
+    async fn install(
+        &self,
+        mut instance: Instance,
+        trigger: &'static str,
+    ) -> Result<ComponentInfo, ApiError> {
+        let (snap, instance) = blocking(move || (instance.checkpoint(), instance)).await?;
+        let snap = snap.map_err(|e| ApiError::Internal(format!("first checkpoint failed: {e}")))?;
+        self.write_snapshot(&snap, trigger).await?;
+        let handle =
+            ComponentHandle::spawn(instance, self.metrics.clone(), self.rt.limits.queue_depth)
+                .map_err(|e| ApiError::Internal(format!("starting the component thread: {e}")))?;
+        let old = self
+            .map
+            .write()
+            .unwrap()
+            .insert(handle.name.clone(), handle.clone());
+        self.metrics.components.set(self.len() as i64);
+        if let Some(old) = old {
+            old.stop(false).await;
+        }
+        Ok(self.info(&handle))
+    }
+
+    /// Deploy a new component from module bytes.
+    pub async fn deploy(
+        &self,
+        name: &str,
+        version: &str,
+        wasm: Vec<u8>,
+    ) -> Result<ComponentInfo, ApiError> {
+        check_name(name)?;
+        let _op = self.ops.lock().await;
+        if self.get(name).is_some() {
+            return Err(ApiError::Conflict(format!(
+                "component {name} exists already; remove it first or use `continuum update`"
+            )));
+        }
+        let rt = self.rt.clone();
+        let meta = ComponentMeta {
+            name: name.to_string(),
+            version: version.to_string(),
+            abi: continuum_guest::ABI_VERSION,
+        };
+        let instance = blocking(move || -> anyhow::Result<Instance> {
+            let module = rt.load(&wasm)?;
+            Instance::fresh(&rt, module, meta)
+        })
+        .await?
+        .map_err(|e| self.bad("bad_module", format!("module refused: {e:#}")))?;
+        let info = self.install(instance, "deploy").await?;
+        tracing::info!(component = name, digest = %info.digest, "deployed");
+        Ok(info)
+    }
+
+    /// Restore a component from snapshot bytes, under `name` or the snapshot's own name.
+    pub async fn restore(
+        &self,
+        name: Option<&str>,
+        bytes: Vec<u8>,
+    ) -> Result<ComponentInfo, ApiError> {
+        let mut snap = blocking(move || Snapshot::decode(&bytes))
+            .await?
+            .map_err(|e| self.bad("bad_snapshot", format!("snapshot refused: {e}")))?;
+        let name = name.unwrap_or(&snap.meta.name).to_string();
+        check_name(&name)?;
+        let _op = self.ops.lock().await;
+        if let Some(existing) = self.get(&name) {
+            if existing.digest != snap.module_digest {
+                return Err(self.bad(
+                    "bad_snapshot",
+                    format!(
+                        "snapshot refused: it is of module {}, but component {name} runs module {}; remove the component first or restore under another name",
+                        digest_hex(&snap.module_digest),
+                        digest_hex(&existing.digest)
+                    ),
+                ));
+            }
+        }
+        snap.meta.name = name.clone();
+        let rt = self.rt.clone();
+        let instance = blocking(move || -> anyhow::Result<Instance> {
+            let module = match snap.module.take() {
+                Some(wasm) => rt.load(&wasm)?,
+                None => rt.load_digest(&snap.module_digest).map_err(|_| {
+                    anyhow::anyhow!(
+                        "it does not carry its module and this node lacks module {}",
+                        digest_hex(&snap.module_digest)
+                    )
+                })?,
+            };
+            Instance::restore(&rt, module, &snap)
+        })
+        .await?
+        .map_err(|e| self.bad("bad_snapshot", format!("snapshot refused: {e:#}")))?;
+        let info = self.install(instance, "restore").await?;
+        tracing::info!(component = %name, "restored from a snapshot");
+        Ok(info)
+    }
+
+    /// Checkpoint one component now; also becomes its durable state. With `with_module` the
+    /// snapshot carries the module, so that it restores on a node that never saw it.
+    pub async fn checkpoint(&self, name: &str, with_module: bool) -> Result<Vec<u8>, ApiError> {
+        let handle = self.get(name).ok_or_else(|| not_found(name))?;
+        let snap = handle
+            .checkpoint(false)
+            .await?
+            .ok_or_else(|| ApiError::Internal("checkpoint came back empty".into()))?;
+        let snap = {
+            let _op = self.ops.lock().await;
+            self.write_snapshot(&snap, "api").await?;
+            snap
+        };
+        let rt = self.rt.clone();
+        blocking(move || -> Result<Vec<u8>, ApiError> {
+            let mut snap = snap;
+            if with_module {
+                let wasm = rt
+                    .module_bytes(&snap.module_digest)
+                    .map_err(|e| ApiError::Internal(e.to_string()))?;
+                snap.module = Some(wasm);
+            }
+            Ok(snap.encode())
+        })
+        .await?
+    }
+
+    pub async fn remove(&self, name: &str) -> Result<(), ApiError> {
+        let _op = self.ops.lock().await;
+        let handle = self
+            .map
+            .write()
+            .unwrap()
+            .remove(name)
+            .ok_or_else(|| not_found(name))?;
+        self.metrics.components.set(self.len() as i64);
+        handle.stop(false).await;
+        let _ = std::fs::remove_file(self.dir.snapshot(name));
+        tracing::info!(component = name, "removed");
+        Ok(())
+    }
+
+    /// Checkpoint every component (those whose state changed, with `only_dirty`) to disk.
+    pub async fn checkpoint_all(&self, trigger: &'static str, only_dirty: bool) {
+        let handles: Vec<_> = self.map.read().unwrap().values().cloned().collect();
+        for h in handles {
+            match h.checkpoint(only_dirty).await {
+                Ok(Some(snap)) => {
+                    let _op = self.ops.lock().await;
+                    // A component removed meanwhile must not come back from its snapshot.
+                    if self.get(&h.name).is_some_and(|cur| Arc::ptr_eq(&cur, &h)) {
+                        if let Err(e) = self.write_snapshot(&snap, trigger).await {
+                            tracing::error!(component = %h.name, "checkpoint not written: {e}");
+                        }
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => tracing::error!(component = %h.name, "checkpoint failed: {e:#}"),
+            }
+        }
+    }
+
+    /// Stop every component, each after a last checkpoint written to disk.
+    pub async fn stop_all(&self) {
+        let handles: Vec<_> = std::mem::take(&mut *self.map.write().unwrap())
+            .into_values()
+            .collect();
+        let _op = self.ops.lock().await;
+        for h in handles {
+            match h.stop(true).await {
+                Some(Ok(snap)) => {
+                    if let Err(e) = self.write_snapshot(&snap, "shutdown").await {
+                        tracing::error!(component = %h.name, "last checkpoint not written: {e}");
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::error!(component = %h.name, "last checkpoint failed: {e:#}")
+                }
+                None => {
+                    tracing::error!(component = %h.name, "component thread was gone at shutdown")
+                }
+            }
+        }
+        self.metrics.components.set(0);
+    }
+
+    async fn write_snapshot(&self, snap: &Snapshot, trigger: &'static str) -> Result<(), ApiError> {
+        let path = self.dir.snapshot(&snap.meta.name);
+        let bytes = {
+            let snap = snap.clone();
+            blocking(move || snap.encode()).await?
+        };
+        let len = bytes.len() as u64;
+        blocking(move || write_atomic(&path, &bytes)).await??;
+        self.metrics
+            .checkpoints
+            .get_or_create(&TriggerLabels { trigger })
+            .inc();
+        self.metrics.checkpoint_bytes.inc_by(len);
+        Ok(())
+    }
+
+    /// Bring back every component saved in the data directory. A snapshot that cannot be
+    /// restored is reported and left in place; the others come back regardless.
+    pub async fn load_all(&self) -> usize {
+        let Ok(entries) = std::fs::read_dir(self.dir.components()) else {
+            return 0;
+        };
+        let mut paths: Vec<_> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "snap"))
+            .collect();
+        paths.sort();
+        let mut restored = 0;
+        for path in paths {
+            let name = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or_default()
+                .to_string();
+            let result = match std::fs::read(&path) {
+                Ok(bytes) => self.restore(Some(&name), bytes).await.map(|_| ()),
+                Err(e) => Err(ApiError::Internal(e.to_string())),
+            };
+            match result {
+                Ok(()) => restored += 1,
+                Err(e) => tracing::error!("could not bring back {}: {e}", path.display()),
+            }
+        }
+        restored
+    }
+}
+
+fn not_found(name: &str) -> ApiError {
+    ApiError::NotFound(format!("no component named {name} on this node"))
+}

@@ -1,0 +1,114 @@
+//! Node configuration: a TOML file (`--config`) with defaults for everything, overridden by
+//! command-line flags. `node/continuum.example.toml` shows every key.
+
+use anyhow::{Context, Result};
+use bytesize::ByteSize;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Where the identity, token, modules and snapshots live.
+    pub data_dir: PathBuf,
+    /// TCP (HTTP/1.1) and UDP (HTTP/3) listen address. Port 0 picks a free port.
+    pub http: SocketAddr,
+    /// Discover neighbours with mDNS on the local network.
+    pub mdns: bool,
+    /// How often components whose state changed are checkpointed to disk: the most a
+    /// `kill -9` can lose.
+    #[serde(with = "humantime_serde")]
+    pub checkpoint_every: Duration,
+    pub limits: Limits,
+}
+
+/// What one component may use; the node and its other components go on when one hits a limit.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest linear memory of one component.
+    pub memory_cap: ByteSize,
+    /// Longest a single call (request or tick) may run.
+    #[serde(with = "humantime_serde")]
+    pub call_timeout: Duration,
+    /// Largest request body for a component (413 above).
+    pub max_body: ByteSize,
+    /// Largest module or snapshot upload to the control API.
+    pub max_upload: ByteSize,
+    /// Requests waiting for one component before the node answers 503.
+    pub queue_depth: usize,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            data_dir: default_data_dir(),
+            http: "127.0.0.1:7070".parse().expect("valid address"),
+            mdns: true,
+            checkpoint_every: Duration::from_secs(10),
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_cap: ByteSize::mib(256),
+            call_timeout: Duration::from_secs(1),
+            max_body: ByteSize::mib(8),
+            max_upload: ByteSize::mib(1024),
+            queue_depth: 1024,
+        }
+    }
+}
+
+/// `$CONTINUUM_DATA_DIR`, else `~/.continuum`, else `./.continuum`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("CONTINUUM_DATA_DIR") {
+        return PathBuf::from(d);
+    }
+    std::env::var_os("HOME")
+        .map(|h| PathBuf::from(h).join(".continuum"))
+        .unwrap_or_else(|| PathBuf::from(".continuum"))
+}
+
+impl NodeConfig {
+    /// The configuration in `path`, or the defaults.
+    pub fn load(path: Option<&Path>) -> Result<NodeConfig> {
+        let Some(path) = path else {
+            return Ok(NodeConfig::default());
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config {}", path.display()))?;
+        let mut config: NodeConfig =
+            toml::from_str(&text).with_context(|| format!("in config {}", path.display()))?;
+        if let (Ok(rest), Some(home)) =
+            (config.data_dir.strip_prefix("~"), std::env::var_os("HOME"))
+        {
+            config.data_dir = PathBuf::from(home).join(rest);
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses_and_matches_defaults() {
+        let text = include_str!("../continuum.example.toml");
+        let mut parsed: NodeConfig = toml::from_str(text).unwrap();
+        parsed.data_dir = default_data_dir();
+        assert_eq!(parsed, NodeConfig::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = toml::from_str::<NodeConfig>("htp = \"1.2.3.4:5\"").unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+}

@@ -1,0 +1,121 @@
+//! The control API under `/v1/`: JSON in and out, bearer token from `DATA_DIR/admin.token`.
+//!
+//! ```text
+//! GET    /v1/status                           this node
+//! GET    /v1/components                       every component
+//! GET    /v1/components/NAME                  one component
+//! PUT    /v1/components/NAME?version=V        deploy (body: the module)
+//! DELETE /v1/components/NAME                  remove
+//! POST   /v1/components/NAME/checkpoint[?module=true]   a snapshot (CBOR body)
+//! POST   /v1/restore[?name=NAME]              restore (body: a snapshot)
+//! ```
+
+use crate::components::ApiError;
+use crate::node::Node;
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use serde::Serialize;
+
+pub async fn handle(node: &Node, rest: &str, req: Request<Bytes>) -> Response<Bytes> {
+    if !authorized(&node.token, req.headers()) {
+        node.metrics.reject("unauthorized");
+        let mut r = error(&ApiError::BadRequest(
+            "missing or wrong bearer token: send `Authorization: Bearer TOKEN` with the token in DATA_DIR/admin.token".into(),
+        ));
+        *r.status_mut() = StatusCode::UNAUTHORIZED;
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return r;
+    }
+    let query = |key: &str| -> Option<String> {
+        req.uri().query()?.split('&').find_map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (k == key).then(|| v.to_string())
+        })
+    };
+    let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    let method = req.method().clone();
+    let result = match (&method, segments.as_slice()) {
+        (&Method::GET, ["status"]) => Ok(json(StatusCode::OK, &node.status())),
+        (&Method::GET, ["components"]) => Ok(json(StatusCode::OK, &node.components.list())),
+        (&Method::GET, ["components", name]) => node
+            .components
+            .list()
+            .into_iter()
+            .find(|c| c.name == *name)
+            .map(|c| json(StatusCode::OK, &c))
+            .ok_or_else(|| ApiError::NotFound(format!("no component named {name} on this node"))),
+        (&Method::PUT | &Method::POST, ["components", name]) => {
+            let version = query("version").unwrap_or_else(|| "1".into());
+            let wasm = req.into_body().to_vec();
+            node.components
+                .deploy(name, &version, wasm)
+                .await
+                .map(|info| json(StatusCode::CREATED, &info))
+        }
+        (&Method::DELETE, ["components", name]) => node
+            .components
+            .remove(name)
+            .await
+            .map(|()| json(StatusCode::OK, &serde_json::json!({ "removed": name }))),
+        (&Method::POST, ["components", name, "checkpoint"]) => {
+            let with_module = matches!(query("module").as_deref(), Some("true" | "1"));
+            node.components
+                .checkpoint(name, with_module)
+                .await
+                .map(|bytes| {
+                    let mut r = Response::new(Bytes::from(bytes));
+                    r.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/cbor"),
+                    );
+                    r
+                })
+        }
+        (&Method::POST, ["restore"]) => {
+            let name = query("name");
+            let bytes = req.into_body().to_vec();
+            node.components
+                .restore(name.as_deref(), bytes)
+                .await
+                .map(|info| json(StatusCode::OK, &info))
+        }
+        _ => Err(ApiError::NotFound(format!(
+            "no control endpoint {method} /v1/{rest}"
+        ))),
+    };
+    result.unwrap_or_else(|e| error(&e))
+}
+
+/// Compare in constant time, so the token cannot be guessed byte by byte from timings.
+fn authorized(token: &str, headers: &http::HeaderMap) -> bool {
+    let Some(got) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    got.len() == token.len()
+        && got
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+fn json(status: StatusCode, value: &impl Serialize) -> Response<Bytes> {
+    let body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    let mut r = Response::new(Bytes::from(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn error(e: &ApiError) -> Response<Bytes> {
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    json(status, &serde_json::json!({ "error": e.to_string() }))
+}

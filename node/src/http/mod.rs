@@ -1,0 +1,185 @@
+//! The HTTP surface (ARCHITECTURE.md §5). HTTP/1.1 and HTTP/3 servers collect a request with
+//! its body (bounded) and hand it to the one router here, so both protocols behave alike:
+//!
+//! - `/c/NAME/REST...` → component NAME; the answer carries `x-continuum-host`;
+//! - `/v1/...` → the control API (bearer token);
+//! - `/metrics` → Prometheus text.
+
+mod control;
+pub mod h1;
+pub mod h3;
+
+use crate::node::Node;
+use bytes::Bytes;
+use continuum_guest::Request as GuestRequest;
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
+
+pub const HOST_HEADER: &str = "x-continuum-host";
+
+/// The protocol a request came in on, for metrics.
+#[derive(Clone, Copy, Debug)]
+pub enum Proto {
+    H1,
+    H3,
+}
+
+impl Proto {
+    fn label(self) -> &'static str {
+        match self {
+            Proto::H1 => "h1",
+            Proto::H3 => "h3",
+        }
+    }
+}
+
+/// Largest body accepted for a request to `path`: uploads of modules and snapshots go to the
+/// control API, everything else to components.
+pub fn body_limit(node: &Node, path: &str) -> usize {
+    let limits = &node.config.limits;
+    if path.starts_with("/v1/") {
+        limits.max_upload.as_u64() as usize
+    } else {
+        limits.max_body.as_u64() as usize
+    }
+}
+
+/// The 413 both servers send when a body is over [`body_limit`].
+pub fn too_large(node: &Node, limit: usize) -> Response<Bytes> {
+    node.metrics.reject("body_too_large");
+    text(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("request body is larger than this node's limit of {limit} bytes\n"),
+    )
+}
+
+pub fn text(status: StatusCode, body: impl Into<String>) -> Response<Bytes> {
+    let mut resp = Response::new(Bytes::from(body.into()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+/// Route one complete request.
+pub async fn route(node: &Node, req: Request<Bytes>, proto: Proto) -> Response<Bytes> {
+    let path = req.uri().path().to_string();
+    let resp = if let Some(rest) = path.strip_prefix("/c/") {
+        let (name, sub) = rest.split_once('/').map_or((rest, ""), |(n, s)| (n, s));
+        let name = name.to_string();
+        let target = match req.uri().query() {
+            Some(q) => format!("/{sub}?{q}"),
+            None => format!("/{sub}"),
+        };
+        component(node, &name, target, req).await
+    } else if let Some(rest) = path.strip_prefix("/v1/") {
+        control::handle(node, rest, req).await
+    } else if path == "/metrics" {
+        let mut r = text(StatusCode::OK, node.metrics.encode());
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        r
+    } else if path == "/" {
+        text(StatusCode::OK, format!("continuum node {}\n", node.peer_id))
+    } else {
+        text(
+            StatusCode::NOT_FOUND,
+            "not found: components live under /c/NAME/, the control API under /v1/\n",
+        )
+    };
+    node.metrics
+        .http_requests
+        .get_or_create(&crate::metrics::HttpLabels {
+            proto: proto.label(),
+            code: resp.status().as_u16(),
+        })
+        .inc();
+    resp
+}
+
+async fn component(
+    node: &Node,
+    name: &str,
+    target: String,
+    req: Request<Bytes>,
+) -> Response<Bytes> {
+    let Some(handle) = node.components.get(name) else {
+        node.metrics.reject("unknown_component");
+        return with_host(
+            node,
+            text(
+                StatusCode::NOT_FOUND,
+                format!("no component named {name}\n"),
+            ),
+        );
+    };
+    let (parts, body) = req.into_parts();
+    let greq = GuestRequest {
+        method: parts.method.to_string(),
+        target,
+        headers: parts
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
+            .collect(),
+        body: body.to_vec(),
+    };
+    let resp = match handle.call(greq).await {
+        Err(e) => {
+            let mut r = text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n"));
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            r
+        }
+        Ok(Err(e)) => text(
+            StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_GATEWAY),
+            format!("component {name}: {e}\n"),
+        ),
+        Ok(Ok(g)) => match StatusCode::from_u16(g.status) {
+            Ok(status) => {
+                let mut r = Response::new(Bytes::from(g.body));
+                *r.status_mut() = status;
+                for (k, v) in g.headers {
+                    if let (Ok(k), Ok(v)) = (HeaderName::try_from(k), HeaderValue::try_from(v)) {
+                        if !is_hop_by_hop(&k) {
+                            r.headers_mut().append(k, v);
+                        }
+                    }
+                }
+                r
+            }
+            Err(_) => text(
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "component {name} answered with invalid status {}\n",
+                    g.status
+                ),
+            ),
+        },
+    };
+    with_host(node, resp)
+}
+
+/// Headers that belong to one connection, which the node manages itself.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "content-length"
+            | "transfer-encoding"
+            | "keep-alive"
+            | "upgrade"
+            | "te"
+            | "trailer"
+    )
+}
+
+fn with_host(node: &Node, mut resp: Response<Bytes>) -> Response<Bytes> {
+    if let Ok(v) = HeaderValue::from_str(&node.peer_id) {
+        resp.headers_mut().insert(HOST_HEADER, v);
+    }
+    resp
+}

@@ -1,0 +1,232 @@
+//! One instance of a component: calls through the guest ABI under a deadline and a memory cap,
+//! checkpoint, and restore into a fresh instance.
+
+use super::host::HostState;
+use super::{LoadedModule, Runtime};
+use anyhow::{Context, Result, bail};
+use continuum_guest::{Request, Response, abi};
+use continuum_migrate::{CaptureError, ComponentMeta, Snapshot, StateHandles, digest_hex};
+use std::sync::Arc;
+use std::time::Duration;
+use wasmtime::{Memory, Store, Trap, TypedFunc};
+
+/// Why a call into a component failed. The instance survives all of these.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    #[error("the call exceeded its deadline of {0:?} and was stopped")]
+    Deadline(Duration),
+    #[error("the component tried to grow its memory past the node's cap of {0} MiB")]
+    MemoryCap(usize),
+    #[error("the component trapped: {0}")]
+    Trap(String),
+    #[error("the component returned a malformed response: {0}")]
+    BadResponse(String),
+}
+
+impl CallError {
+    /// Label for metrics.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            CallError::Deadline(_) => "deadline",
+            CallError::MemoryCap(_) => "memory_cap",
+            CallError::Trap(_) => "trap",
+            CallError::BadResponse(_) => "bad_response",
+        }
+    }
+
+    /// HTTP status that reports it: the node is a gateway to the component.
+    pub fn status(&self) -> u16 {
+        match self {
+            CallError::Deadline(_) => 504,
+            _ => 502,
+        }
+    }
+}
+
+pub struct Instance {
+    store: Store<HostState>,
+    state: StateHandles,
+    memory: Memory,
+    alloc: TypedFunc<i32, i32>,
+    handle: TypedFunc<(i32, i32), i64>,
+    tick: Option<TypedFunc<i64, i32>>,
+    on_restore: Option<TypedFunc<(), ()>>,
+    /// WASI reactors' constructor: run on a fresh instance, never on a restored one.
+    initialize: Option<TypedFunc<(), ()>>,
+    module: Arc<LoadedModule>,
+    meta: ComponentMeta,
+    deadline_ticks: u64,
+    timeout: Duration,
+}
+
+impl Instance {
+    fn instantiate(
+        rt: &Runtime,
+        module: Arc<LoadedModule>,
+        meta: ComponentMeta,
+    ) -> Result<Instance> {
+        let mut store = Store::new(
+            module.pre.module().engine(),
+            HostState::new(&meta.name, rt.limits.memory_cap),
+        );
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(rt.deadline_ticks());
+        let inst = module
+            .pre
+            .instantiate(&mut store)
+            .map_err(anyhow::Error::from)
+            .context("instantiating the module")?;
+        let abi = |e: wasmtime::Error| {
+            anyhow::anyhow!("{e:#}")
+                .context("the module's continuum ABI exports have the wrong types")
+        };
+        let alloc = inst
+            .get_typed_func(&mut store, "continuum_alloc")
+            .map_err(abi)?;
+        let handle = inst
+            .get_typed_func(&mut store, "continuum_handle")
+            .map_err(abi)?;
+        let tick = inst.get_typed_func(&mut store, "continuum_tick").ok();
+        let on_restore = inst.get_typed_func(&mut store, "continuum_on_restore").ok();
+        let initialize = inst.get_typed_func(&mut store, "_initialize").ok();
+        let memory = inst
+            .get_memory(&mut store, "memory")
+            .context("the module exports no memory named `memory`")?;
+        let state = StateHandles::new(&mut store, &inst)?;
+        Ok(Instance {
+            store,
+            state,
+            memory,
+            alloc,
+            handle,
+            tick,
+            on_restore,
+            initialize,
+            module,
+            meta,
+            deadline_ticks: rt.deadline_ticks(),
+            timeout: rt.limits.call_timeout,
+        })
+    }
+
+    /// A new instance, initialised: runs the start function and `_initialize` once.
+    pub fn fresh(rt: &Runtime, module: Arc<LoadedModule>, meta: ComponentMeta) -> Result<Instance> {
+        let mut inst = Self::instantiate(rt, module, meta)?;
+        if let Some(start) = inst.state.start().cloned() {
+            inst.guarded(|s| start.call(s, &[], &mut []))
+                .context("the module's start function failed")?;
+        }
+        if let Some(init) = inst.initialize.clone() {
+            inst.guarded(|s| init.call(s, ()))
+                .context("the module's _initialize failed")?;
+        }
+        Ok(inst)
+    }
+
+    /// A new instance carrying the state in `snap`; initialisation does not run again.
+    pub fn restore(rt: &Runtime, module: Arc<LoadedModule>, snap: &Snapshot) -> Result<Instance> {
+        if snap.module_digest != module.digest {
+            bail!(
+                "the snapshot is of module {}, not of module {}",
+                digest_hex(&snap.module_digest),
+                digest_hex(&module.digest)
+            );
+        }
+        if snap.memory_bytes() > rt.limits.memory_cap as u64 {
+            bail!(
+                "the snapshot holds {} MiB of memory, above this node's cap of {} MiB",
+                snap.memory_bytes() >> 20,
+                rt.limits.memory_cap >> 20
+            );
+        }
+        let mut inst = Self::instantiate(rt, module, snap.meta.clone())?;
+        inst.state.restore(&mut inst.store, snap)?;
+        if let Some(f) = inst.on_restore.clone() {
+            inst.guarded(|s| f.call(s, ()))
+                .context("the component's on_restore failed")?;
+        }
+        Ok(inst)
+    }
+
+    pub fn meta(&self) -> &ComponentMeta {
+        &self.meta
+    }
+
+    pub fn module(&self) -> &Arc<LoadedModule> {
+        &self.module
+    }
+
+    pub fn memory_bytes(&self) -> u64 {
+        self.state.memory_bytes(&self.store)
+    }
+
+    pub fn has_tick(&self) -> bool {
+        self.tick.is_some()
+    }
+
+    /// Run one Wasm call under the deadline. If it fails, the mutable globals are put back as
+    /// they were before it (the shadow stack pointer above all, which a trap leaves lowered);
+    /// memory keeps whatever the call wrote.
+    fn guarded<R>(
+        &mut self,
+        f: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<R>,
+    ) -> Result<R, CallError> {
+        let saved = self.state.globals(&mut self.store).ok();
+        self.store.set_epoch_deadline(self.deadline_ticks);
+        self.store.data_mut().limiter.hit = false;
+        f(&mut self.store).map_err(|e| {
+            if let Some(g) = saved {
+                let _ = self.state.set_globals(&mut self.store, &g);
+            }
+            let limiter = &self.store.data().limiter;
+            match e.downcast_ref::<Trap>() {
+                Some(Trap::Interrupt) => CallError::Deadline(self.timeout),
+                _ if limiter.hit => CallError::MemoryCap(limiter.cap >> 20),
+                Some(t) => CallError::Trap(t.to_string()),
+                None => CallError::Trap(format!("{e}")),
+            }
+        })
+    }
+
+    /// Handle one request.
+    pub fn call(&mut self, req: &Request) -> Result<Response, CallError> {
+        let bytes = abi::encode_request(req);
+        let len =
+            i32::try_from(bytes.len()).map_err(|_| CallError::Trap("request too large".into()))?;
+        let (alloc, handle, memory) = (self.alloc.clone(), self.handle.clone(), self.memory);
+        let packed = self.guarded(|s| {
+            let ptr = alloc.call(&mut *s, len)?;
+            memory.write(&mut *s, ptr as u32 as usize, &bytes)?;
+            handle.call(&mut *s, (ptr, len))
+        })?;
+        let (ptr, len) = ((packed as u64 >> 32) as usize, packed as u32 as usize);
+        let out = self
+            .memory
+            .data(&self.store)
+            .get(ptr..ptr.saturating_add(len))
+            .ok_or_else(|| {
+                CallError::BadResponse("it lies outside the component's memory".into())
+            })?;
+        abi::decode_response(out).map_err(|e| CallError::BadResponse(e.to_string()))
+    }
+
+    /// Run the periodic task; returns when to run it next (`None`: never again).
+    pub fn tick(&mut self, now_ms: u64) -> Result<Option<Duration>, CallError> {
+        let Some(tick) = self.tick.clone() else {
+            return Ok(None);
+        };
+        let next = self.guarded(|s| tick.call(s, now_ms as i64))?;
+        Ok((next >= 0).then(|| Duration::from_millis(next.max(1) as u64)))
+    }
+
+    /// Capture the state; the instance is quiescent here by construction (no call is running).
+    pub fn checkpoint(&mut self) -> Result<Snapshot, CaptureError> {
+        self.state
+            .capture(&mut self.store, self.meta.clone(), self.module.digest)
+    }
+
+    /// Rename (a restore under another name than the snapshot's).
+    pub fn set_name(&mut self, name: &str) {
+        self.meta.name = name.to_string();
+    }
+}

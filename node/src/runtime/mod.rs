@@ -1,0 +1,195 @@
+//! The Wasmtime host: one engine for the node, modules compiled once and cached by digest,
+//! instances with a memory cap and a per-call deadline, each driven by its own thread.
+
+mod actor;
+mod host;
+mod instance;
+
+pub use actor::{Command, ComponentHandle, Stats};
+pub use host::now_ms;
+pub use instance::{CallError, Instance};
+
+use crate::datadir::write_atomic;
+use continuum_migrate::{Digest, InstrumentError, digest_hex, instrument};
+use host::HostState;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use wasmtime::{Config, Engine, InstancePre, Linker, Module};
+
+/// The engine's epoch advances this often; call deadlines are counted in these ticks.
+pub const EPOCH: Duration = Duration::from_millis(10);
+
+/// Exports of the guest ABI v1 (see guest/README.md).
+pub const ABI_MARKER: &str = "continuum_abi_v1";
+
+#[derive(Clone, Debug)]
+pub struct RuntimeLimits {
+    pub memory_cap: usize,
+    pub call_timeout: Duration,
+    pub queue_depth: usize,
+}
+
+/// Why a module was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Instrument(#[from] InstrumentError),
+    #[error(
+        "module lacks the continuum ABI export `{0}`: build it with the continuum-guest SDK and its export! macro (see guest/README.md)"
+    )]
+    NoAbi(&'static str),
+    #[error("module needs imports this host does not provide: {0}")]
+    Imports(String),
+    #[error("module failed to compile: {0}")]
+    Compile(String),
+    #[error("module {0} is not on this node")]
+    Unknown(String),
+    #[error("storing the module: {0}")]
+    Io(String),
+}
+
+/// A module ready to instantiate.
+pub struct LoadedModule {
+    pub digest: Digest,
+    /// Size of the original module in bytes.
+    pub size: usize,
+    pub pre: InstancePre<HostState>,
+}
+
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    /// Where original and compiled modules are kept; `None` keeps them in memory only.
+    modules_dir: Option<PathBuf>,
+    loaded: Mutex<HashMap<Digest, Arc<LoadedModule>>>,
+    pub limits: RuntimeLimits,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Runtime {
+    pub fn new(limits: RuntimeLimits, modules_dir: Option<PathBuf>) -> anyhow::Result<Runtime> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config)?;
+        let mut linker = Linker::new(&engine);
+        host::add_to_linker(&mut linker)?;
+
+        // The epoch clock behind call deadlines; stops when the runtime goes away.
+        let stop = Arc::new(AtomicBool::new(false));
+        let (e, s) = (engine.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("epoch".into())
+            .spawn(move || {
+                while !s.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH);
+                    e.increment_epoch();
+                }
+            })?;
+        Ok(Runtime {
+            engine,
+            linker,
+            modules_dir,
+            loaded: Mutex::default(),
+            limits,
+            stop,
+        })
+    }
+
+    /// Deadline of one call in epoch ticks (rounded up, plus the tick already under way).
+    pub fn deadline_ticks(&self) -> u64 {
+        self.limits
+            .call_timeout
+            .as_millis()
+            .div_ceil(EPOCH.as_millis()) as u64
+            + 1
+    }
+
+    /// Validate, instrument and compile a module (or find it compiled already), and keep its
+    /// original bytes by digest.
+    pub fn load(&self, wasm: &[u8]) -> Result<Arc<LoadedModule>, LoadError> {
+        let digest = *blake3::hash(wasm).as_bytes();
+        if let Some(m) = self.loaded.lock().unwrap().get(&digest) {
+            return Ok(m.clone());
+        }
+        let module = self.compile(&digest, wasm)?;
+        for name in [ABI_MARKER, "continuum_alloc", "continuum_handle", "memory"] {
+            if module.get_export(name).is_none() {
+                return Err(LoadError::NoAbi(name));
+            }
+        }
+        let pre = self
+            .linker
+            .instantiate_pre(&module)
+            .map_err(|e| LoadError::Imports(format!("{e:#}")))?;
+        if let Some(dir) = &self.modules_dir {
+            let path = dir.join(format!("{}.wasm", digest_hex(&digest)));
+            if !path.exists() {
+                write_atomic(&path, wasm).map_err(|e| LoadError::Io(format!("{e:#}")))?;
+            }
+        }
+        let loaded = Arc::new(LoadedModule {
+            digest,
+            size: wasm.len(),
+            pre,
+        });
+        self.loaded.lock().unwrap().insert(digest, loaded.clone());
+        Ok(loaded)
+    }
+
+    /// A module this node stored before, by digest.
+    pub fn load_digest(&self, digest: &Digest) -> Result<Arc<LoadedModule>, LoadError> {
+        if let Some(m) = self.loaded.lock().unwrap().get(digest) {
+            return Ok(m.clone());
+        }
+        let bytes = self.module_bytes(digest)?;
+        self.load(&bytes)
+    }
+
+    /// The original bytes of a stored module.
+    pub fn module_bytes(&self, digest: &Digest) -> Result<Vec<u8>, LoadError> {
+        let dir = self
+            .modules_dir
+            .as_ref()
+            .ok_or_else(|| LoadError::Unknown(digest_hex(digest)))?;
+        std::fs::read(dir.join(format!("{}.wasm", digest_hex(digest))))
+            .map_err(|_| LoadError::Unknown(digest_hex(digest)))
+    }
+
+    fn compile(&self, digest: &Digest, wasm: &[u8]) -> Result<Module, LoadError> {
+        let cached = self
+            .modules_dir
+            .as_ref()
+            .map(|d| d.join(format!("{}.cwasm", digest_hex(digest))));
+        if let Some(path) = cached.as_ref().filter(|p| p.exists()) {
+            // SAFETY: the file is one this node wrote with `Module::serialize` into its own
+            // data directory; Wasmtime checks that it matches this engine's version and
+            // settings and refuses it otherwise (then we compile afresh).
+            match unsafe { Module::deserialize_file(&self.engine, path) } {
+                Ok(m) => return Ok(m),
+                Err(e) => {
+                    tracing::warn!("recompiling {}: cached code unusable: {e}", path.display())
+                }
+            }
+        }
+        let instrumented = instrument(wasm)?;
+        let module = Module::new(&self.engine, &instrumented)
+            .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        if let Some(path) = cached {
+            if let Ok(code) = module.serialize() {
+                if let Err(e) = write_atomic(&path, &code) {
+                    tracing::warn!("could not cache compiled module: {e:#}");
+                }
+            }
+        }
+        Ok(module)
+    }
+}
