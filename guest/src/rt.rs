@@ -17,6 +17,12 @@ impl<T> Slot<T> {
     }
 }
 
+impl<T> Default for Slot<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl<T: Default> Slot<T> {
     #[allow(clippy::mut_from_ref)]
     fn get(&self) -> &mut T {

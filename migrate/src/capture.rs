@@ -256,7 +256,7 @@ mod tests {
         for _ in 0..5 {
             bump.call(&mut store, ())?;
         }
-        let snap = Snapshot::decode(&h.capture(&mut store, meta, [0; 32])?.encode())?;
+        let snap = Snapshot::decode(h.capture(&mut store, meta, [0; 32])?.encode())?;
         assert_eq!(snap.memory_bytes(), 4 * 65536);
 
         let mut store2 = Store::new(&engine, ());

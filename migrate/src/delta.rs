@@ -2,7 +2,11 @@
 //! while the source keeps serving; applying one must give exactly the snapshot the sender had.
 
 use crate::hash::{Digest, PAGE_SIZE, ZERO_PAGE_DIGEST, first_bad_page, page_digests};
-use crate::snapshot::{FORMAT_VERSION, MemoryImage, Snapshot, SnapshotError, Value, decode_cbor};
+use crate::snapshot::{
+    FORMAT_VERSION, MemoryImage, Snapshot, SnapshotError, Value, attach_data, decode_framed,
+    encode_framed,
+};
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 /// The changed pages of one memory, in the shape of a [`MemoryImage`] whose page list names the
@@ -57,7 +61,7 @@ impl Delta {
                     .collect();
                 let mut data = Vec::with_capacity(changed.len() * PAGE_SIZE);
                 let mut digests = Vec::with_capacity(changed.len() * 32);
-                let slots = slot_map(n);
+                let slots = n.slot_map();
                 for &i in &changed {
                     digests.extend_from_slice(&nm[i as usize]);
                     match slots[i as usize] {
@@ -69,7 +73,7 @@ impl Delta {
                     size: n.size,
                     present: changed,
                     digests,
-                    data,
+                    data: data.into(),
                 }
             })
             .collect();
@@ -88,15 +92,14 @@ impl Delta {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.page_bytes() as usize + 4096);
-        ciborium::into_writer(self, &mut out).expect("writing to a Vec cannot fail");
-        out
+        encode_framed(self, &self.memories, 0)
     }
 
     /// Decode and check the structure and every page digest; [`Snapshot::apply`] checks the
     /// result against `result`.
-    pub fn decode(bytes: &[u8]) -> Result<Delta, SnapshotError> {
-        let d: Delta = decode_cbor(bytes)?;
+    pub fn decode(bytes: impl Into<Bytes>) -> Result<Delta, SnapshotError> {
+        let (mut d, data): (Delta, Bytes) = decode_framed(bytes.into())?;
+        attach_data(&mut d.memories, data)?;
         if d.format != FORMAT_VERSION {
             return Err(SnapshotError::Format(d.format));
         }
@@ -179,14 +182,6 @@ fn same_shape(a: usize, b: usize) -> Result<(), SnapshotError> {
     Ok(())
 }
 
-fn slot_map(m: &MemoryImage) -> Vec<u32> {
-    let mut slot = vec![u32::MAX; m.pages()];
-    for (k, &i) in m.present.iter().enumerate() {
-        slot[i as usize] = k as u32;
-    }
-    slot
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,7 +225,7 @@ mod tests {
             }
             let next = snap(&mem, 2);
             let delta = Delta::between(&base, &next).unwrap();
-            let decoded = Delta::decode(&delta.encode()).unwrap();
+            let decoded = Delta::decode(delta.encode()).unwrap();
             prop_assert_eq!(&decoded, &delta);
             let got = base.apply(&decoded).unwrap();
             prop_assert_eq!(&got, &next);

@@ -12,6 +12,7 @@
 
 mod delta;
 mod hash;
+mod prefault;
 mod snapshot;
 
 #[cfg(feature = "runtime")]

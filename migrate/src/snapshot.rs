@@ -1,7 +1,13 @@
 //! The snapshot format (ARCHITECTURE.md §3): module digest, memory pages, mutable globals and
 //! component metadata, encoded as CBOR, with a blake3 digest per page and one over the whole.
+//!
+//! On the wire a snapshot is a CBOR array of two items: a header (every field but page data)
+//! and one byte string holding the page data of every memory in order. The split lets a
+//! receiver verify and use the pages where they lie, instead of copying them through the CBOR
+//! decoder: decoding 64 MiB costs the digest checks and nothing else.
 
 use crate::hash::{Digest, Framer, PAGE_SIZE, ZERO_PAGE_DIGEST, first_bad_page, page_digests};
+use bytes::Bytes;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -52,9 +58,10 @@ pub struct MemoryImage {
     /// 32-byte blake3 digest of each present page, in the order of `present`.
     #[serde(with = "serde_bytes")]
     pub digests: Vec<u8>,
-    /// [`PAGE_SIZE`] bytes for each present page, in the order of `present`.
-    #[serde(with = "serde_bytes")]
-    pub data: Vec<u8>,
+    /// [`PAGE_SIZE`] bytes for each present page, in the order of `present`. Encoded after the
+    /// header, not in it.
+    #[serde(skip)]
+    pub data: Bytes,
 }
 
 impl MemoryImage {
@@ -70,7 +77,7 @@ impl MemoryImage {
     /// Build an image of `mem` holding only the pages in `present`, whose digests are in `all`.
     pub(crate) fn select(mem: &[u8], all: &[Digest], present: Vec<u32>) -> MemoryImage {
         let digests = present.iter().flat_map(|&i| all[i as usize]).collect();
-        let mut data = vec![0u8; present.len() * PAGE_SIZE];
+        let mut data = crate::prefault::zeroed(present.len() * PAGE_SIZE);
         data.par_chunks_exact_mut(PAGE_SIZE)
             .zip(present.par_iter())
             .with_min_len(64)
@@ -79,7 +86,7 @@ impl MemoryImage {
             size: mem.len() as u64,
             present,
             digests,
-            data,
+            data: data.into(),
         }
     }
 
@@ -106,10 +113,8 @@ impl MemoryImage {
             self.size,
             "memory size differs from the image"
         );
-        let mut slot = vec![u32::MAX; self.pages()];
-        for (k, &i) in self.present.iter().enumerate() {
-            slot[i as usize] = k as u32;
-        }
+        let slot = self.slot_map();
+        crate::prefault::populate(mem);
         mem.par_chunks_exact_mut(PAGE_SIZE)
             .zip(slot.par_iter())
             .enumerate()
@@ -123,6 +128,15 @@ impl MemoryImage {
             });
     }
 
+    /// For each page, its position in `present`, or `u32::MAX` if absent.
+    pub(crate) fn slot_map(&self) -> Vec<u32> {
+        let mut slot = vec![u32::MAX; self.pages()];
+        for (k, &i) in self.present.iter().enumerate() {
+            slot[i as usize] = k as u32;
+        }
+        slot
+    }
+
     fn frame(&self, f: &mut Framer) {
         f.u64(self.size).u32s(&self.present).bytes(&self.digests);
     }
@@ -133,7 +147,7 @@ impl MemoryImage {
                 "memory {memory}: {why}"
             )))
         };
-        if self.size % 65536 != 0 {
+        if !self.size.is_multiple_of(65536) {
             return bad(format!(
                 "size {} is not a whole number of Wasm pages",
                 self.size
@@ -150,10 +164,10 @@ impl MemoryImage {
         if self.present.windows(2).any(|w| w[0] >= w[1]) {
             return bad("page list is not strictly ascending".into());
         }
-        if let Some(&last) = self.present.last() {
-            if last as usize >= self.pages() {
-                return bad(format!("page {last} lies past the end of the memory"));
-            }
+        if let Some(&last) = self.present.last()
+            && last as usize >= self.pages()
+        {
+            return bad(format!("page {last} lies past the end of the memory"));
         }
         Ok(())
     }
@@ -254,25 +268,20 @@ impl Snapshot {
         self.memories.iter().map(|m| m.size).sum()
     }
 
-    /// Encode as CBOR.
+    /// Encode: the CBOR header, then the page data as one CBOR byte string.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.encoded_len_hint());
-        ciborium::into_writer(self, &mut out).expect("writing to a Vec cannot fail");
-        out
+        encode_framed(
+            self,
+            &self.memories,
+            self.module.as_ref().map_or(0, Vec::len),
+        )
     }
 
-    fn encoded_len_hint(&self) -> usize {
-        let pages: usize = self
-            .memories
-            .iter()
-            .map(|m| m.data.len() + m.digests.len())
-            .sum();
-        pages + self.module.as_ref().map_or(0, Vec::len) + 4096
-    }
-
-    /// Decode and verify: a snapshot that comes back from here is whole and untampered.
-    pub fn decode(bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
-        let snap: Snapshot = decode_cbor(bytes)?;
+    /// Decode and verify: a snapshot that comes back from here is whole and untampered. The
+    /// page data stays in `bytes` (no copy).
+    pub fn decode(bytes: impl Into<Bytes>) -> Result<Snapshot, SnapshotError> {
+        let (mut snap, data): (Snapshot, Bytes) = decode_framed(bytes.into())?;
+        attach_data(&mut snap.memories, data)?;
         snap.verify()?;
         Ok(snap)
     }
@@ -296,39 +305,109 @@ impl Snapshot {
                 });
             }
         }
-        if let Some(module) = &self.module {
-            if *blake3::hash(module).as_bytes() != self.module_digest {
-                return Err(SnapshotError::BadModule);
-            }
+        if let Some(module) = &self.module
+            && *blake3::hash(module).as_bytes() != self.module_digest
+        {
+            return Err(SnapshotError::BadModule);
         }
         Ok(())
     }
 }
 
-/// Decode one CBOR value that must fill `bytes` exactly.
-pub(crate) fn decode_cbor<T: serde::de::DeserializeOwned>(
-    bytes: &[u8],
-) -> Result<T, SnapshotError> {
-    let mut rest = bytes;
-    let mut scratch = vec![0u8; 64 * 1024];
-    let value =
-        ciborium::de::from_reader_with_buffer(&mut rest, &mut scratch).map_err(|e| match e {
-            ciborium::de::Error::Io(_) => SnapshotError::Truncated,
-            ciborium::de::Error::Syntax(at) => {
-                SnapshotError::Malformed(format!("syntax error at byte {at}"))
-            }
-            ciborium::de::Error::Semantic(at, msg) => SnapshotError::Malformed(match at {
-                Some(at) => format!("{msg} at byte {at}"),
-                None => msg,
-            }),
-            ciborium::de::Error::RecursionLimitExceeded => {
-                SnapshotError::Malformed("nested too deeply".into())
-            }
-        })?;
-    if !rest.is_empty() {
-        return Err(SnapshotError::Trailing(rest.len()));
+/// Encode `header` (whose page data fields are skipped) and the page data of `memories`.
+pub(crate) fn encode_framed(
+    header: &impl Serialize,
+    memories: &[MemoryImage],
+    extra: usize,
+) -> Vec<u8> {
+    let data_len: usize = memories.iter().map(|m| m.data.len()).sum();
+    let digests: usize = memories.iter().map(|m| m.digests.len()).sum();
+    let mut out = Vec::with_capacity(data_len + digests + extra + 4096);
+    out.push(0x82); // an array of two items
+    ciborium::into_writer(header, &mut out).expect("writing to a Vec cannot fail");
+    let mut enc = ciborium_ll::Encoder::from(&mut out);
+    enc.push(ciborium_ll::Header::Bytes(Some(data_len)))
+        .expect("writing to a Vec cannot fail");
+    for m in memories {
+        out.extend_from_slice(&m.data);
     }
-    Ok(value)
+    out
+}
+
+/// Split an encoding made by [`encode_framed`] into its header and its page data.
+pub(crate) fn decode_framed<T: serde::de::DeserializeOwned>(
+    bytes: Bytes,
+) -> Result<(T, Bytes), SnapshotError> {
+    match bytes.first() {
+        None => return Err(SnapshotError::Truncated),
+        Some(0x82) => {}
+        Some(_) => {
+            return Err(SnapshotError::Malformed(
+                "it does not start with the two-item array of a continuum snapshot".into(),
+            ));
+        }
+    }
+    let mut rest = &bytes[1..];
+    let header = decode_cbor_prefix(&mut rest)?;
+    let mut dec = ciborium_ll::Decoder::from(&mut rest);
+    let len = match dec.pull() {
+        Ok(ciborium_ll::Header::Bytes(Some(len))) => len,
+        Ok(_) => {
+            return Err(SnapshotError::Malformed(
+                "page data is not a byte string".into(),
+            ));
+        }
+        Err(_) => return Err(SnapshotError::Truncated),
+    };
+    if rest.len() < len {
+        return Err(SnapshotError::Truncated);
+    }
+    if rest.len() > len {
+        return Err(SnapshotError::Trailing(rest.len() - len));
+    }
+    let start = bytes.len() - rest.len();
+    Ok((header, bytes.slice(start..)))
+}
+
+/// Give each memory its share of `data`, by the length its page list implies.
+pub(crate) fn attach_data(memories: &mut [MemoryImage], data: Bytes) -> Result<(), SnapshotError> {
+    let mut at = 0usize;
+    for (i, m) in memories.iter_mut().enumerate() {
+        let len = m.present.len() * PAGE_SIZE;
+        if at + len > data.len() {
+            return Err(SnapshotError::Inconsistent(format!(
+                "memory {i} lists more pages than the page data holds"
+            )));
+        }
+        m.data = data.slice(at..at + len);
+        at += len;
+    }
+    if at != data.len() {
+        return Err(SnapshotError::Inconsistent(format!(
+            "{} bytes of page data belong to no listed page",
+            data.len() - at
+        )));
+    }
+    Ok(())
+}
+
+/// Decode one CBOR value from the front of `bytes`, advancing it.
+fn decode_cbor_prefix<T: serde::de::DeserializeOwned>(
+    bytes: &mut &[u8],
+) -> Result<T, SnapshotError> {
+    ciborium::de::from_reader(bytes).map_err(|e| match e {
+        ciborium::de::Error::Io(_) => SnapshotError::Truncated,
+        ciborium::de::Error::Syntax(at) => {
+            SnapshotError::Malformed(format!("syntax error at byte {at}"))
+        }
+        ciborium::de::Error::Semantic(at, msg) => SnapshotError::Malformed(match at {
+            Some(at) => format!("{msg} at byte {at}"),
+            None => msg,
+        }),
+        ciborium::de::Error::RecursionLimitExceeded => {
+            SnapshotError::Malformed("nested too deeply".into())
+        }
+    })
 }
 
 #[cfg(test)]
@@ -360,7 +439,7 @@ mod tests {
     fn roundtrip_keeps_only_nonzero_pages() {
         let s = sample();
         assert_eq!(s.memories[0].present, vec![0, 3, 31]);
-        let back = Snapshot::decode(&s.encode()).unwrap();
+        let back = Snapshot::decode(s.encode()).unwrap();
         assert_eq!(back, s);
         let mut mem = vec![0xAAu8; 2 * 65536];
         let len = mem.len();
@@ -375,7 +454,7 @@ mod tests {
     fn truncated_is_refused() {
         let bytes = sample().encode();
         for cut in [1, bytes.len() / 2, bytes.len() - 1] {
-            let err = Snapshot::decode(&bytes[..cut]).unwrap_err();
+            let err = Snapshot::decode(bytes[..cut].to_vec()).unwrap_err();
             assert!(
                 matches!(err, SnapshotError::Truncated),
                 "cut at {cut}: {err}"
@@ -390,7 +469,7 @@ mod tests {
             let mut b = bytes.clone();
             b[i] ^= 0x01;
             assert!(
-                Snapshot::decode(&b).is_err(),
+                Snapshot::decode(b).is_err(),
                 "flip at byte {i} went unnoticed"
             );
         }
@@ -400,7 +479,7 @@ mod tests {
     fn embedded_module_must_match_digest() {
         let mut s = sample();
         s.module = Some(b"not the module".to_vec());
-        let err = Snapshot::decode(&s.encode()).unwrap_err();
+        let err = Snapshot::decode(s.encode()).unwrap_err();
         assert!(matches!(err, SnapshotError::BadModule), "{err}");
     }
 
@@ -409,7 +488,7 @@ mod tests {
         let mut bytes = sample().encode();
         bytes.push(0);
         assert!(matches!(
-            Snapshot::decode(&bytes),
+            Snapshot::decode(bytes),
             Err(SnapshotError::Trailing(1))
         ));
     }

@@ -210,17 +210,18 @@ impl Components {
     pub async fn restore(
         &self,
         name: Option<&str>,
-        bytes: Vec<u8>,
+        bytes: bytes::Bytes,
     ) -> Result<ComponentInfo, ApiError> {
-        let mut snap = blocking(move || Snapshot::decode(&bytes))
+        let mut snap = blocking(move || Snapshot::decode(bytes))
             .await?
             .map_err(|e| self.bad("bad_snapshot", format!("snapshot refused: {e}")))?;
         let name = name.unwrap_or(&snap.meta.name).to_string();
         check_name(&name)?;
         let _op = self.ops.lock().await;
-        if let Some(existing) = self.get(&name) {
-            if existing.digest != snap.module_digest {
-                return Err(self.bad(
+        if let Some(existing) = self.get(&name)
+            && existing.digest != snap.module_digest
+        {
+            return Err(self.bad(
                     "bad_snapshot",
                     format!(
                         "snapshot refused: it is of module {}, but component {name} runs module {}; remove the component first or restore under another name",
@@ -228,7 +229,6 @@ impl Components {
                         digest_hex(&existing.digest)
                     ),
                 ));
-            }
         }
         snap.meta.name = name.clone();
         let rt = self.rt.clone();
@@ -301,10 +301,10 @@ impl Components {
                 Ok(Some(snap)) => {
                     let _op = self.ops.lock().await;
                     // A component removed meanwhile must not come back from its snapshot.
-                    if self.get(&h.name).is_some_and(|cur| Arc::ptr_eq(&cur, &h)) {
-                        if let Err(e) = self.write_snapshot(&snap, trigger).await {
-                            tracing::error!(component = %h.name, "checkpoint not written: {e}");
-                        }
+                    if self.get(&h.name).is_some_and(|cur| Arc::ptr_eq(&cur, &h))
+                        && let Err(e) = self.write_snapshot(&snap, trigger).await
+                    {
+                        tracing::error!(component = %h.name, "checkpoint not written: {e}");
                     }
                 }
                 Ok(None) => {}
@@ -372,7 +372,7 @@ impl Components {
                 .unwrap_or_default()
                 .to_string();
             let result = match std::fs::read(&path) {
-                Ok(bytes) => self.restore(Some(&name), bytes).await.map(|_| ()),
+                Ok(bytes) => self.restore(Some(&name), bytes.into()).await.map(|_| ()),
                 Err(e) => Err(ApiError::Internal(e.to_string())),
             };
             match result {

@@ -1,1 +1,11 @@
+//! End-to-end tests: each starts real `continuum node` processes on 127.0.0.1 (with
+//! `--no-mdns`) and drives them through the CLI and real HTTP/1.1 and HTTP/3 sockets.
+//! One test binary, a module per topic (as Wasmtime's tests/all does).
+//!
+//! Needs the example components: `scripts/build-guests.sh` (scripts/test.sh runs it).
 
+mod bad_input;
+mod durability;
+mod single_node;
+mod support;
+mod ticks;

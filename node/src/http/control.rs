@@ -74,9 +74,8 @@ pub async fn handle(node: &Node, rest: &str, req: Request<Bytes>) -> Response<By
         }
         (&Method::POST, ["restore"]) => {
             let name = query("name");
-            let bytes = req.into_body().to_vec();
             node.components
-                .restore(name.as_deref(), bytes)
+                .restore(name.as_deref(), req.into_body())
                 .await
                 .map(|info| json(StatusCode::OK, &info))
         }

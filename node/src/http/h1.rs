@@ -1,10 +1,10 @@
 //! HTTP/1.1 over TCP (hyper). Every response advertises HTTP/3 on the same port with `Alt-Svc`.
 
-use super::{Proto, body_limit, route, too_large};
+use super::{BodyCollector, DRAIN_MAX, Proto, body_limit, declared_length, route, too_large};
 use crate::node::Node;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -50,24 +50,31 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>) {
 
 async fn handle(node: &Node, req: Request<Incoming>) -> Response<Bytes> {
     let limit = body_limit(node, req.uri().path());
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
+    if declared_length(req.headers()).is_some_and(|n| n > DRAIN_MAX) {
         return too_large(node, limit);
     }
-    let (parts, body) = req.into_parts();
-    let body = match Limited::new(body, limit).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(node, limit),
-        Err(e) => {
-            node.metrics.reject("bad_request");
-            return super::text(
-                StatusCode::BAD_REQUEST,
-                format!("could not read the request body: {e}\n"),
-            );
+    let (parts, mut body) = req.into_parts();
+    let mut collector = BodyCollector::new(limit);
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(f) => {
+                if let Some(data) = f.data_ref()
+                    && !collector.push(data)
+                {
+                    break;
+                }
+            }
+            Err(e) => {
+                node.metrics.reject("bad_request");
+                return super::text(
+                    StatusCode::BAD_REQUEST,
+                    format!("could not read the request body: {e}\n"),
+                );
+            }
         }
-    };
-    route(node, Request::from_parts(parts, body), Proto::H1).await
+    }
+    match collector.finish(node) {
+        Ok(body) => route(node, Request::from_parts(parts, body), Proto::H1).await,
+        Err(refusal) => *refusal,
+    }
 }

@@ -1,11 +1,11 @@
 //! HTTP/3 over QUIC (quinn + h3), on the UDP port that matches the TCP one.
 
-use super::{Proto, body_limit, route, too_large};
+use super::{BodyCollector, DRAIN_MAX, Proto, body_limit, declared_length, route, too_large};
 use crate::node::Node;
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use h3::error::{ConnectionError, StreamError};
 use h3::server::RequestStream;
-use http::{Request, header};
+use http::Request;
 use std::sync::Arc;
 
 /// Accept QUIC connections until the task is aborted.
@@ -49,38 +49,35 @@ where
     S: h3::quic::BidiStream<Bytes>,
 {
     let limit = body_limit(node, req.uri().path());
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    let mut body = BytesMut::new();
-    let resp = if declared.is_some_and(|n| n > limit as u64) {
+    let resp = if declared_length(req.headers()).is_some_and(|n| n > DRAIN_MAX) {
         too_large(node, limit)
     } else {
-        let mut over = false;
+        let mut collector = BodyCollector::new(limit);
         loop {
             match stream.recv_data().await {
                 Ok(Some(mut chunk)) => {
-                    if body.len() + chunk.remaining() > limit {
-                        over = true;
-                        break;
-                    }
-                    while chunk.has_remaining() {
+                    let mut more = true;
+                    while chunk.has_remaining() && more {
                         let part = chunk.chunk();
-                        body.extend_from_slice(part);
+                        more = collector.push(part);
                         let n = part.len();
                         chunk.advance(n);
+                    }
+                    if !more {
+                        stream.stop_sending(h3::error::Code::H3_NO_ERROR);
+                        break;
                     }
                 }
                 Ok(None) => break,
                 Err(e) => return stream_error(node, &e),
             }
         }
-        if over {
-            too_large(node, limit)
-        } else {
-            let (parts, ()) = req.into_parts();
-            route(node, Request::from_parts(parts, body.freeze()), Proto::H3).await
+        match collector.finish(node) {
+            Ok(body) => {
+                let (parts, ()) = req.into_parts();
+                route(node, Request::from_parts(parts, body), Proto::H3).await
+            }
+            Err(refusal) => *refusal,
         }
     };
     let (parts, body) = resp.into_parts();
@@ -101,12 +98,12 @@ where
 /// Errors this node raised against a peer's protocol violation are counted as malformed input;
 /// closes, resets and timeouts are the ordinary end of connections.
 fn connection_error(node: &Node, e: &ConnectionError) {
-    if let ConnectionError::Local { .. } = e {
-        if !e.is_h3_no_error() {
-            node.metrics.reject("malformed_h3");
-            tracing::info!("closed an HTTP/3 connection for a protocol error: {e}");
-            return;
-        }
+    if let ConnectionError::Local { .. } = e
+        && !e.is_h3_no_error()
+    {
+        node.metrics.reject("malformed_h3");
+        tracing::info!("closed an HTTP/3 connection for a protocol error: {e}");
+        return;
     }
     tracing::debug!("HTTP/3 connection ended: {e}");
 }

@@ -43,6 +43,45 @@ pub fn body_limit(node: &Node, path: &str) -> usize {
     }
 }
 
+/// Bodies up to this size are read to the end even when refused, so that a client still
+/// writing gets the 413 rather than a reset; past it the server stops reading.
+pub const DRAIN_MAX: u64 = 64 << 20;
+
+/// Collects a request body up to its limit, then keeps counting (and dropping) what follows up
+/// to [`DRAIN_MAX`]. Both servers feed it chunk by chunk.
+pub struct BodyCollector {
+    buf: bytes::BytesMut,
+    seen: u64,
+    limit: usize,
+}
+
+impl BodyCollector {
+    pub fn new(limit: usize) -> Self {
+        BodyCollector {
+            buf: bytes::BytesMut::new(),
+            seen: 0,
+            limit,
+        }
+    }
+
+    /// Take a chunk; `false` when reading further is pointless.
+    pub fn push(&mut self, chunk: &[u8]) -> bool {
+        self.seen += chunk.len() as u64;
+        if self.seen <= self.limit as u64 {
+            self.buf.extend_from_slice(chunk);
+        }
+        self.seen <= DRAIN_MAX
+    }
+
+    /// The body, or the 413 that refuses it.
+    pub fn finish(self, node: &Node) -> Result<Bytes, Box<Response<Bytes>>> {
+        if self.seen > self.limit as u64 {
+            return Err(Box::new(too_large(node, self.limit)));
+        }
+        Ok(self.buf.freeze())
+    }
+}
+
 /// The 413 both servers send when a body is over [`body_limit`].
 pub fn too_large(node: &Node, limit: usize) -> Response<Bytes> {
     node.metrics.reject("body_too_large");
@@ -50,6 +89,16 @@ pub fn too_large(node: &Node, limit: usize) -> Response<Bytes> {
         StatusCode::PAYLOAD_TOO_LARGE,
         format!("request body is larger than this node's limit of {limit} bytes\n"),
     )
+}
+
+/// The Content-Length a request declares, if any.
+pub fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 pub fn text(status: StatusCode, body: impl Into<String>) -> Response<Bytes> {
@@ -143,10 +192,10 @@ async fn component(
                 let mut r = Response::new(Bytes::from(g.body));
                 *r.status_mut() = status;
                 for (k, v) in g.headers {
-                    if let (Ok(k), Ok(v)) = (HeaderName::try_from(k), HeaderValue::try_from(v)) {
-                        if !is_hop_by_hop(&k) {
-                            r.headers_mut().append(k, v);
-                        }
+                    if let (Ok(k), Ok(v)) = (HeaderName::try_from(k), HeaderValue::try_from(v))
+                        && !is_hop_by_hop(&k)
+                    {
+                        r.headers_mut().append(k, v);
                     }
                 }
                 r

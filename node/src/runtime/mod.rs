@@ -183,12 +183,11 @@ impl Runtime {
         let instrumented = instrument(wasm)?;
         let module = Module::new(&self.engine, &instrumented)
             .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
-        if let Some(path) = cached {
-            if let Ok(code) = module.serialize() {
-                if let Err(e) = write_atomic(&path, &code) {
-                    tracing::warn!("could not cache compiled module: {e:#}");
-                }
-            }
+        if let Some(path) = cached
+            && let Ok(code) = module.serialize()
+            && let Err(e) = write_atomic(&path, &code)
+        {
+            tracing::warn!("could not cache compiled module: {e:#}");
         }
         Ok(module)
     }

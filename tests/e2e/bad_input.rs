@@ -1,0 +1,264 @@
+//! Bad input gets a clear one-line error, is counted, and costs the node nothing: its other
+//! components go on answering.
+
+use crate::support::{TestNode, guest};
+use http::Method;
+use std::time::{Duration, Instant};
+
+async fn counter_still_answers(node: &TestNode) {
+    let r = node.h1(Method::GET, "/c/counter/count", b"").await;
+    assert_eq!(
+        r.status, 200,
+        "the node stopped serving its other components"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_modules_and_snapshots_are_refused_with_reasons() {
+    let node = TestNode::start(&[]);
+    node.ok(&["deploy", &guest("counter")]);
+    node.ok(&["deploy", &guest("kv")]);
+    node.h1(Method::POST, "/c/kv/fill?mb=1", b"").await;
+    let dir = node.dir.parent().unwrap().to_path_buf();
+    let file = |name: &str, bytes: &[u8]| {
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p.to_string_lossy().into_owned()
+    };
+
+    // A file that is not Wasm.
+    let err = node.fails(&[
+        "deploy",
+        &file("notes.wasm", b"these are my notes"),
+        "--name",
+        "notes",
+    ]);
+    assert!(err.contains("not a WebAssembly module"), "{err}");
+    counter_still_answers(&node).await;
+
+    // Wasm, but without the continuum ABI.
+    let bare =
+        wat::parse_str(r#"(module (memory 1) (export "memory" (memory 0)) (func (export "run")))"#)
+            .unwrap();
+    let err = node.fails(&["deploy", &file("bare.wasm", &bare), "--name", "bare"]);
+    assert!(err.contains("lacks the continuum ABI export"), "{err}");
+    // Wasm that wants a host function nobody provides.
+    let greedy = wat::parse_str(
+        r#"(module (import "env" "launch_missiles" (func)) (memory 1) (export "memory" (memory 0))
+           (func (export "continuum_abi_v1")) (func (export "continuum_alloc") (param i32) (result i32) i32.const 0)
+           (func (export "continuum_handle") (param i32 i32) (result i64) i64.const 0))"#,
+    )
+    .unwrap();
+    let err = node.fails(&["deploy", &file("greedy.wasm", &greedy), "--name", "greedy"]);
+    assert!(
+        err.contains("imports") && err.contains("launch_missiles"),
+        "{err}"
+    );
+    assert_eq!(
+        node.metric("continuum_rejected_total{reason=\"bad_module\"}")
+            .await,
+        3
+    );
+    counter_still_answers(&node).await;
+
+    // Snapshots: good, truncated, one flipped byte, of another module.
+    let good = dir.join("kv.ckpt");
+    node.ok(&["checkpoint", "kv", "-o", good.to_str().unwrap()]);
+    let bytes = std::fs::read(&good).unwrap();
+    let err = node.fails(&[
+        "restore",
+        &file("cut.ckpt", &bytes[..bytes.len() / 2]),
+        "--name",
+        "kv2",
+    ]);
+    assert!(err.contains("truncated"), "{err}");
+    let mut flipped = bytes.clone();
+    flipped[bytes.len() / 3] ^= 0x40;
+    let err = node.fails(&["restore", &file("flip.ckpt", &flipped), "--name", "kv2"]);
+    assert!(
+        err.contains("snapshot refused") && err.contains("corrupt"),
+        "{err}"
+    );
+    let err = node.fails(&["restore", good.to_str().unwrap(), "--name", "counter"]);
+    assert!(err.contains("is of module"), "{err}");
+    assert_eq!(
+        node.metric("continuum_rejected_total{reason=\"bad_snapshot\"}")
+            .await,
+        3
+    );
+    // Nothing was lost: the counter still has its state, and the good snapshot still restores.
+    counter_still_answers(&node).await;
+    node.ok(&["restore", good.to_str().unwrap(), "--name", "kv2"]);
+    assert_eq!(
+        node.h1(Method::GET, "/c/kv2/digest", b"").await.text(),
+        node.h1(Method::GET, "/c/kv/digest", b"").await.text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runaway_guests_and_bad_requests_are_contained() {
+    let node = TestNode::start(&["--memory-cap", "64MiB", "--max-body", "1MiB"]);
+    node.ok(&["deploy", &guest("counter")]);
+    node.ok(&["deploy", &guest("misbehave")]);
+
+    // A request that loops forever: stopped by the deadline (1 s by default) while the other
+    // components answer meanwhile.
+    let spin = {
+        let addr = node.addr();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let r = continuum::client::h1(
+                addr,
+                Method::POST,
+                "/c/misbehave/spin",
+                Default::default(),
+                None,
+            )
+            .await
+            .unwrap();
+            (r, started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let during = Instant::now();
+    for _ in 0..10 {
+        counter_still_answers(&node).await;
+    }
+    let other_calls_took = during.elapsed();
+    let (r, took) = spin.await.unwrap();
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert!(r.text().contains("deadline"), "{}", r.text());
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "stopped after {took:?}"
+    );
+    assert!(
+        other_calls_took < took,
+        "other components waited for the runaway one"
+    );
+    // The stopped component itself is still usable.
+    assert_eq!(
+        node.h1(Method::GET, "/c/misbehave/ok", b"").await.status,
+        200
+    );
+
+    // Growing memory past the cap.
+    let r = node.h1(Method::POST, "/c/misbehave/hog?mb=100", b"").await;
+    assert_eq!(r.status, 502);
+    assert!(
+        r.text().contains("memory past the node's cap of 64 MiB"),
+        "{}",
+        r.text()
+    );
+    // A panic.
+    let r = node.h1(Method::POST, "/c/misbehave/panic", b"").await;
+    assert_eq!(r.status, 502);
+    assert!(r.text().contains("trapped"), "{}", r.text());
+    assert_eq!(
+        node.h1(Method::GET, "/c/misbehave/ok", b"").await.status,
+        200
+    );
+    assert_eq!(
+        node.metric(
+            "continuum_component_calls_total{component=\"misbehave\",outcome=\"deadline\"}"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        node.metric(
+            "continuum_component_calls_total{component=\"misbehave\",outcome=\"memory_cap\"}"
+        )
+        .await,
+        1
+    );
+
+    // A body over the limit, over both protocols.
+    let big = vec![7u8; 2 << 20];
+    let r = node.h1(Method::POST, "/c/counter/incr", &big).await;
+    assert_eq!(r.status, 413);
+    let mut h3 = node.h3().await;
+    let r = h3
+        .request(Method::POST, "/c/counter/incr", big.into(), None)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 413);
+    assert_eq!(
+        node.metric("continuum_rejected_total{reason=\"body_too_large\"}")
+            .await,
+        2
+    );
+
+    // An unknown component, over both protocols.
+    let r = h3
+        .request(Method::GET, "/c/nobody/x", Default::default(), None)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 404);
+    assert!(
+        node.fails(&["call", "nobody", "/x", "--h1"])
+            .contains("404")
+    );
+    h3.close().await;
+
+    // The control API without the token.
+    let r = node.h1(Method::GET, "/v1/components", b"").await;
+    assert_eq!(r.status, 401);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_continuum"))
+        .args(["ls", "--node", &node.info.http, "--token", "wrong"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bearer token"));
+    assert_eq!(
+        node.metric("continuum_rejected_total{reason=\"unauthorized\"}")
+            .await,
+        2
+    );
+
+    // A malformed HTTP/3 request: a DATA frame where the HEADERS frame must come first.
+    malformed_h3(&node).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while node
+        .metric("continuum_rejected_total{reason=\"malformed_h3\"}")
+        .await
+        == 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "malformed HTTP/3 request was not counted:\n{}",
+            node.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    counter_still_answers(&node).await;
+    let mut h3 = node.h3().await;
+    assert_eq!(
+        h3.request(Method::GET, "/c/counter/count", Default::default(), None)
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    h3.close().await;
+}
+
+/// Speak QUIC with ALPN h3, but send garbage on a request stream.
+async fn malformed_h3(node: &TestNode) {
+    let pin = continuum::tls::parse_pin(&node.info.cert_sha256).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(continuum::tls::client_config(pin).unwrap());
+    let conn = endpoint
+        .connect(node.addr(), "continuum")
+        .unwrap()
+        .await
+        .unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    // Frame type 0x00 (DATA), length 5, then 5 bytes.
+    send.write_all(&[0x00, 0x05, b'h', b'e', b'l', b'l', b'o'])
+        .await
+        .unwrap();
+    send.finish().unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(2), recv.read_to_end(1024)).await;
+    conn.close(0u32.into(), b"");
+    endpoint.wait_idle().await;
+}

@@ -1,0 +1,91 @@
+//! State lives in the data directory: SIGTERM checkpoints everything, a restart brings it all
+//! back, and the periodic checkpoint bounds what a kill -9 loses.
+
+use crate::support::{TestNode, guest};
+use http::Method;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_then_restart_brings_every_component_back_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    // No periodic checkpoint: what survives here is the shutdown checkpoint alone.
+    let mut node = TestNode::start_in(&dir, &["--checkpoint-every", "0s"]);
+    node.ok(&["deploy", &guest("counter")]);
+    node.ok(&["deploy", &guest("kv")]);
+    node.ok(&["deploy", &guest("sensor-filter"), "--name", "sensor"]);
+    for _ in 0..7 {
+        node.h1(Method::POST, "/c/counter/incr", b"").await;
+    }
+    node.h1(Method::PUT, "/c/kv/k/a", b"alpha").await;
+    node.h1(Method::POST, "/c/kv/fill?mb=8", b"").await;
+    node.h1(Method::DELETE, "/c/kv/k/a", b"").await;
+    node.h1(Method::PUT, "/c/kv/k/b", b"beta").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let digest = node.h1(Method::GET, "/c/kv/digest", b"").await.text();
+    let stats: serde_json::Value =
+        serde_json::from_slice(&node.h1(Method::GET, "/c/sensor/stats", b"").await.body).unwrap();
+    assert!(
+        stats["ticks"].as_u64().unwrap() > 5,
+        "sensor-filter is ticking: {stats}"
+    );
+
+    let status = node.sigterm();
+    assert!(
+        status.success(),
+        "SIGTERM should end the node with exit code 0, got {status}"
+    );
+    assert!(node.log().contains("final checkpoint"));
+
+    let node = TestNode::start_in(&dir, &[]);
+    assert_eq!(
+        node.h1(Method::GET, "/c/counter/count", b"").await.text(),
+        "7"
+    );
+    assert_eq!(
+        node.h1(Method::GET, "/c/kv/digest", b"").await.text(),
+        digest
+    );
+    assert_eq!(node.h1(Method::GET, "/c/kv/k/b", b"").await.text(), "beta");
+    assert_eq!(node.h1(Method::GET, "/c/kv/k/a", b"").await.status, 404);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let after: serde_json::Value =
+        serde_json::from_slice(&node.h1(Method::GET, "/c/sensor/stats", b"").await.body).unwrap();
+    assert!(
+        after["ticks"].as_u64() > stats["ticks"].as_u64(),
+        "the restored sensor-filter goes on counting from its saved state: {stats} then {after}"
+    );
+    let names: Vec<String> =
+        serde_json::from_str::<Vec<serde_json::Value>>(&node.ok(&["ls", "--json"]))
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap().to_string())
+            .collect();
+    assert_eq!(names, ["counter", "kv", "sensor"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn periodic_checkpoint_bounds_what_kill9_loses() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let mut node = TestNode::start_in(&dir, &["--checkpoint-every", "500ms"]);
+    node.ok(&["deploy", &guest("counter")]);
+    for _ in 0..5 {
+        node.h1(Method::POST, "/c/counter/incr", b"").await;
+    }
+    // Two periods: the state above is on disk by now.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        node.metric("continuum_checkpoints_total{trigger=\"periodic\"}")
+            .await
+            >= 1
+    );
+    node.kill9();
+
+    let node = TestNode::start_in(&dir, &[]);
+    assert_eq!(
+        node.h1(Method::GET, "/c/counter/count", b"").await.text(),
+        "5"
+    );
+}

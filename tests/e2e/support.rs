@@ -1,0 +1,185 @@
+//! Starting nodes and talking to them.
+
+use anyhow::{Context, Result, bail};
+use continuum::client::{self, H3, Reply};
+use continuum::datadir::{NodeInfo, read_node_json};
+use http::Method;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn guest(name: &str) -> String {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../target/guests/{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: build the example components with scripts/build-guests.sh",
+        path.display()
+    );
+    path.to_string_lossy().into_owned()
+}
+
+/// A `continuum node` process with its own data directory; killed when dropped.
+pub struct TestNode {
+    pub dir: PathBuf,
+    pub info: NodeInfo,
+    child: Option<Child>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl TestNode {
+    /// A node on a fresh data directory.
+    pub fn start(extra: &[&str]) -> TestNode {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut node = Self::start_in(&tmp.path().join("data"), extra);
+        node._tmp = Some(tmp);
+        node
+    }
+
+    /// A node on `dir` (which may hold an earlier node's state).
+    pub fn start_in(dir: &Path, extra: &[&str]) -> TestNode {
+        Self::try_start_in(dir, extra).unwrap()
+    }
+
+    fn try_start_in(dir: &Path, extra: &[&str]) -> Result<TestNode> {
+        std::fs::create_dir_all(dir)?;
+        // A node killed with -9 leaves its node.json behind; wait for the new one.
+        let json = continuum::datadir::node_json_path(dir);
+        let _ = std::fs::remove_file(&json);
+        let log = std::fs::File::create(dir.with_extension("log"))?;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_continuum"))
+            .args(["node", "--http", "127.0.0.1:0", "--no-mdns", "--data-dir"])
+            .arg(dir)
+            .args(extra)
+            .env("CONTINUUM_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting continuum node")?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !json.exists() {
+            if let Some(status) = child.try_wait()? {
+                let log = std::fs::read_to_string(dir.with_extension("log")).unwrap_or_default();
+                bail!("node exited early with {status}:\n{log}");
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("node did not become ready in 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(TestNode {
+            dir: dir.to_path_buf(),
+            info: read_node_json(dir)?,
+            child: Some(child),
+            _tmp: None,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.info
+            .http
+            .trim_start_matches("http://")
+            .parse()
+            .unwrap()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.with_extension("log")).unwrap_or_default()
+    }
+
+    /// Run a client command against this node.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_continuum"))
+            .args(args)
+            .env("CONTINUUM_NODE", &self.info.http)
+            .env("CONTINUUM_DATA_DIR", &self.dir)
+            .env_remove("CONTINUUM_TOKEN")
+            .output()
+            .unwrap()
+    }
+
+    /// Run a client command that must succeed; its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "continuum {args:?} failed: {}\nnode log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .trim_end()
+            .to_string()
+    }
+
+    /// Run a client command that must fail with a one-line reason on stderr; that line.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert!(
+            !out.status.success(),
+            "continuum {args:?} succeeded: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert_eq!(stderr.lines().count(), 1, "not one line: {stderr:?}");
+        assert!(stderr.starts_with("error: "), "{stderr:?}");
+        stderr.trim_end().to_string()
+    }
+
+    pub async fn h1(&self, method: Method, target: &str, body: &[u8]) -> Reply {
+        client::h1(self.addr(), method, target, body.to_vec().into(), None)
+            .await
+            .unwrap()
+    }
+
+    pub async fn h3(&self) -> H3 {
+        H3::connect(
+            self.addr(),
+            continuum::tls::parse_pin(&self.info.cert_sha256).unwrap(),
+        )
+        .await
+        .unwrap()
+    }
+
+    /// The value of one metric line, e.g. `continuum_rejected_total{reason="bad_module"}`.
+    pub async fn metric(&self, series: &str) -> u64 {
+        let text = self.h1(Method::GET, "/metrics", b"").await.text();
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
+            .map_or(0, |v| v as u64)
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then wait (at most 30 s) for the exit status.
+    pub fn sigterm(&mut self) -> ExitStatus {
+        let mut c = self.child.take().expect("node is running");
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!("node did not stop within 30 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
