@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Everything CI runs, on a fresh machine too: formatting, lints, the example components, and
+# every test (unit, property, and end-to-end tests that start real nodes on 127.0.0.1).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Tools the checks need; no-ops where they are installed already.
+for component in rustfmt clippy; do
+    rustup component list --installed | grep -q "^$component" || rustup component add "$component"
+done
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== example components (wasm32-wasip1)"
+scripts/build-guests.sh
+
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+echo "== cargo test"
+cargo test --workspace
