@@ -89,3 +89,39 @@ async fn periodic_checkpoint_bounds_what_kill9_loses() {
         "5"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_snapshot_on_disk_costs_only_its_own_component() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let mut node = TestNode::start_in(&dir, &[]);
+    node.ok(&["deploy", &guest("counter")]);
+    node.ok(&["deploy", &guest("kv")]);
+    node.h1(Method::POST, "/c/counter/incr", b"").await;
+    assert!(node.sigterm().success());
+
+    let snap = dir.join("components/kv.snap");
+    let mut bytes = std::fs::read(&snap).unwrap();
+    let at = bytes.len() - 100;
+    bytes[at] ^= 1;
+    std::fs::write(&snap, &bytes).unwrap();
+
+    let node = TestNode::start_in(&dir, &[]);
+    assert_eq!(
+        node.h1(Method::GET, "/c/counter/count", b"").await.text(),
+        "1"
+    );
+    assert_eq!(node.h1(Method::GET, "/c/kv/digest", b"").await.status, 404);
+    assert!(
+        node.log().contains("could not bring back"),
+        "{}",
+        node.log()
+    );
+    assert_eq!(
+        node.metric("continuum_rejected_total{reason=\"bad_snapshot\"}")
+            .await,
+        1
+    );
+    // The damaged file stays for the operator to look at; nothing overwrote it.
+    assert_eq!(std::fs::read(&snap).unwrap(), bytes);
+}
