@@ -1,0 +1,426 @@
+//! The whole protocol as one sans-IO state machine, in the manner of quinn-proto: the driver
+//! feeds it messages and the time, and drains what it wants published, sent and scheduled.
+//!
+//! - Every node publishes a full signed advert when it starts, when it changes materially, and
+//!   every `full_every` heartbeats; in between, a small signed `Alive` heartbeat.
+//! - A peer is forgotten `ttl` after its last message.
+//! - When two peers connect, each asks the other for a sync: the adverts it knows, relayed
+//!   verbatim with how long ago it heard each peer. A newcomer has the full view after one
+//!   round trip instead of waiting for everyone's next advert.
+//! - A heartbeat from a peer whose current advert we lack triggers a sync request to it.
+
+use crate::advert::{Hosted, ResourceAdvert, Resources};
+use crate::federation::{FederationError, FederationEvent, FederationMsg, FederationSpec, Federations};
+use crate::membership::{Heard, View};
+use crate::wire::{Body, MAX_DIRECT_BYTES, MAX_GOSSIP_BYTES, Message, Reject, SwarmKey, SyncEntry, open, seal};
+use libp2p_identity::{Keypair, PeerId};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Peers are forgotten this long after their last message.
+    pub ttl_ms: u64,
+    /// How often a node says it is alive.
+    pub heartbeat_ms: u64,
+    /// Every this many heartbeats, a full advert instead.
+    pub full_every: u32,
+    /// Changes are published at most this often.
+    pub min_gap_ms: u64,
+    /// Join federations whose predicate this node satisfies without being asked.
+    pub auto_join: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            ttl_ms: 15_000,
+            heartbeat_ms: 5_000,
+            full_every: 6,
+            min_gap_ms: 250,
+            auto_join: true,
+        }
+    }
+}
+
+impl Config {
+    /// Defaults for a given time to live: heartbeats at a third of it.
+    pub fn with_ttl(ttl_ms: u64) -> Config {
+        Config {
+            ttl_ms,
+            heartbeat_ms: (ttl_ms / 3).max(100),
+            ..Config::default()
+        }
+    }
+}
+
+/// What the driver must do.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Output {
+    /// Publish on the gossip topic.
+    Publish(Vec<u8>),
+    /// Send straight to one peer.
+    Send { to: PeerId, bytes: Vec<u8> },
+}
+
+/// What happened, for logs and status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    PeerUp(PeerId),
+    PeerDown(PeerId),
+    Federation(FederationEvent),
+}
+
+/// Where a component is, according to its host's advert.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Location {
+    pub name: String,
+    pub host: PeerId,
+    pub epoch: u64,
+    pub digest: [u8; 32],
+}
+
+pub struct Gossip {
+    id: Keypair,
+    me: PeerId,
+    key: Option<SwarmKey>,
+    cfg: Config,
+    seq: u64,
+    local: Resources,
+    /// What the last full advert said, and its frame (relayed in syncs).
+    published: Resources,
+    advert_seq: u64,
+    my_frame: Vec<u8>,
+    last_full_ms: u64,
+    beats_since_full: u32,
+    next_beat: u64,
+    full_due: Option<u64>,
+    view: View,
+    last_seq: HashMap<PeerId, u64>,
+    asked: HashMap<PeerId, u64>,
+    feds: Federations,
+    out: VecDeque<Output>,
+    events: VecDeque<Event>,
+}
+
+impl Gossip {
+    /// A node's gossip. `first_seq` must exceed any sequence number the same identity used
+    /// before (the driver passes wall-clock microseconds), so a restarted node is not taken for
+    /// a replay of its former self.
+    pub fn new(now: u64, id: Keypair, key: Option<SwarmKey>, cfg: Config, local: Resources, first_seq: u64) -> Gossip {
+        let me = id.public().to_peer_id();
+        let mut g = Gossip {
+            id,
+            me,
+            key,
+            seq: first_seq,
+            published: local.clone(),
+            local,
+            advert_seq: 0,
+            my_frame: Vec::new(),
+            last_full_ms: now,
+            beats_since_full: 0,
+            next_beat: now + cfg.heartbeat_ms,
+            full_due: None,
+            cfg,
+            view: View::default(),
+            last_seq: HashMap::new(),
+            asked: HashMap::new(),
+            feds: Federations::default(),
+            out: VecDeque::new(),
+            events: VecDeque::new(),
+        };
+        g.publish_advert(now);
+        g
+    }
+
+    pub fn me(&self) -> PeerId {
+        self.me
+    }
+
+    pub fn view(&self) -> &View {
+        &self.view
+    }
+
+    pub fn federations(&self) -> &Federations {
+        &self.feds
+    }
+
+    pub fn local(&self) -> &Resources {
+        &self.local
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    fn seal(&mut self, body: Body) -> Vec<u8> {
+        self.seq += 1;
+        seal(&self.id, self.key.as_ref(), &Message { seq: self.seq, body })
+    }
+
+    fn publish(&mut self, body: Body) {
+        let bytes = self.seal(body);
+        self.out.push_back(Output::Publish(bytes));
+    }
+
+    fn publish_advert(&mut self, now: u64) {
+        let advert = ResourceAdvert {
+            peer: self.me.to_bytes(),
+            ttl_ms: self.cfg.ttl_ms,
+            resources: self.local.clone(),
+        };
+        let frame = self.seal(Body::Advert(advert));
+        self.advert_seq = self.seq;
+        self.my_frame = frame.clone();
+        self.published = self.local.clone();
+        self.last_full_ms = now;
+        self.beats_since_full = 0;
+        self.full_due = None;
+        self.out.push_back(Output::Publish(frame));
+    }
+
+    fn schedule_advert(&mut self, at: u64) {
+        let at = at.max(self.last_full_ms + self.cfg.min_gap_ms);
+        self.full_due = Some(self.full_due.map_or(at, |d| d.min(at)));
+    }
+
+    /// The node's resources or components changed.
+    pub fn set_local(&mut self, now: u64, local: Resources) {
+        if self.published.differs_materially(&local) {
+            self.schedule_advert(now);
+        }
+        self.local = local;
+    }
+
+    fn sync_message(&mut self, now: u64, reply: bool) -> Vec<u8> {
+        let mut entries = vec![SyncEntry {
+            frame: self.my_frame.clone(),
+            heard_ago_ms: 0,
+        }];
+        entries.extend(self.view.iter().filter(|p| p.advert.is_some()).map(|p| SyncEntry {
+            frame: p.frame.clone(),
+            heard_ago_ms: now.saturating_sub(p.last_heard_ms),
+        }));
+        self.seal(Body::Sync { entries, reply })
+    }
+
+    /// A peer connected: exchange views with it, and make sure our advert reaches the topic
+    /// (a node's very first advert may have gone out before it had any gossip peer).
+    pub fn handle_connected(&mut self, now: u64, peer: PeerId) {
+        let bytes = self.sync_message(now, false);
+        self.out.push_back(Output::Send { to: peer, bytes });
+        self.schedule_advert(now + 1_000);
+    }
+
+    fn check_seq(&mut self, peer: PeerId, seq: u64) -> Result<bool, Reject> {
+        let known = self.last_seq.entry(peer).or_insert(0);
+        if seq < *known {
+            return Err(Reject::Replay {
+                peer: peer.to_string(),
+                got: seq,
+                known: *known,
+            });
+        }
+        let fresh = seq > *known;
+        *known = seq;
+        Ok(fresh)
+    }
+
+    /// A message from the gossip topic.
+    pub fn handle_gossip(&mut self, now: u64, bytes: &[u8]) -> Result<(), Reject> {
+        let opened = open(bytes, self.key.as_ref(), MAX_GOSSIP_BYTES)?;
+        let peer = opened.signer;
+        if peer == self.me {
+            return Ok(());
+        }
+        if !self.check_seq(peer, opened.message.seq)? {
+            return Ok(()); // the same message again, by another path
+        }
+        match opened.message.body {
+            Body::Advert(advert) => {
+                if self.view.advert(now, peer, opened.message.seq, advert, bytes.to_vec()) == Heard::New {
+                    self.events.push_back(Event::PeerUp(peer));
+                }
+            }
+            Body::Alive { advert_seq, ttl_ms } => {
+                if self.view.alive(now, peer, advert_seq, ttl_ms) == Heard::NeedAdvert {
+                    self.ask_for_sync(now, peer);
+                }
+            }
+            Body::Federation(FederationMsg::Announce(spec)) => {
+                let (msg, event) = self.feds.on_announce(now, self.me, &self.local, self.cfg.auto_join, peer, spec);
+                if let Some(msg) = msg {
+                    self.publish(Body::Federation(msg));
+                }
+                self.events.extend(event.map(Event::Federation));
+            }
+            Body::Federation(FederationMsg::Member { name, owner, joined }) => {
+                self.feds.on_member(now, peer, &name, &owner, joined);
+            }
+            Body::Sync { .. } => {
+                return Err(Reject::Malformed("a sync must come as a direct message".into()));
+            }
+        }
+        Ok(())
+    }
+
+    fn ask_for_sync(&mut self, now: u64, peer: PeerId) {
+        let last = self.asked.get(&peer).copied().unwrap_or(0);
+        if last == 0 || now >= last + 2_000 {
+            self.asked.insert(peer, now.max(1));
+            let bytes = self.sync_message(now, false);
+            self.out.push_back(Output::Send { to: peer, bytes });
+        }
+    }
+
+    /// A direct message from `from` (a sync request or reply).
+    pub fn handle_direct(&mut self, now: u64, from: PeerId, bytes: &[u8]) -> Result<(), Reject> {
+        let opened = open(bytes, self.key.as_ref(), MAX_DIRECT_BYTES)?;
+        if opened.signer != from {
+            return Err(Reject::WrongPeer {
+                claimed: from.to_string(),
+                signer: opened.signer.to_string(),
+            });
+        }
+        let Body::Sync { entries, reply } = opened.message.body else {
+            return Err(Reject::Malformed("only syncs come as direct messages".into()));
+        };
+        let mut first_error = None;
+        for entry in entries {
+            match open(&entry.frame, self.key.as_ref(), MAX_GOSSIP_BYTES) {
+                Ok(inner) if inner.signer == self.me => {}
+                Ok(inner) => match inner.message.body {
+                    Body::Advert(advert) => {
+                        let heard = self.view.relayed_advert(
+                            now,
+                            inner.signer,
+                            inner.message.seq,
+                            advert,
+                            entry.frame,
+                            entry.heard_ago_ms,
+                        );
+                        if heard == Some(Heard::New) {
+                            self.events.push_back(Event::PeerUp(inner.signer));
+                        }
+                    }
+                    _ => {
+                        first_error.get_or_insert(Reject::Malformed("a sync may relay adverts only".into()));
+                    }
+                },
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if !reply {
+            let bytes = self.sync_message(now, true);
+            self.out.push_back(Output::Send { to: from, bytes });
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    pub fn handle_timeout(&mut self, now: u64) {
+        for gone in self.view.expire(now) {
+            self.asked.remove(&gone);
+            self.events.push_back(Event::PeerDown(gone));
+        }
+        if self.full_due.is_some_and(|t| t <= now) {
+            self.publish_advert(now);
+            self.next_beat = now + self.cfg.heartbeat_ms;
+        }
+        if self.next_beat <= now {
+            self.beats_since_full += 1;
+            if self.beats_since_full >= self.cfg.full_every {
+                self.publish_advert(now);
+            } else {
+                let body = Body::Alive {
+                    advert_seq: self.advert_seq,
+                    ttl_ms: self.cfg.ttl_ms,
+                };
+                self.publish(body);
+            }
+            self.next_beat = now + self.cfg.heartbeat_ms;
+        }
+        let (msgs, events) = self.feds.handle_timeout(now, self.me);
+        for m in msgs {
+            self.publish(Body::Federation(m));
+        }
+        self.events.extend(events.into_iter().map(Event::Federation));
+    }
+
+    /// When [`Self::handle_timeout`] should next be called.
+    pub fn poll_timeout(&self) -> u64 {
+        [Some(self.next_beat), self.full_due, self.view.next_expiry(), self.feds.next_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
+            .expect("the heartbeat is always scheduled")
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    pub fn create_federation(&mut self, now: u64, spec: FederationSpec) -> Result<(), FederationError> {
+        let (msgs, events) = self.feds.create(now, self.me, &self.local, spec)?;
+        for m in msgs {
+            self.publish(Body::Federation(m));
+        }
+        self.events.extend(events.into_iter().map(Event::Federation));
+        Ok(())
+    }
+
+    pub fn join_federation(&mut self, now: u64, name: &str) -> Result<(), FederationError> {
+        let msg = self.feds.join(now, self.me, &self.local, name)?;
+        self.publish(Body::Federation(msg));
+        self.events.push_back(Event::Federation(FederationEvent::Joined(name.to_string())));
+        Ok(())
+    }
+
+    pub fn leave_federation(&mut self, name: &str) -> Result<(), FederationError> {
+        let msg = self.feds.leave(self.me, name)?;
+        self.publish(Body::Federation(msg));
+        self.events.push_back(Event::Federation(FederationEvent::Left(name.to_string())));
+        Ok(())
+    }
+
+    /// Every component location known: from this node's own components and from every
+    /// advert in the view. Where two hosts claim a name, the higher epoch wins, then the lower
+    /// peer id, so every node picks the same one.
+    pub fn directory(&self) -> BTreeMap<String, Location> {
+        let mine = self.local.components.iter().map(|h| (self.me, h));
+        let theirs = self
+            .view
+            .iter()
+            .filter_map(|p| p.advert.as_ref().map(|a| (p.peer, a)))
+            .flat_map(|(peer, a)| a.resources.components.iter().map(move |h| (peer, h)));
+        let mut dir: BTreeMap<String, Location> = BTreeMap::new();
+        for (host, h) in mine.chain(theirs) {
+            let better = dir
+                .get(&h.name)
+                .is_none_or(|cur| (h.epoch, std::cmp::Reverse(host)) > (cur.epoch, std::cmp::Reverse(cur.host)));
+            if better {
+                dir.insert(h.name.clone(), location(host, h));
+            }
+        }
+        dir
+    }
+
+    /// Where component `name` is.
+    pub fn locate(&self, name: &str) -> Option<Location> {
+        self.directory().remove(name)
+    }
+}
+
+fn location(host: PeerId, h: &Hosted) -> Location {
+    Location {
+        name: h.name.clone(),
+        host,
+        epoch: h.epoch,
+        digest: h.digest,
+    }
+}

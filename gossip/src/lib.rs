@@ -1,0 +1,21 @@
+//! `continuum-gossip`: how Continuum nodes know each other, sans IO.
+//!
+//! Signed resource adverts and heartbeats, a membership view that ages out silent peers,
+//! temporary federations with leases, and the directory of component locations read off the
+//! adverts. Everything here is a plain state machine that takes the time and messages as input
+//! and returns messages to send and when to wake up next: no sockets, no clock, no tokio. The
+//! node drives it over libp2p; the simulator drives the very same code in virtual time.
+
+mod advert;
+mod federation;
+mod gossip;
+mod membership;
+mod wire;
+
+pub use advert::{Hosted, ResourceAdvert, Resources};
+pub use federation::{Federation, FederationError, FederationEvent, FederationMsg, FederationSpec, Federations, Mine};
+pub use gossip::{Config, Event, Gossip, Location, Output};
+pub use membership::{Heard, PeerInfo, View};
+pub use wire::{Body, MAX_DIRECT_BYTES, MAX_GOSSIP_BYTES, Message, Opened, Reject, SwarmKey, SyncEntry, open, seal};
+
+pub use libp2p_identity::{Keypair, PeerId};

@@ -1,0 +1,153 @@
+//! The membership view: every peer heard from, its latest advert, and when to forget it.
+//! A peer is forgotten `ttl` after the last message that proves it alive.
+
+use crate::advert::ResourceAdvert;
+use libp2p_identity::PeerId;
+use std::collections::BTreeMap;
+
+#[derive(Clone, Debug)]
+pub struct PeerInfo {
+    pub peer: PeerId,
+    /// The latest full advert (`None` while only heartbeats have arrived).
+    pub advert: Option<ResourceAdvert>,
+    /// Sequence number of that advert.
+    pub advert_seq: u64,
+    /// The advert's frame as its signer sealed it, relayed verbatim in syncs.
+    pub frame: Vec<u8>,
+    pub last_heard_ms: u64,
+    pub expires_ms: u64,
+}
+
+/// What hearing from a peer changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Heard {
+    /// A peer we did not know.
+    New,
+    /// A newer advert from a known peer.
+    Updated,
+    /// Proof of life, nothing new.
+    Refreshed,
+    /// Proof of life from a peer whose current advert we lack: ask it for a sync.
+    NeedAdvert,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct View {
+    peers: BTreeMap<PeerId, PeerInfo>,
+}
+
+impl View {
+    pub fn get(&self, peer: &PeerId) -> Option<&PeerInfo> {
+        self.peers.get(peer)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &PeerInfo> {
+        self.peers.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.peers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.peers.is_empty()
+    }
+
+    /// An advert heard directly from its signer (over the gossip topic).
+    pub fn advert(&mut self, now: u64, peer: PeerId, seq: u64, advert: ResourceAdvert, frame: Vec<u8>) -> Heard {
+        let expires = now + advert.ttl_ms;
+        self.store(now, peer, seq, advert, frame, expires)
+    }
+
+    /// An advert relayed by another peer in a sync, last heard `heard_ago_ms` before `now`
+    /// by the relay. `None` if it is not news or is already past its time to live.
+    pub fn relayed_advert(
+        &mut self,
+        now: u64,
+        peer: PeerId,
+        seq: u64,
+        advert: ResourceAdvert,
+        frame: Vec<u8>,
+        heard_ago_ms: u64,
+    ) -> Option<Heard> {
+        if heard_ago_ms >= advert.ttl_ms {
+            return None;
+        }
+        let expires = now + advert.ttl_ms - heard_ago_ms;
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.expires_ms = p.expires_ms.max(expires);
+            if seq <= p.advert_seq {
+                return None;
+            }
+        }
+        Some(self.store(now.saturating_sub(heard_ago_ms), peer, seq, advert, frame, expires))
+    }
+
+    fn store(&mut self, heard: u64, peer: PeerId, seq: u64, advert: ResourceAdvert, frame: Vec<u8>, expires: u64) -> Heard {
+        match self.peers.get_mut(&peer) {
+            Some(p) => {
+                p.last_heard_ms = p.last_heard_ms.max(heard);
+                p.expires_ms = p.expires_ms.max(expires);
+                if seq > p.advert_seq {
+                    p.advert = Some(advert);
+                    p.advert_seq = seq;
+                    p.frame = frame;
+                    Heard::Updated
+                } else {
+                    Heard::Refreshed
+                }
+            }
+            None => {
+                self.peers.insert(
+                    peer,
+                    PeerInfo {
+                        peer,
+                        advert: Some(advert),
+                        advert_seq: seq,
+                        frame,
+                        last_heard_ms: heard,
+                        expires_ms: expires,
+                    },
+                );
+                Heard::New
+            }
+        }
+    }
+
+    /// A heartbeat: the peer is alive and says its current advert is `advert_seq`.
+    pub fn alive(&mut self, now: u64, peer: PeerId, advert_seq: u64, ttl_ms: u64) -> Heard {
+        let p = self.peers.entry(peer).or_insert_with(|| PeerInfo {
+            peer,
+            advert: None,
+            advert_seq: 0,
+            frame: Vec::new(),
+            last_heard_ms: now,
+            expires_ms: now,
+        });
+        p.last_heard_ms = now;
+        p.expires_ms = p.expires_ms.max(now + ttl_ms);
+        if p.advert.is_none() || advert_seq > p.advert_seq {
+            Heard::NeedAdvert
+        } else {
+            Heard::Refreshed
+        }
+    }
+
+    /// Forget peers not heard from in time; returns them.
+    pub fn expire(&mut self, now: u64) -> Vec<PeerId> {
+        let gone: Vec<PeerId> = self
+            .peers
+            .values()
+            .filter(|p| p.expires_ms <= now)
+            .map(|p| p.peer)
+            .collect();
+        for p in &gone {
+            self.peers.remove(p);
+        }
+        gone
+    }
+
+    pub fn next_expiry(&self) -> Option<u64> {
+        self.peers.values().map(|p| p.expires_ms).min()
+    }
+}

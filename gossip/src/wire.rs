@@ -1,0 +1,190 @@
+//! What travels: every message is a CBOR frame holding a signed payload and, in a closed swarm,
+//! a MAC made with the swarm key. Opening a frame checks, in order: size, encoding, swarm key,
+//! signature, and (for adverts) that the advert speaks for its signer. Each refusal has a
+//! reason the node counts.
+
+use crate::advert::ResourceAdvert;
+use crate::federation::FederationMsg;
+use libp2p_identity::{Keypair, PeerId, PublicKey};
+use serde::{Deserialize, Serialize};
+
+/// Largest frame accepted from the gossip topic.
+pub const MAX_GOSSIP_BYTES: usize = 64 * 1024;
+/// Largest frame accepted as a direct message (a sync carries every advert a node knows).
+pub const MAX_DIRECT_BYTES: usize = 4 << 20;
+
+const SIGN_DOMAIN: &[u8] = b"continuum-gossip-v1";
+const MAC_DOMAIN: &[u8] = b"continuum-swarm-v1";
+
+/// A swarm key: only nodes holding it may take part in the swarm. Like Serf's gossip key, it
+/// is checked on every application message; libp2p's own transport encryption stays as is.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SwarmKey([u8; 32]);
+
+impl SwarmKey {
+    pub fn new(bytes: [u8; 32]) -> Self {
+        SwarmKey(bytes)
+    }
+
+    /// A MAC over a frame's signed parts.
+    pub fn mac(&self, key: &[u8], payload: &[u8], sig: &[u8]) -> [u8; 32] {
+        let mut h = blake3::Hasher::new_keyed(&self.0);
+        for part in [MAC_DOMAIN, key, payload, sig] {
+            h.update(&(part.len() as u64).to_le_bytes());
+            h.update(part);
+        }
+        *h.finalize().as_bytes()
+    }
+}
+
+impl std::fmt::Debug for SwarmKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SwarmKey(..)")
+    }
+}
+
+/// Why a message was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Reject {
+    #[error("message of {0} bytes is over the size limit")]
+    Oversized(usize),
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    #[error("message does not prove it comes from a holder of this swarm's key")]
+    SwarmKey,
+    #[error("message signature does not verify")]
+    BadSignature,
+    #[error("message speaks for peer {claimed} but is signed by {signer}")]
+    WrongPeer { claimed: String, signer: String },
+    #[error("replayed message: sequence {got} from {peer} is older than {known}")]
+    Replay { peer: String, got: u64, known: u64 },
+}
+
+impl Reject {
+    /// Label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Reject::Oversized(_) => "oversized",
+            Reject::Malformed(_) => "malformed",
+            Reject::SwarmKey => "swarm_key",
+            Reject::BadSignature => "bad_signature",
+            Reject::WrongPeer { .. } => "wrong_peer",
+            Reject::Replay { .. } => "replay",
+        }
+    }
+}
+
+/// A signed message: the signer's sequence number and what it says.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Message {
+    /// Grows with every message a peer sends, whatever its kind: older ones are replays.
+    pub seq: u64,
+    pub body: Body,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Body {
+    /// A peer's resources and hosted components, in full.
+    Advert(ResourceAdvert),
+    /// "I am alive and my advert `advert_seq` is current": the cheap, frequent message.
+    Alive { advert_seq: u64, ttl_ms: u64 },
+    Federation(FederationMsg),
+    /// Every advert the sender knows (each a frame of its own signer), for a peer that just
+    /// connected: anti-entropy, so a newcomer has the full view after one exchange.
+    Sync { entries: Vec<SyncEntry>, reply: bool },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncEntry {
+    /// The advert's own frame, as its signer published it.
+    #[serde(with = "serde_bytes")]
+    pub frame: Vec<u8>,
+    /// How long ago the sender last heard from that peer: the receiver expires it as the sender
+    /// would, so a relay never brings a dead peer back to life.
+    pub heard_ago_ms: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Frame {
+    #[serde(rename = "k", with = "serde_bytes")]
+    key: Vec<u8>,
+    #[serde(rename = "p", with = "serde_bytes")]
+    payload: Vec<u8>,
+    #[serde(rename = "s", with = "serde_bytes")]
+    sig: Vec<u8>,
+    #[serde(rename = "m", with = "serde_bytes", default, skip_serializing_if = "Option::is_none")]
+    mac: Option<[u8; 32]>,
+}
+
+/// An opened frame.
+#[derive(Clone, Debug)]
+pub struct Opened {
+    pub signer: PeerId,
+    pub message: Message,
+}
+
+fn to_cbor(value: &impl Serialize) -> Vec<u8> {
+    let mut out = Vec::new();
+    ciborium::into_writer(value, &mut out).expect("writing to a Vec cannot fail");
+    out
+}
+
+fn from_cbor<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, Reject> {
+    let mut rest = bytes;
+    let value = ciborium::from_reader(&mut rest).map_err(|e| Reject::Malformed(format!("{what}: {e}")))?;
+    if !rest.is_empty() {
+        return Err(Reject::Malformed(format!("{what}: {} stray bytes at the end", rest.len())));
+    }
+    Ok(value)
+}
+
+/// Sign `message` as `id`, and MAC it with the swarm key if there is one.
+pub fn seal(id: &Keypair, key: Option<&SwarmKey>, message: &Message) -> Vec<u8> {
+    let payload = to_cbor(message);
+    let mut signed = SIGN_DOMAIN.to_vec();
+    signed.extend_from_slice(&payload);
+    let sig = id.sign(&signed).expect("ed25519 signing does not fail");
+    let pubkey = id.public().encode_protobuf();
+    let mac = key.map(|k| k.mac(&pubkey, &payload, &sig));
+    to_cbor(&Frame {
+        key: pubkey,
+        payload,
+        sig,
+        mac,
+    })
+}
+
+/// Check and decode a frame (see the module docs for the order of checks).
+pub fn open(bytes: &[u8], key: Option<&SwarmKey>, max: usize) -> Result<Opened, Reject> {
+    if bytes.len() > max {
+        return Err(Reject::Oversized(bytes.len()));
+    }
+    let frame: Frame = from_cbor(bytes, "frame")?;
+    match (key, frame.mac) {
+        (Some(k), Some(mac)) if k.mac(&frame.key, &frame.payload, &frame.sig) == mac => {}
+        (None, None) => {}
+        _ => return Err(Reject::SwarmKey),
+    }
+    let public = PublicKey::try_decode_protobuf(&frame.key)
+        .map_err(|e| Reject::Malformed(format!("public key: {e}")))?;
+    let mut signed = SIGN_DOMAIN.to_vec();
+    signed.extend_from_slice(&frame.payload);
+    if !public.verify(&signed, &frame.sig) {
+        return Err(Reject::BadSignature);
+    }
+    let signer = public.to_peer_id();
+    let message: Message = from_cbor(&frame.payload, "message")?;
+    if let Body::Advert(a) = &message.body {
+        let claimed = PeerId::from_bytes(&a.peer).map_err(|e| Reject::Malformed(format!("advert peer id: {e}")))?;
+        if claimed != signer {
+            return Err(Reject::WrongPeer {
+                claimed: claimed.to_string(),
+                signer: signer.to_string(),
+            });
+        }
+    }
+    Ok(Opened { signer, message })
+}

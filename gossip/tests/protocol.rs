@@ -1,0 +1,325 @@
+//! The gossip protocol stepped in virtual time, quinn-proto style: a handful of `Gossip`
+//! machines, a loss-free network that delivers every publication to every live node, and a
+//! clock that jumps to the next timer.
+
+use continuum_gossip::{
+    Body, Config, Event, FederationEvent, FederationSpec, Gossip, Hosted, Keypair, Message, Mine, Output, PeerId,
+    Reject, ResourceAdvert, Resources, SwarmKey, open, seal,
+};
+use std::collections::{BTreeMap, BTreeSet};
+
+fn keypair(i: u8) -> Keypair {
+    Keypair::ed25519_from_bytes([i + 1; 32]).unwrap()
+}
+
+fn resources(zone: &str) -> Resources {
+    Resources {
+        arch: "x86_64".into(),
+        cores: 2,
+        load: 0.1,
+        mem_free: 1 << 30,
+        mem_total: 2 << 30,
+        slots: 10,
+        labels: BTreeMap::from([("zone".to_string(), zone.to_string())]),
+        http: "http://127.0.0.1:7070".into(),
+        addrs: vec![],
+        components: vec![],
+    }
+}
+
+struct Net {
+    now: u64,
+    nodes: Vec<Gossip>,
+    up: Vec<bool>,
+    /// Every message the network carried, for replay tests.
+    published: Vec<Vec<u8>>,
+    rejected: Vec<Reject>,
+}
+
+impl Net {
+    fn new(zones: &[&str], key: Option<SwarmKey>) -> Net {
+        let cfg = Config::with_ttl(3_000);
+        let nodes: Vec<Gossip> = zones
+            .iter()
+            .enumerate()
+            .map(|(i, z)| Gossip::new(0, keypair(i as u8), key.clone(), cfg.clone(), resources(z), 1))
+            .collect();
+        let up = vec![true; nodes.len()];
+        let mut net = Net {
+            now: 0,
+            nodes,
+            up,
+            published: Vec::new(),
+            rejected: Vec::new(),
+        };
+        // Everyone connects to node 0, as with one bootstrap peer.
+        for i in 1..net.nodes.len() {
+            let (a, b) = (net.nodes[0].me(), net.nodes[i].me());
+            net.nodes[0].handle_connected(0, b);
+            net.nodes[i].handle_connected(0, a);
+        }
+        net
+    }
+
+    fn index(&self, peer: PeerId) -> usize {
+        self.nodes.iter().position(|n| n.me() == peer).unwrap()
+    }
+
+    fn deliver(&mut self) {
+        loop {
+            let mut any = false;
+            for i in 0..self.nodes.len() {
+                while let Some(out) = self.nodes[i].poll_output() {
+                    any = true;
+                    if !self.up[i] {
+                        continue;
+                    }
+                    match out {
+                        Output::Publish(bytes) => {
+                            self.published.push(bytes.clone());
+                            for j in 0..self.nodes.len() {
+                                if j != i && self.up[j] {
+                                    if let Err(e) = self.nodes[j].handle_gossip(self.now, &bytes) {
+                                        self.rejected.push(e);
+                                    }
+                                }
+                            }
+                        }
+                        Output::Send { to, bytes } => {
+                            let j = self.index(to);
+                            let from = self.nodes[i].me();
+                            if self.up[j] {
+                                if let Err(e) = self.nodes[j].handle_direct(self.now, from, &bytes) {
+                                    self.rejected.push(e);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            if !any {
+                return;
+            }
+        }
+    }
+
+    fn run_until(&mut self, until: u64) {
+        loop {
+            self.deliver();
+            let next = (0..self.nodes.len())
+                .filter(|&i| self.up[i])
+                .map(|i| self.nodes[i].poll_timeout())
+                .min()
+                .unwrap();
+            if next > until {
+                self.now = until;
+                return;
+            }
+            self.now = next.max(self.now);
+            for i in 0..self.nodes.len() {
+                if self.up[i] && self.nodes[i].poll_timeout() <= self.now {
+                    self.nodes[i].handle_timeout(self.now);
+                }
+            }
+        }
+    }
+
+    fn peers_of(&self, i: usize) -> BTreeSet<PeerId> {
+        self.nodes[i]
+            .view()
+            .iter()
+            .filter(|p| p.advert.is_some())
+            .map(|p| p.peer)
+            .collect()
+    }
+
+    fn others(&self, i: usize) -> BTreeSet<PeerId> {
+        (0..self.nodes.len())
+            .filter(|&j| j != i && self.up[j])
+            .map(|j| self.nodes[j].me())
+            .collect()
+    }
+}
+
+#[test]
+fn every_node_sees_every_other_and_forgets_the_dead() {
+    let mut net = Net::new(&["a", "a", "b", "b", "a"], None);
+    net.run_until(10);
+    for i in 0..5 {
+        assert_eq!(net.peers_of(i), net.others(i), "node {i} after the first exchange");
+    }
+    // Quiet for a long while: heartbeats keep everyone in view.
+    net.run_until(60_000);
+    for i in 0..5 {
+        assert_eq!(net.peers_of(i), net.others(i), "node {i} after a minute");
+    }
+    assert!(net.rejected.is_empty(), "{:?}", net.rejected);
+
+    // Node 3 dies: within the ttl it is gone from every view, and the events say so.
+    net.up[3] = false;
+    let dead = net.nodes[3].me();
+    while net.nodes[0].poll_event().is_some() {}
+    net.run_until(60_000 + 3_000 + 1);
+    for i in [0, 1, 2, 4] {
+        assert_eq!(net.peers_of(i), net.others(i), "node {i} after node 3 died");
+    }
+    let events: Vec<Event> = std::iter::from_fn(|| net.nodes[0].poll_event()).collect();
+    assert!(events.contains(&Event::PeerDown(dead)), "{events:?}");
+}
+
+#[test]
+fn a_newcomer_gets_the_full_view_in_one_exchange() {
+    let mut net = Net::new(&["a", "a", "a"], None);
+    net.run_until(5_000);
+    let newcomer = Gossip::new(net.now, keypair(9), None, Config::with_ttl(3_000), resources("a"), 1);
+    let me = newcomer.me();
+    net.nodes.push(newcomer);
+    net.up.push(true);
+    let zero = net.nodes[0].me();
+    net.nodes[3].handle_connected(net.now, zero);
+    net.nodes[0].handle_connected(net.now, me);
+    net.deliver();
+    assert_eq!(net.peers_of(3), net.others(3));
+}
+
+#[test]
+fn the_directory_follows_adverts() {
+    let mut net = Net::new(&["a", "a", "a"], None);
+    net.run_until(10);
+    let mut res = resources("a");
+    res.components = vec![Hosted {
+        name: "counter".into(),
+        epoch: 1,
+        digest: [7; 32],
+    }];
+    net.nodes[1].set_local(net.now, res);
+    net.run_until(1_000);
+    let host = net.nodes[1].me();
+    for i in 0..3 {
+        let loc = net.nodes[i].locate("counter").expect("located");
+        assert_eq!((loc.host, loc.epoch), (host, 1));
+    }
+    assert_eq!(net.nodes[0].locate("nobody"), None);
+}
+
+#[test]
+fn federations_take_exactly_the_matching_nodes_and_expire() {
+    let mut net = Net::new(&["a", "a", "b", "a", "b"], None);
+    net.run_until(10);
+    let spec = FederationSpec {
+        name: "edge".into(),
+        objective: "test".into(),
+        require: BTreeMap::from([("zone".to_string(), "a".to_string())]),
+        min_members: 2,
+        lease_ms: 5_000,
+    };
+    net.nodes[0].create_federation(net.now, spec).unwrap();
+    net.run_until(1_000);
+    let zone_a: BTreeSet<PeerId> = [0, 1, 3].iter().map(|&i| net.nodes[i].me()).collect();
+    for i in 0..5 {
+        let f = net.nodes[i].federations().get("edge").expect("known everywhere");
+        assert_eq!(f.members.keys().copied().collect::<BTreeSet<_>>(), zone_a, "members seen by node {i}");
+        assert!(f.formed());
+        assert_eq!(f.mine, if [0, 1, 3].contains(&i) { Mine::Member } else { Mine::Out });
+    }
+    // Renewals keep it alive well past its lease.
+    net.run_until(20_000);
+    assert_eq!(net.nodes[4].federations().get("edge").unwrap().members.len(), 3);
+
+    // Node 1 leaves: it is gone from the members and does not rejoin by itself.
+    net.nodes[1].leave_federation("edge").unwrap();
+    net.run_until(30_000);
+    for i in 0..5 {
+        let f = net.nodes[i].federations().get("edge").unwrap();
+        assert!(!f.members.contains_key(&net.nodes[1].me()), "node {i}");
+    }
+    assert_eq!(net.nodes[1].federations().get("edge").unwrap().mine, Mine::Left);
+
+    // A node outside the predicate cannot join on request.
+    assert!(net.nodes[2].join_federation(net.now, "edge").is_err());
+
+    // The owner stops renewing (it leaves): the federation dissolves everywhere by its lease.
+    net.nodes[0].leave_federation("edge").unwrap();
+    net.run_until(30_000 + 5_000 + 1);
+    for i in 0..5 {
+        assert!(net.nodes[i].federations().get("edge").is_none(), "node {i} still has it");
+    }
+    let events: Vec<Event> = std::iter::from_fn(|| net.nodes[3].poll_event()).collect();
+    assert!(events.contains(&Event::Federation(FederationEvent::Dissolved("edge".into()))));
+}
+
+#[test]
+fn bad_messages_are_refused_by_reason() {
+    let mut net = Net::new(&["a", "a"], None);
+    net.run_until(10);
+    let honest = net.nodes[0].me();
+    let victim = &mut net.nodes[1];
+    let attacker = keypair(42);
+    let advert = |peer: PeerId| ResourceAdvert {
+        peer: peer.to_bytes(),
+        ttl_ms: 3_000,
+        resources: resources("a"),
+    };
+    let msg = |seq, peer| Message {
+        seq,
+        body: Body::Advert(advert(peer)),
+    };
+
+    // Malformed CBOR.
+    assert_eq!(victim.handle_gossip(10, b"\xff\x00 not cbor").unwrap_err().reason(), "malformed");
+    // Oversized.
+    let huge = vec![0u8; continuum_gossip::MAX_GOSSIP_BYTES + 1];
+    assert_eq!(victim.handle_gossip(10, &huge).unwrap_err().reason(), "oversized");
+    // A bad signature: one byte of the signed payload changed.
+    let good = seal(&attacker, None, &msg(5, attacker.public().to_peer_id()));
+    let mut bad = good.clone();
+    let at = bad.len() / 2;
+    bad[at] ^= 0x01;
+    let err = victim.handle_gossip(10, &bad).unwrap_err();
+    assert!(matches!(err.reason(), "bad_signature" | "malformed"), "{err}");
+    // An advert that claims another peer's id.
+    let impostor = seal(&attacker, None, &msg(6, honest));
+    assert_eq!(victim.handle_gossip(10, &impostor).unwrap_err().reason(), "wrong_peer");
+    // A replay: an older message of a peer after a newer one.
+    victim.handle_gossip(10, &seal(&attacker, None, &msg(9, attacker.public().to_peer_id()))).unwrap();
+    assert_eq!(victim.handle_gossip(11, &good).unwrap_err().reason(), "replay");
+    // The node is still fine and still knows its honest peer.
+    assert!(victim.view().get(&honest).is_some());
+    // A frame that opens also passes the shared checks the node uses on direct messages.
+    assert!(open(&impostor, None, continuum_gossip::MAX_GOSSIP_BYTES).is_err());
+}
+
+#[test]
+fn swarm_keys_partition_the_swarm() {
+    let key_a = SwarmKey::new([1; 32]);
+    let key_b = SwarmKey::new([2; 32]);
+    let mut a = Gossip::new(0, keypair(1), Some(key_a.clone()), Config::default(), resources("a"), 1);
+    let mut a2 = Gossip::new(0, keypair(2), Some(key_a.clone()), Config::default(), resources("a"), 1);
+    let mut b = Gossip::new(0, keypair(3), Some(key_b), Config::default(), resources("a"), 1);
+    let mut open_node = Gossip::new(0, keypair(4), None, Config::default(), resources("a"), 1);
+    let first = |g: &mut Gossip| match g.poll_output() {
+        Some(Output::Publish(bytes)) => bytes,
+        other => panic!("{other:?}"),
+    };
+    let (from_a, from_b, from_open) = (first(&mut a), first(&mut b), first(&mut open_node));
+    assert!(a2.handle_gossip(1, &from_a).is_ok());
+    assert_eq!(a2.handle_gossip(1, &from_b).unwrap_err().reason(), "swarm_key");
+    assert_eq!(a2.handle_gossip(1, &from_open).unwrap_err().reason(), "swarm_key");
+    assert_eq!(open_node.handle_gossip(1, &from_a).unwrap_err().reason(), "swarm_key");
+    assert_eq!(a2.view().len(), 1);
+}
+
+#[test]
+fn a_relay_never_resurrects_a_dead_peer() {
+    let mut net = Net::new(&["a", "a", "a"], None);
+    net.run_until(10);
+    net.up[2] = false;
+    // Long after node 2 died, node 1 (re)connects to node 0 and syncs: node 2 stays dead.
+    net.run_until(10_000);
+    let (zero, one) = (net.nodes[0].me(), net.nodes[1].me());
+    net.nodes[1].handle_connected(net.now, zero);
+    net.nodes[0].handle_connected(net.now, one);
+    net.deliver();
+    assert_eq!(net.peers_of(0), BTreeSet::from([one]));
+    assert_eq!(net.peers_of(1), BTreeSet::from([zero]));
+}
