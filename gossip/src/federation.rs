@@ -116,10 +116,14 @@ impl Federations {
         spec: FederationSpec,
     ) -> Result<(Vec<FederationMsg>, Vec<FederationEvent>), FederationError> {
         if spec.name.is_empty() || spec.name.len() > 63 {
-            return Err(FederationError::Invalid("name must be 1 to 63 characters".into()));
+            return Err(FederationError::Invalid(
+                "name must be 1 to 63 characters".into(),
+            ));
         }
         if spec.lease_ms < 300 {
-            return Err(FederationError::Invalid("lease must be at least 300 ms".into()));
+            return Err(FederationError::Invalid(
+                "lease must be at least 300 ms".into(),
+            ));
         }
         if self.map.contains_key(&spec.name) {
             return Err(FederationError::Exists(spec.name));
@@ -146,8 +150,17 @@ impl Federations {
         Ok((out, events))
     }
 
-    fn join_inner(&mut self, now: u64, me: PeerId, mine: &Resources, name: &str) -> Result<FederationMsg, FederationError> {
-        let f = self.map.get_mut(name).ok_or_else(|| FederationError::Unknown(name.to_string()))?;
+    fn join_inner(
+        &mut self,
+        now: u64,
+        me: PeerId,
+        mine: &Resources,
+        name: &str,
+    ) -> Result<FederationMsg, FederationError> {
+        let f = self
+            .map
+            .get_mut(name)
+            .ok_or_else(|| FederationError::Unknown(name.to_string()))?;
         if !mine.satisfies(&f.spec.require) {
             return Err(FederationError::NotMatching {
                 name: name.to_string(),
@@ -167,13 +180,22 @@ impl Federations {
     }
 
     /// Join a known federation on request (even after having left it).
-    pub fn join(&mut self, now: u64, me: PeerId, mine: &Resources, name: &str) -> Result<FederationMsg, FederationError> {
+    pub fn join(
+        &mut self,
+        now: u64,
+        me: PeerId,
+        mine: &Resources,
+        name: &str,
+    ) -> Result<FederationMsg, FederationError> {
         self.join_inner(now, me, mine, name)
     }
 
     /// Leave a federation; an owner that leaves also stops renewing it.
     pub fn leave(&mut self, me: PeerId, name: &str) -> Result<FederationMsg, FederationError> {
-        let f = self.map.get_mut(name).ok_or_else(|| FederationError::Unknown(name.to_string()))?;
+        let f = self
+            .map
+            .get_mut(name)
+            .ok_or_else(|| FederationError::Unknown(name.to_string()))?;
         f.mine = Mine::Left;
         f.owning = false;
         f.members.remove(&me);
@@ -214,10 +236,12 @@ impl Federations {
             }
         }
         let f = &self.map[&name];
-        if f.mine == Mine::Out && auto_join && mine.satisfies(&f.spec.require) {
-            if let Ok(msg) = self.join_inner(now, me, mine, &name) {
-                return (Some(msg), Some(FederationEvent::Joined(name)));
-            }
+        if f.mine == Mine::Out
+            && auto_join
+            && mine.satisfies(&f.spec.require)
+            && let Ok(msg) = self.join_inner(now, me, mine, &name)
+        {
+            return (Some(msg), Some(FederationEvent::Joined(name)));
         }
         (None, None)
     }
@@ -238,7 +262,11 @@ impl Federations {
     }
 
     /// Renew what is due and expire what lapsed.
-    pub fn handle_timeout(&mut self, now: u64, me: PeerId) -> (Vec<FederationMsg>, Vec<FederationEvent>) {
+    pub fn handle_timeout(
+        &mut self,
+        now: u64,
+        me: PeerId,
+    ) -> (Vec<FederationMsg>, Vec<FederationEvent>) {
         let mut out = Vec::new();
         let mut events = Vec::new();
         self.map.retain(|name, f| {

@@ -10,9 +10,14 @@
 //! - A heartbeat from a peer whose current advert we lack triggers a sync request to it.
 
 use crate::advert::{Hosted, ResourceAdvert, Resources};
-use crate::federation::{FederationError, FederationEvent, FederationMsg, FederationSpec, Federations};
+use crate::federation::{
+    FederationError, FederationEvent, FederationMsg, FederationSpec, Federations,
+};
 use crate::membership::{Heard, View};
-use crate::wire::{Body, MAX_DIRECT_BYTES, MAX_GOSSIP_BYTES, Message, Reject, SwarmKey, SyncEntry, open, seal};
+use crate::wire::{
+    Body, Known, MAX_DIRECT_BYTES, MAX_GOSSIP_BYTES, Message, Reject, SwarmKey, SyncEntry, open,
+    seal,
+};
 use libp2p_identity::{Keypair, PeerId};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -28,6 +33,10 @@ pub struct Config {
     pub min_gap_ms: u64,
     /// Join federations whose predicate this node satisfies without being asked.
     pub auto_join: bool,
+    /// Anti-entropy with a random connected peer: first this soon after a change (a new
+    /// connection or peer), then twice as late each time, up to `sync_max_ms`.
+    pub sync_min_ms: u64,
+    pub sync_max_ms: u64,
 }
 
 impl Default for Config {
@@ -38,6 +47,8 @@ impl Default for Config {
             full_every: 6,
             min_gap_ms: 250,
             auto_join: true,
+            sync_min_ms: 500,
+            sync_max_ms: 30_000,
         }
     }
 }
@@ -97,6 +108,9 @@ pub struct Gossip {
     view: View,
     last_seq: HashMap<PeerId, u64>,
     asked: HashMap<PeerId, u64>,
+    connected: std::collections::BTreeSet<PeerId>,
+    sync_every: u64,
+    next_sync: u64,
     feds: Federations,
     out: VecDeque<Output>,
     events: VecDeque<Event>,
@@ -106,7 +120,14 @@ impl Gossip {
     /// A node's gossip. `first_seq` must exceed any sequence number the same identity used
     /// before (the driver passes wall-clock microseconds), so a restarted node is not taken for
     /// a replay of its former self.
-    pub fn new(now: u64, id: Keypair, key: Option<SwarmKey>, cfg: Config, local: Resources, first_seq: u64) -> Gossip {
+    pub fn new(
+        now: u64,
+        id: Keypair,
+        key: Option<SwarmKey>,
+        cfg: Config,
+        local: Resources,
+        first_seq: u64,
+    ) -> Gossip {
         let me = id.public().to_peer_id();
         let mut g = Gossip {
             id,
@@ -125,10 +146,14 @@ impl Gossip {
             view: View::default(),
             last_seq: HashMap::new(),
             asked: HashMap::new(),
+            connected: Default::default(),
+            sync_every: 0,
+            next_sync: u64::MAX,
             feds: Federations::default(),
             out: VecDeque::new(),
             events: VecDeque::new(),
         };
+        g.sync_every = g.cfg.sync_min_ms;
         g.publish_advert(now);
         g
     }
@@ -155,7 +180,14 @@ impl Gossip {
 
     fn seal(&mut self, body: Body) -> Vec<u8> {
         self.seq += 1;
-        seal(&self.id, self.key.as_ref(), &Message { seq: self.seq, body })
+        seal(
+            &self.id,
+            self.key.as_ref(),
+            &Message {
+                seq: self.seq,
+                body,
+            },
+        )
     }
 
     fn publish(&mut self, body: Body) {
@@ -192,24 +224,65 @@ impl Gossip {
         self.local = local;
     }
 
-    fn sync_message(&mut self, now: u64, reply: bool) -> Vec<u8> {
-        let mut entries = vec![SyncEntry {
-            frame: self.my_frame.clone(),
-            heard_ago_ms: 0,
-        }];
-        entries.extend(self.view.iter().filter(|p| p.advert.is_some()).map(|p| SyncEntry {
-            frame: p.frame.clone(),
-            heard_ago_ms: now.saturating_sub(p.last_heard_ms),
-        }));
-        self.seal(Body::Sync { entries, reply })
+    fn sync_request(&mut self) -> Vec<u8> {
+        let known = self
+            .view
+            .iter()
+            .filter(|p| p.advert.is_some())
+            .map(|p| Known {
+                peer: p.peer.to_bytes(),
+                advert_seq: p.advert_seq,
+            })
+            .collect();
+        let mine = self.my_frame.clone();
+        self.seal(Body::SyncRequest { mine, known })
+    }
+
+    /// The adverts a peer that holds `known` lacks (ours included).
+    fn sync_reply(&mut self, now: u64, asker: PeerId, known: &[Known]) -> Vec<u8> {
+        let held: HashMap<Vec<u8>, u64> = known
+            .iter()
+            .map(|k| (k.peer.clone(), k.advert_seq))
+            .collect();
+        let lacks = |peer: &PeerId, seq: u64| held.get(&peer.to_bytes()).is_none_or(|&s| s < seq);
+        let mut entries = Vec::new();
+        if lacks(&self.me, self.advert_seq) {
+            entries.push(SyncEntry {
+                frame: self.my_frame.clone(),
+                heard_ago_ms: 0,
+            });
+        }
+        entries.extend(
+            self.view
+                .iter()
+                .filter(|p| p.advert.is_some() && p.peer != asker && lacks(&p.peer, p.advert_seq))
+                .map(|p| SyncEntry {
+                    frame: p.frame.clone(),
+                    heard_ago_ms: now.saturating_sub(p.last_heard_ms),
+                }),
+        );
+        self.seal(Body::SyncReply { entries })
     }
 
     /// A peer connected: exchange views with it, and make sure our advert reaches the topic
     /// (a node's very first advert may have gone out before it had any gossip peer).
     pub fn handle_connected(&mut self, now: u64, peer: PeerId) {
-        let bytes = self.sync_message(now, false);
+        let bytes = self.sync_request();
         self.out.push_back(Output::Send { to: peer, bytes });
         self.schedule_advert(now + 1_000);
+        self.connected.insert(peer);
+        self.sync_soon(now);
+    }
+
+    /// The last connection to a peer closed.
+    pub fn handle_disconnected(&mut self, peer: PeerId) {
+        self.connected.remove(&peer);
+    }
+
+    /// Something changed: sync again soon, then back off.
+    fn sync_soon(&mut self, now: u64) {
+        self.sync_every = self.cfg.sync_min_ms;
+        self.next_sync = self.next_sync.min(now + self.sync_every);
     }
 
     fn check_seq(&mut self, peer: PeerId, seq: u64) -> Result<bool, Reject> {
@@ -238,8 +311,13 @@ impl Gossip {
         }
         match opened.message.body {
             Body::Advert(advert) => {
-                if self.view.advert(now, peer, opened.message.seq, advert, bytes.to_vec()) == Heard::New {
+                if self
+                    .view
+                    .advert(now, peer, opened.message.seq, advert, bytes.to_vec())
+                    == Heard::New
+                {
                     self.events.push_back(Event::PeerUp(peer));
+                    self.sync_soon(now);
                 }
             }
             Body::Alive { advert_seq, ttl_ms } => {
@@ -248,17 +326,30 @@ impl Gossip {
                 }
             }
             Body::Federation(FederationMsg::Announce(spec)) => {
-                let (msg, event) = self.feds.on_announce(now, self.me, &self.local, self.cfg.auto_join, peer, spec);
+                let (msg, event) = self.feds.on_announce(
+                    now,
+                    self.me,
+                    &self.local,
+                    self.cfg.auto_join,
+                    peer,
+                    spec,
+                );
                 if let Some(msg) = msg {
                     self.publish(Body::Federation(msg));
                 }
                 self.events.extend(event.map(Event::Federation));
             }
-            Body::Federation(FederationMsg::Member { name, owner, joined }) => {
+            Body::Federation(FederationMsg::Member {
+                name,
+                owner,
+                joined,
+            }) => {
                 self.feds.on_member(now, peer, &name, &owner, joined);
             }
-            Body::Sync { .. } => {
-                return Err(Reject::Malformed("a sync must come as a direct message".into()));
+            Body::SyncRequest { .. } | Body::SyncReply { .. } => {
+                return Err(Reject::Malformed(
+                    "a sync must come as a direct message".into(),
+                ));
             }
         }
         Ok(())
@@ -268,7 +359,7 @@ impl Gossip {
         let last = self.asked.get(&peer).copied().unwrap_or(0);
         if last == 0 || now >= last + 2_000 {
             self.asked.insert(peer, now.max(1));
-            let bytes = self.sync_message(now, false);
+            let bytes = self.sync_request();
             self.out.push_back(Output::Send { to: peer, bytes });
         }
     }
@@ -282,47 +373,80 @@ impl Gossip {
                 signer: opened.signer.to_string(),
             });
         }
-        let Body::Sync { entries, reply } = opened.message.body else {
-            return Err(Reject::Malformed("only syncs come as direct messages".into()));
-        };
-        let mut first_error = None;
-        for entry in entries {
-            match open(&entry.frame, self.key.as_ref(), MAX_GOSSIP_BYTES) {
-                Ok(inner) if inner.signer == self.me => {}
-                Ok(inner) => match inner.message.body {
-                    Body::Advert(advert) => {
-                        let heard = self.view.relayed_advert(
-                            now,
-                            inner.signer,
-                            inner.message.seq,
-                            advert,
-                            entry.frame,
-                            entry.heard_ago_ms,
-                        );
-                        if heard == Some(Heard::New) {
-                            self.events.push_back(Event::PeerUp(inner.signer));
-                        }
-                    }
-                    _ => {
-                        first_error.get_or_insert(Reject::Malformed("a sync may relay adverts only".into()));
-                    }
-                },
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                }
+        match opened.message.body {
+            Body::SyncRequest { mine, known } => {
+                // The asker's own advert comes straight from it: as good as hearing it now.
+                let result = self.relayed(
+                    now,
+                    SyncEntry {
+                        frame: mine,
+                        heard_ago_ms: 0,
+                    },
+                );
+                let bytes = self.sync_reply(now, from, &known);
+                self.out.push_back(Output::Send { to: from, bytes });
+                result
             }
+            Body::SyncReply { entries } => {
+                let mut first_error = None;
+                for entry in entries {
+                    if let Err(e) = self.relayed(now, entry) {
+                        first_error.get_or_insert(e);
+                    }
+                }
+                first_error.map_or(Ok(()), Err)
+            }
+            _ => Err(Reject::Malformed(
+                "only syncs come as direct messages".into(),
+            )),
         }
-        if !reply {
-            let bytes = self.sync_message(now, true);
-            self.out.push_back(Output::Send { to: from, bytes });
+    }
+
+    /// Take in an advert relayed in a sync (or an asker's own).
+    fn relayed(&mut self, now: u64, entry: SyncEntry) -> Result<(), Reject> {
+        let inner = open(&entry.frame, self.key.as_ref(), MAX_GOSSIP_BYTES)?;
+        if inner.signer == self.me {
+            return Ok(());
         }
-        first_error.map_or(Ok(()), Err)
+        let Body::Advert(advert) = inner.message.body else {
+            return Err(Reject::Malformed("a sync may relay adverts only".into()));
+        };
+        let heard = self.view.relayed_advert(
+            now,
+            inner.signer,
+            inner.message.seq,
+            advert,
+            entry.frame,
+            entry.heard_ago_ms,
+        );
+        if heard == Some(Heard::New) {
+            self.events.push_back(Event::PeerUp(inner.signer));
+            self.sync_soon(now);
+        }
+        Ok(())
     }
 
     pub fn handle_timeout(&mut self, now: u64) {
         for gone in self.view.expire(now) {
             self.asked.remove(&gone);
             self.events.push_back(Event::PeerDown(gone));
+        }
+        if self.next_sync <= now {
+            // A connected peer, picked by our own sequence number: deterministic, and spread.
+            if let Some(&peer) = self
+                .connected
+                .iter()
+                .nth((self.seq % self.connected.len().max(1) as u64) as usize)
+            {
+                let bytes = self.sync_request();
+                self.out.push_back(Output::Send { to: peer, bytes });
+            }
+            self.sync_every = (self.sync_every * 2).min(self.cfg.sync_max_ms);
+            self.next_sync = if self.connected.is_empty() {
+                u64::MAX
+            } else {
+                now + self.sync_every
+            };
         }
         if self.full_due.is_some_and(|t| t <= now) {
             self.publish_advert(now);
@@ -345,16 +469,23 @@ impl Gossip {
         for m in msgs {
             self.publish(Body::Federation(m));
         }
-        self.events.extend(events.into_iter().map(Event::Federation));
+        self.events
+            .extend(events.into_iter().map(Event::Federation));
     }
 
     /// When [`Self::handle_timeout`] should next be called.
     pub fn poll_timeout(&self) -> u64 {
-        [Some(self.next_beat), self.full_due, self.view.next_expiry(), self.feds.next_timeout()]
-            .into_iter()
-            .flatten()
-            .min()
-            .expect("the heartbeat is always scheduled")
+        [
+            Some(self.next_beat),
+            self.full_due,
+            self.view.next_expiry(),
+            self.feds.next_timeout(),
+            (self.next_sync != u64::MAX).then_some(self.next_sync),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .expect("the heartbeat is always scheduled")
     }
 
     pub fn poll_output(&mut self) -> Option<Output> {
@@ -365,26 +496,33 @@ impl Gossip {
         self.events.pop_front()
     }
 
-    pub fn create_federation(&mut self, now: u64, spec: FederationSpec) -> Result<(), FederationError> {
+    pub fn create_federation(
+        &mut self,
+        now: u64,
+        spec: FederationSpec,
+    ) -> Result<(), FederationError> {
         let (msgs, events) = self.feds.create(now, self.me, &self.local, spec)?;
         for m in msgs {
             self.publish(Body::Federation(m));
         }
-        self.events.extend(events.into_iter().map(Event::Federation));
+        self.events
+            .extend(events.into_iter().map(Event::Federation));
         Ok(())
     }
 
     pub fn join_federation(&mut self, now: u64, name: &str) -> Result<(), FederationError> {
         let msg = self.feds.join(now, self.me, &self.local, name)?;
         self.publish(Body::Federation(msg));
-        self.events.push_back(Event::Federation(FederationEvent::Joined(name.to_string())));
+        self.events
+            .push_back(Event::Federation(FederationEvent::Joined(name.to_string())));
         Ok(())
     }
 
     pub fn leave_federation(&mut self, name: &str) -> Result<(), FederationError> {
         let msg = self.feds.leave(self.me, name)?;
         self.publish(Body::Federation(msg));
-        self.events.push_back(Event::Federation(FederationEvent::Left(name.to_string())));
+        self.events
+            .push_back(Event::Federation(FederationEvent::Left(name.to_string())));
         Ok(())
     }
 
@@ -400,9 +538,9 @@ impl Gossip {
             .flat_map(|(peer, a)| a.resources.components.iter().map(move |h| (peer, h)));
         let mut dir: BTreeMap<String, Location> = BTreeMap::new();
         for (host, h) in mine.chain(theirs) {
-            let better = dir
-                .get(&h.name)
-                .is_none_or(|cur| (h.epoch, std::cmp::Reverse(host)) > (cur.epoch, std::cmp::Reverse(cur.host)));
+            let better = dir.get(&h.name).is_none_or(|cur| {
+                (h.epoch, std::cmp::Reverse(host)) > (cur.epoch, std::cmp::Reverse(cur.host))
+            });
             if better {
                 dir.insert(h.name.clone(), location(host, h));
             }

@@ -13,9 +13,14 @@ mod membership;
 mod wire;
 
 pub use advert::{Hosted, ResourceAdvert, Resources};
-pub use federation::{Federation, FederationError, FederationEvent, FederationMsg, FederationSpec, Federations, Mine};
+pub use federation::{
+    Federation, FederationError, FederationEvent, FederationMsg, FederationSpec, Federations, Mine,
+};
 pub use gossip::{Config, Event, Gossip, Location, Output};
 pub use membership::{Heard, PeerInfo, View};
-pub use wire::{Body, MAX_DIRECT_BYTES, MAX_GOSSIP_BYTES, Message, Opened, Reject, SwarmKey, SyncEntry, open, seal};
+pub use wire::{
+    Body, Known, MAX_DIRECT_BYTES, MAX_GOSSIP_BYTES, Message, Opened, Reject, SwarmKey, SyncEntry,
+    open, seal,
+};
 
 pub use libp2p_identity::{Keypair, PeerId};

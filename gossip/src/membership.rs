@@ -54,7 +54,14 @@ impl View {
     }
 
     /// An advert heard directly from its signer (over the gossip topic).
-    pub fn advert(&mut self, now: u64, peer: PeerId, seq: u64, advert: ResourceAdvert, frame: Vec<u8>) -> Heard {
+    pub fn advert(
+        &mut self,
+        now: u64,
+        peer: PeerId,
+        seq: u64,
+        advert: ResourceAdvert,
+        frame: Vec<u8>,
+    ) -> Heard {
         let expires = now + advert.ttl_ms;
         self.store(now, peer, seq, advert, frame, expires)
     }
@@ -80,10 +87,25 @@ impl View {
                 return None;
             }
         }
-        Some(self.store(now.saturating_sub(heard_ago_ms), peer, seq, advert, frame, expires))
+        Some(self.store(
+            now.saturating_sub(heard_ago_ms),
+            peer,
+            seq,
+            advert,
+            frame,
+            expires,
+        ))
     }
 
-    fn store(&mut self, heard: u64, peer: PeerId, seq: u64, advert: ResourceAdvert, frame: Vec<u8>, expires: u64) -> Heard {
+    fn store(
+        &mut self,
+        heard: u64,
+        peer: PeerId,
+        seq: u64,
+        advert: ResourceAdvert,
+        frame: Vec<u8>,
+        expires: u64,
+    ) -> Heard {
         match self.peers.get_mut(&peer) {
             Some(p) => {
                 p.last_heard_ms = p.last_heard_ms.max(heard);

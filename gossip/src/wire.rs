@@ -28,12 +28,43 @@ impl SwarmKey {
 
     /// A MAC over a frame's signed parts.
     pub fn mac(&self, key: &[u8], payload: &[u8], sig: &[u8]) -> [u8; 32] {
+        self.tag(&[MAC_DOMAIN, key, payload, sig])
+    }
+
+    /// A MAC over length-framed parts; the first should name what is being tagged.
+    pub fn tag(&self, parts: &[&[u8]]) -> [u8; 32] {
         let mut h = blake3::Hasher::new_keyed(&self.0);
-        for part in [MAC_DOMAIN, key, payload, sig] {
+        for part in parts {
             h.update(&(part.len() as u64).to_le_bytes());
             h.update(part);
         }
         *h.finalize().as_bytes()
+    }
+
+    /// Parse a key file: 64 hex digits (as `continuum keygen` writes), blank lines and
+    /// `#` comments ignored.
+    pub fn parse(text: &str) -> Result<SwarmKey, String> {
+        let hex: String = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .collect();
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(
+                "a swarm key is 64 hex digits (make one with `continuum keygen -o FILE`)".into(),
+            );
+        }
+        let mut key = [0u8; 32];
+        for (i, byte) in key.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("checked hex");
+        }
+        Ok(SwarmKey(key))
+    }
+
+    /// A short public fingerprint of the key, for logs (not secret).
+    pub fn fingerprint(&self) -> String {
+        let d = self.tag(&[b"continuum-swarm-fingerprint"]);
+        d[..4].iter().map(|b| format!("{b:02x}")).collect()
     }
 }
 
@@ -88,11 +119,32 @@ pub enum Body {
     /// A peer's resources and hosted components, in full.
     Advert(ResourceAdvert),
     /// "I am alive and my advert `advert_seq` is current": the cheap, frequent message.
-    Alive { advert_seq: u64, ttl_ms: u64 },
+    Alive {
+        advert_seq: u64,
+        ttl_ms: u64,
+    },
     Federation(FederationMsg),
-    /// Every advert the sender knows (each a frame of its own signer), for a peer that just
-    /// connected: anti-entropy, so a newcomer has the full view after one exchange.
-    Sync { entries: Vec<SyncEntry>, reply: bool },
+    /// Anti-entropy, sent to a peer on connecting: "here is my advert, and the advert
+    /// sequence I hold for each peer I know". The answer carries only what the asker lacks, so
+    /// a newcomer has the full view after one round trip and peers in step exchange next to
+    /// nothing.
+    SyncRequest {
+        #[serde(with = "serde_bytes")]
+        mine: Vec<u8>,
+        known: Vec<Known>,
+    },
+    /// The adverts the asker lacked, each the frame its own signer sealed.
+    SyncReply {
+        entries: Vec<SyncEntry>,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Known {
+    #[serde(with = "serde_bytes")]
+    pub peer: Vec<u8>,
+    pub advert_seq: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -115,7 +167,12 @@ struct Frame {
     payload: Vec<u8>,
     #[serde(rename = "s", with = "serde_bytes")]
     sig: Vec<u8>,
-    #[serde(rename = "m", with = "serde_bytes", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "m",
+        with = "serde_bytes",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     mac: Option<[u8; 32]>,
 }
 
@@ -134,9 +191,13 @@ fn to_cbor(value: &impl Serialize) -> Vec<u8> {
 
 fn from_cbor<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, Reject> {
     let mut rest = bytes;
-    let value = ciborium::from_reader(&mut rest).map_err(|e| Reject::Malformed(format!("{what}: {e}")))?;
+    let value =
+        ciborium::from_reader(&mut rest).map_err(|e| Reject::Malformed(format!("{what}: {e}")))?;
     if !rest.is_empty() {
-        return Err(Reject::Malformed(format!("{what}: {} stray bytes at the end", rest.len())));
+        return Err(Reject::Malformed(format!(
+            "{what}: {} stray bytes at the end",
+            rest.len()
+        )));
     }
     Ok(value)
 }
@@ -178,7 +239,8 @@ pub fn open(bytes: &[u8], key: Option<&SwarmKey>, max: usize) -> Result<Opened, 
     let signer = public.to_peer_id();
     let message: Message = from_cbor(&frame.payload, "message")?;
     if let Body::Advert(a) = &message.body {
-        let claimed = PeerId::from_bytes(&a.peer).map_err(|e| Reject::Malformed(format!("advert peer id: {e}")))?;
+        let claimed = PeerId::from_bytes(&a.peer)
+            .map_err(|e| Reject::Malformed(format!("advert peer id: {e}")))?;
         if claimed != signer {
             return Err(Reject::WrongPeer {
                 claimed: claimed.to_string(),

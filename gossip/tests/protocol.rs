@@ -3,8 +3,8 @@
 //! clock that jumps to the next timer.
 
 use continuum_gossip::{
-    Body, Config, Event, FederationEvent, FederationSpec, Gossip, Hosted, Keypair, Message, Mine, Output, PeerId,
-    Reject, ResourceAdvert, Resources, SwarmKey, open, seal,
+    Body, Config, Event, FederationEvent, FederationSpec, Gossip, Hosted, Keypair, Message, Mine,
+    Output, PeerId, Reject, ResourceAdvert, Resources, SwarmKey, open, seal,
 };
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -42,7 +42,16 @@ impl Net {
         let nodes: Vec<Gossip> = zones
             .iter()
             .enumerate()
-            .map(|(i, z)| Gossip::new(0, keypair(i as u8), key.clone(), cfg.clone(), resources(z), 1))
+            .map(|(i, z)| {
+                Gossip::new(
+                    0,
+                    keypair(i as u8),
+                    key.clone(),
+                    cfg.clone(),
+                    resources(z),
+                    1,
+                )
+            })
             .collect();
         let up = vec![true; nodes.len()];
         let mut net = Net {
@@ -78,20 +87,21 @@ impl Net {
                         Output::Publish(bytes) => {
                             self.published.push(bytes.clone());
                             for j in 0..self.nodes.len() {
-                                if j != i && self.up[j] {
-                                    if let Err(e) = self.nodes[j].handle_gossip(self.now, &bytes) {
-                                        self.rejected.push(e);
-                                    }
+                                if j != i
+                                    && self.up[j]
+                                    && let Err(e) = self.nodes[j].handle_gossip(self.now, &bytes)
+                                {
+                                    self.rejected.push(e);
                                 }
                             }
                         }
                         Output::Send { to, bytes } => {
                             let j = self.index(to);
                             let from = self.nodes[i].me();
-                            if self.up[j] {
-                                if let Err(e) = self.nodes[j].handle_direct(self.now, from, &bytes) {
-                                    self.rejected.push(e);
-                                }
+                            if self.up[j]
+                                && let Err(e) = self.nodes[j].handle_direct(self.now, from, &bytes)
+                            {
+                                self.rejected.push(e);
                             }
                         }
                     }
@@ -146,7 +156,11 @@ fn every_node_sees_every_other_and_forgets_the_dead() {
     let mut net = Net::new(&["a", "a", "b", "b", "a"], None);
     net.run_until(10);
     for i in 0..5 {
-        assert_eq!(net.peers_of(i), net.others(i), "node {i} after the first exchange");
+        assert_eq!(
+            net.peers_of(i),
+            net.others(i),
+            "node {i} after the first exchange"
+        );
     }
     // Quiet for a long while: heartbeats keep everyone in view.
     net.run_until(60_000);
@@ -171,7 +185,14 @@ fn every_node_sees_every_other_and_forgets_the_dead() {
 fn a_newcomer_gets_the_full_view_in_one_exchange() {
     let mut net = Net::new(&["a", "a", "a"], None);
     net.run_until(5_000);
-    let newcomer = Gossip::new(net.now, keypair(9), None, Config::with_ttl(3_000), resources("a"), 1);
+    let newcomer = Gossip::new(
+        net.now,
+        keypair(9),
+        None,
+        Config::with_ttl(3_000),
+        resources("a"),
+        1,
+    );
     let me = newcomer.me();
     net.nodes.push(newcomer);
     net.up.push(true);
@@ -217,14 +238,36 @@ fn federations_take_exactly_the_matching_nodes_and_expire() {
     net.run_until(1_000);
     let zone_a: BTreeSet<PeerId> = [0, 1, 3].iter().map(|&i| net.nodes[i].me()).collect();
     for i in 0..5 {
-        let f = net.nodes[i].federations().get("edge").expect("known everywhere");
-        assert_eq!(f.members.keys().copied().collect::<BTreeSet<_>>(), zone_a, "members seen by node {i}");
+        let f = net.nodes[i]
+            .federations()
+            .get("edge")
+            .expect("known everywhere");
+        assert_eq!(
+            f.members.keys().copied().collect::<BTreeSet<_>>(),
+            zone_a,
+            "members seen by node {i}"
+        );
         assert!(f.formed());
-        assert_eq!(f.mine, if [0, 1, 3].contains(&i) { Mine::Member } else { Mine::Out });
+        assert_eq!(
+            f.mine,
+            if [0, 1, 3].contains(&i) {
+                Mine::Member
+            } else {
+                Mine::Out
+            }
+        );
     }
     // Renewals keep it alive well past its lease.
     net.run_until(20_000);
-    assert_eq!(net.nodes[4].federations().get("edge").unwrap().members.len(), 3);
+    assert_eq!(
+        net.nodes[4]
+            .federations()
+            .get("edge")
+            .unwrap()
+            .members
+            .len(),
+        3
+    );
 
     // Node 1 leaves: it is gone from the members and does not rejoin by itself.
     net.nodes[1].leave_federation("edge").unwrap();
@@ -233,7 +276,10 @@ fn federations_take_exactly_the_matching_nodes_and_expire() {
         let f = net.nodes[i].federations().get("edge").unwrap();
         assert!(!f.members.contains_key(&net.nodes[1].me()), "node {i}");
     }
-    assert_eq!(net.nodes[1].federations().get("edge").unwrap().mine, Mine::Left);
+    assert_eq!(
+        net.nodes[1].federations().get("edge").unwrap().mine,
+        Mine::Left
+    );
 
     // A node outside the predicate cannot join on request.
     assert!(net.nodes[2].join_federation(net.now, "edge").is_err());
@@ -242,10 +288,17 @@ fn federations_take_exactly_the_matching_nodes_and_expire() {
     net.nodes[0].leave_federation("edge").unwrap();
     net.run_until(30_000 + 5_000 + 1);
     for i in 0..5 {
-        assert!(net.nodes[i].federations().get("edge").is_none(), "node {i} still has it");
+        assert!(
+            net.nodes[i].federations().get("edge").is_none(),
+            "node {i} still has it"
+        );
     }
     let events: Vec<Event> = std::iter::from_fn(|| net.nodes[3].poll_event()).collect();
-    assert!(events.contains(&Event::Federation(FederationEvent::Dissolved("edge".into()))));
+    assert!(
+        events.contains(&Event::Federation(FederationEvent::Dissolved(
+            "edge".into()
+        )))
+    );
 }
 
 #[test]
@@ -266,23 +319,46 @@ fn bad_messages_are_refused_by_reason() {
     };
 
     // Malformed CBOR.
-    assert_eq!(victim.handle_gossip(10, b"\xff\x00 not cbor").unwrap_err().reason(), "malformed");
+    assert_eq!(
+        victim
+            .handle_gossip(10, b"\xff\x00 not cbor")
+            .unwrap_err()
+            .reason(),
+        "malformed"
+    );
     // Oversized.
     let huge = vec![0u8; continuum_gossip::MAX_GOSSIP_BYTES + 1];
-    assert_eq!(victim.handle_gossip(10, &huge).unwrap_err().reason(), "oversized");
+    assert_eq!(
+        victim.handle_gossip(10, &huge).unwrap_err().reason(),
+        "oversized"
+    );
     // A bad signature: one byte of the signed payload changed.
     let good = seal(&attacker, None, &msg(5, attacker.public().to_peer_id()));
     let mut bad = good.clone();
     let at = bad.len() / 2;
     bad[at] ^= 0x01;
     let err = victim.handle_gossip(10, &bad).unwrap_err();
-    assert!(matches!(err.reason(), "bad_signature" | "malformed"), "{err}");
+    assert!(
+        matches!(err.reason(), "bad_signature" | "malformed"),
+        "{err}"
+    );
     // An advert that claims another peer's id.
     let impostor = seal(&attacker, None, &msg(6, honest));
-    assert_eq!(victim.handle_gossip(10, &impostor).unwrap_err().reason(), "wrong_peer");
+    assert_eq!(
+        victim.handle_gossip(10, &impostor).unwrap_err().reason(),
+        "wrong_peer"
+    );
     // A replay: an older message of a peer after a newer one.
-    victim.handle_gossip(10, &seal(&attacker, None, &msg(9, attacker.public().to_peer_id()))).unwrap();
-    assert_eq!(victim.handle_gossip(11, &good).unwrap_err().reason(), "replay");
+    victim
+        .handle_gossip(
+            10,
+            &seal(&attacker, None, &msg(9, attacker.public().to_peer_id())),
+        )
+        .unwrap();
+    assert_eq!(
+        victim.handle_gossip(11, &good).unwrap_err().reason(),
+        "replay"
+    );
     // The node is still fine and still knows its honest peer.
     assert!(victim.view().get(&honest).is_some());
     // A frame that opens also passes the shared checks the node uses on direct messages.
@@ -293,9 +369,30 @@ fn bad_messages_are_refused_by_reason() {
 fn swarm_keys_partition_the_swarm() {
     let key_a = SwarmKey::new([1; 32]);
     let key_b = SwarmKey::new([2; 32]);
-    let mut a = Gossip::new(0, keypair(1), Some(key_a.clone()), Config::default(), resources("a"), 1);
-    let mut a2 = Gossip::new(0, keypair(2), Some(key_a.clone()), Config::default(), resources("a"), 1);
-    let mut b = Gossip::new(0, keypair(3), Some(key_b), Config::default(), resources("a"), 1);
+    let mut a = Gossip::new(
+        0,
+        keypair(1),
+        Some(key_a.clone()),
+        Config::default(),
+        resources("a"),
+        1,
+    );
+    let mut a2 = Gossip::new(
+        0,
+        keypair(2),
+        Some(key_a.clone()),
+        Config::default(),
+        resources("a"),
+        1,
+    );
+    let mut b = Gossip::new(
+        0,
+        keypair(3),
+        Some(key_b),
+        Config::default(),
+        resources("a"),
+        1,
+    );
     let mut open_node = Gossip::new(0, keypair(4), None, Config::default(), resources("a"), 1);
     let first = |g: &mut Gossip| match g.poll_output() {
         Some(Output::Publish(bytes)) => bytes,
@@ -303,9 +400,18 @@ fn swarm_keys_partition_the_swarm() {
     };
     let (from_a, from_b, from_open) = (first(&mut a), first(&mut b), first(&mut open_node));
     assert!(a2.handle_gossip(1, &from_a).is_ok());
-    assert_eq!(a2.handle_gossip(1, &from_b).unwrap_err().reason(), "swarm_key");
-    assert_eq!(a2.handle_gossip(1, &from_open).unwrap_err().reason(), "swarm_key");
-    assert_eq!(open_node.handle_gossip(1, &from_a).unwrap_err().reason(), "swarm_key");
+    assert_eq!(
+        a2.handle_gossip(1, &from_b).unwrap_err().reason(),
+        "swarm_key"
+    );
+    assert_eq!(
+        a2.handle_gossip(1, &from_open).unwrap_err().reason(),
+        "swarm_key"
+    );
+    assert_eq!(
+        open_node.handle_gossip(1, &from_a).unwrap_err().reason(),
+        "swarm_key"
+    );
     assert_eq!(a2.view().len(), 1);
 }
 

@@ -130,6 +130,20 @@ impl Components {
             .collect()
     }
 
+    /// What the mesh announces of this node's components.
+    pub fn hosted(&self) -> Vec<continuum_gossip::Hosted> {
+        self.map
+            .read()
+            .unwrap()
+            .values()
+            .map(|h| continuum_gossip::Hosted {
+                name: h.name.clone(),
+                epoch: 1,
+                digest: h.digest,
+            })
+            .collect()
+    }
+
     fn info(&self, h: &ComponentHandle) -> ComponentInfo {
         ComponentInfo {
             name: h.name.clone(),

@@ -4,6 +4,7 @@
 use anyhow::{Context, Result};
 use bytesize::ByteSize;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -15,8 +16,24 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// TCP (HTTP/1.1) and UDP (HTTP/3) listen address. Port 0 picks a free port.
     pub http: SocketAddr,
+    /// libp2p listen addresses. Empty: QUIC and TCP on the `http` host, ports picked by the
+    /// kernel (so a node on 127.0.0.1 stays on loopback).
+    pub p2p: Vec<String>,
+    /// Peers to bootstrap from (multiaddrs, ideally ending in `/p2p/PEER_ID`).
+    pub join: Vec<String>,
+    /// Labels this node advertises, e.g. `zone = "a"`.
+    pub labels: BTreeMap<String, String>,
+    /// File holding the swarm key (`continuum keygen`); without one the swarm is open.
+    pub swarm_key: Option<PathBuf>,
     /// Discover neighbours with mDNS on the local network.
     pub mdns: bool,
+    /// Peers are dropped from the view this long after their last advert or heartbeat.
+    #[serde(with = "humantime_serde")]
+    pub advert_expiry: Duration,
+    /// How long a request for a component nobody is known to host waits for news of one
+    /// before it gets 404.
+    #[serde(with = "humantime_serde")]
+    pub route_wait: Duration,
     /// How often components whose state changed are checkpointed to disk: the most a
     /// `kill -9` can lose.
     #[serde(with = "humantime_serde")]
@@ -46,7 +63,13 @@ impl Default for NodeConfig {
         NodeConfig {
             data_dir: default_data_dir(),
             http: "127.0.0.1:7070".parse().expect("valid address"),
+            p2p: Vec::new(),
+            join: Vec::new(),
+            labels: BTreeMap::new(),
+            swarm_key: None,
             mdns: true,
+            advert_expiry: Duration::from_secs(15),
+            route_wait: Duration::from_secs(1),
             checkpoint_every: Duration::from_secs(10),
             limits: Limits::default(),
         }

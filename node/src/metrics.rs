@@ -28,6 +28,12 @@ pub struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabels {
+    /// `in` or `out`.
+    pub direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TriggerLabels {
     /// `periodic`, `shutdown`, `api`, `deploy`.
     pub trigger: &'static str,
@@ -35,6 +41,8 @@ pub struct TriggerLabels {
 
 pub struct Metrics {
     registry: Registry,
+    /// Registries of other subsystems (libp2p's transport counters), served alongside.
+    attached: std::sync::Mutex<Vec<Registry>>,
     pub http_requests: Family<HttpLabels, Counter>,
     pub calls: Family<CallLabels, Counter>,
     pub ticks: Family<CallLabels, Counter>,
@@ -43,12 +51,19 @@ pub struct Metrics {
     pub checkpoint_seconds: Histogram,
     pub checkpoint_bytes: Counter,
     pub components: Gauge,
+    /// Mesh messages refused (bad gossip, foreign swarm key, ...), by reason.
+    pub mesh_rejected: Family<ReasonLabels, Counter>,
+    pub gossip_bytes: Family<DirectionLabels, Counter>,
+    pub gossip_messages: Family<DirectionLabels, Counter>,
+    pub mesh_peers: Gauge,
+    pub forwarded: Family<DirectionLabels, Counter>,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         let mut m = Metrics {
             registry: Registry::with_prefix("continuum"),
+            attached: Default::default(),
             http_requests: Family::default(),
             calls: Family::default(),
             ticks: Family::default(),
@@ -57,6 +72,11 @@ impl Default for Metrics {
             checkpoint_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             checkpoint_bytes: Counter::default(),
             components: Gauge::default(),
+            mesh_rejected: Family::default(),
+            gossip_bytes: Family::default(),
+            gossip_messages: Family::default(),
+            mesh_peers: Gauge::default(),
+            forwarded: Family::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -95,6 +115,31 @@ impl Default for Metrics {
             "Components hosted on this node",
             m.components.clone(),
         );
+        r.register(
+            "mesh_rejected",
+            "Mesh messages refused, by reason",
+            m.mesh_rejected.clone(),
+        );
+        r.register(
+            "gossip_bytes",
+            "Gossip payload bytes, by direction",
+            m.gossip_bytes.clone(),
+        );
+        r.register(
+            "gossip_messages",
+            "Gossip messages, by direction",
+            m.gossip_messages.clone(),
+        );
+        r.register(
+            "mesh_peers",
+            "Peers in this node's view",
+            m.mesh_peers.clone(),
+        );
+        r.register(
+            "forwarded_requests",
+            "Component requests forwarded between nodes, by direction",
+            m.forwarded.clone(),
+        );
         m
     }
 }
@@ -105,15 +150,44 @@ impl Metrics {
         self.rejected.get_or_create(&ReasonLabels { reason }).inc();
     }
 
-    pub fn rejected(&self, reason: &'static str) -> u64 {
-        self.rejected.get_or_create(&ReasonLabels { reason }).get()
+    /// Serve another subsystem's registry at `/metrics` too.
+    pub fn attach(&self, registry: Registry) {
+        self.attached.lock().unwrap().push(registry);
+    }
+
+    pub fn mesh_reject(&self, reason: &'static str) {
+        self.mesh_rejected
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    pub fn gossip_in(&self, bytes: usize) {
+        self.gossip_bytes
+            .get_or_create(&DirectionLabels { direction: "in" })
+            .inc_by(bytes as u64);
+        self.gossip_messages
+            .get_or_create(&DirectionLabels { direction: "in" })
+            .inc();
+    }
+
+    pub fn gossip_out(&self, bytes: usize) {
+        self.gossip_bytes
+            .get_or_create(&DirectionLabels { direction: "out" })
+            .inc_by(bytes as u64);
+        self.gossip_messages
+            .get_or_create(&DirectionLabels { direction: "out" })
+            .inc();
     }
 
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
+        use prometheus_client::encoding::text::{encode_eof, encode_registry};
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("writing to a String cannot fail");
+        encode_registry(&mut out, &self.registry).expect("writing to a String cannot fail");
+        for r in self.attached.lock().unwrap().iter() {
+            encode_registry(&mut out, r).expect("writing to a String cannot fail");
+        }
+        encode_eof(&mut out).expect("writing to a String cannot fail");
         out
     }
 }

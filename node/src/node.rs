@@ -5,6 +5,7 @@
 use crate::components::Components;
 use crate::config::NodeConfig;
 use crate::datadir::{DataDir, NodeInfo};
+use crate::mesh::{Inbound, Mesh, MeshConfig, rpc::Reply};
 use crate::metrics::Metrics;
 use crate::runtime::{Runtime, RuntimeLimits};
 use crate::{http, identity, short_id, tls};
@@ -19,6 +20,7 @@ use tracing::Instrument;
 /// What every request handler can reach.
 pub struct Node {
     pub peer_id: String,
+    pub mesh: Mesh,
     pub config: NodeConfig,
     pub token: String,
     pub components: Components,
@@ -26,6 +28,8 @@ pub struct Node {
     pub info: NodeInfo,
     pub h3_port: u16,
     pub started: Instant,
+    /// Fingerprint of the swarm key, if the swarm is closed.
+    pub swarm_key: Option<String>,
 }
 
 /// `continuum status --json`.
@@ -40,13 +44,17 @@ pub struct Status {
     pub components: usize,
     pub memory_bytes: u64,
     pub arch: String,
-    pub peers: Vec<serde_json::Value>,
-    pub federations: Vec<serde_json::Value>,
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Whether the swarm is closed by a key (its fingerprint), or open.
+    pub swarm_key: Option<String>,
+    pub peers: Vec<crate::mesh::PeerStatus>,
+    pub federations: Vec<crate::mesh::FederationStatus>,
 }
 
 impl Node {
     pub fn status(&self) -> Status {
         let components = self.components.list();
+        let mesh = self.mesh.snapshot();
         Status {
             peer_id: self.peer_id.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -57,9 +65,39 @@ impl Node {
             components: components.len(),
             memory_bytes: components.iter().map(|c| c.memory_bytes).sum(),
             arch: std::env::consts::ARCH.to_string(),
-            peers: Vec::new(),
-            federations: Vec::new(),
+            labels: self.config.labels.clone(),
+            swarm_key: self.swarm_key.clone(),
+            peers: mesh.peers.clone(),
+            federations: mesh.federations.clone(),
         }
+    }
+
+    /// Every component the node knows of: its own, and those its peers announce.
+    pub fn all_components(&self) -> Vec<crate::components::ComponentInfo> {
+        let mut list = self.components.list();
+        for (name, loc) in self.mesh.snapshot().directory.iter() {
+            if loc.host.to_string() != self.peer_id {
+                list.push(crate::components::ComponentInfo {
+                    name: name.clone(),
+                    host: loc.host.to_string(),
+                    epoch: loc.epoch,
+                    digest: continuum_migrate::digest_hex(&loc.digest),
+                    version: String::new(),
+                    module_bytes: 0,
+                    memory_bytes: 0,
+                    calls: 0,
+                    failed_calls: 0,
+                    ticks: 0,
+                });
+            }
+        }
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        list
+    }
+
+    /// Tell the mesh which components this node hosts (after any change).
+    pub fn announce_components(&self) {
+        self.mesh.set_components(self.components.hosted());
     }
 }
 
@@ -91,10 +129,48 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     let key = identity::load_or_create(&dir)?;
     let peer_id = key.public().to_peer_id().to_string();
     let span = tracing::info_span!("node", peer = %short_id(&peer_id));
-    run_node(config, dir, peer_id).instrument(span).await
+    run_node(config, dir, key).instrument(span).await
 }
 
-async fn run_node(config: NodeConfig, dir: DataDir, peer_id: String) -> Result<()> {
+/// The listen addresses to use: the configured ones, or QUIC and TCP on the HTTP host.
+fn p2p_listen(config: &NodeConfig) -> Result<Vec<libp2p::Multiaddr>> {
+    if !config.p2p.is_empty() {
+        return config
+            .p2p
+            .iter()
+            .map(|a| {
+                a.parse()
+                    .with_context(|| format!("invalid --p2p multiaddr {a:?}"))
+            })
+            .collect();
+    }
+    let ip = match config.http.ip() {
+        std::net::IpAddr::V4(ip) => format!("/ip4/{ip}"),
+        std::net::IpAddr::V6(ip) => format!("/ip6/{ip}"),
+    };
+    Ok(vec![
+        format!("{ip}/udp/0/quic-v1").parse()?,
+        format!("{ip}/tcp/0").parse()?,
+    ])
+}
+
+fn swarm_key(config: &NodeConfig) -> Result<Option<continuum_gossip::SwarmKey>> {
+    let Some(path) = &config.swarm_key else {
+        tracing::warn!(
+            "no --swarm-key: the swarm is open, any node that finds this one can join it (make a key with `continuum keygen`)"
+        );
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading swarm key {}", path.display()))?;
+    let key = continuum_gossip::SwarmKey::parse(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    tracing::info!(key = %key.fingerprint(), "swarm closed by key");
+    Ok(Some(key))
+}
+
+async fn run_node(config: NodeConfig, dir: DataDir, key: libp2p::identity::Keypair) -> Result<()> {
+    let peer_id = key.public().to_peer_id().to_string();
     let token = dir.load_or_create_token()?;
     let cert = tls::load_or_create(&dir)?;
     let metrics = Arc::new(Metrics::default());
@@ -117,18 +193,42 @@ async fn run_node(config: NodeConfig, dir: DataDir, peer_id: String) -> Result<(
 
     let (tcp, udp) = bind(config.http, tls::server_config(&cert)?).await?;
     let addr = tcp.local_addr()?;
+    let key_file = swarm_key(&config)?;
+    let fingerprint = key_file.as_ref().map(|k| k.fingerprint());
+    let mesh_cfg = MeshConfig {
+        listen: p2p_listen(&config)?,
+        join: config
+            .join
+            .iter()
+            .map(|a| {
+                a.parse()
+                    .with_context(|| format!("invalid --join multiaddr {a:?}"))
+            })
+            .collect::<Result<_>>()?,
+        mdns: config.mdns,
+        key: key_file,
+        gossip: continuum_gossip::Config::with_ttl(config.advert_expiry.as_millis() as u64),
+        request_timeout: config.limits.call_timeout * 2 + std::time::Duration::from_secs(5),
+    };
+    let (mesh, inbound) = Mesh::start(
+        key,
+        mesh_cfg,
+        config.labels.clone(),
+        format!("http://{addr}"),
+        metrics.clone(),
+    )
+    .await?;
     let info = NodeInfo {
         peer_id: peer_id.clone(),
         http: format!("http://{addr}"),
         h3: format!("https://{addr}"),
-        p2p: Vec::new(),
+        p2p: mesh.snapshot().listen.clone(),
         cert_sha256: hex::encode(cert.sha256),
     };
-    if config.mdns {
-        tracing::info!("mDNS discovery arrives with the mesh; this build runs a single node");
-    }
     let node = Arc::new(Node {
         peer_id,
+        mesh,
+        swarm_key: fingerprint,
         token,
         components,
         metrics,
@@ -138,7 +238,9 @@ async fn run_node(config: NodeConfig, dir: DataDir, peer_id: String) -> Result<(
         config,
     });
 
+    node.announce_components();
     let servers = [
+        tokio::spawn(serve_peers(node.clone(), inbound).in_current_span()),
         tokio::spawn(http::h1::serve(tcp, node.clone()).in_current_span()),
         tokio::spawn(http::h3::serve(udp.clone(), node.clone()).in_current_span()),
         tokio::spawn(periodic_checkpoints(node.clone()).in_current_span()),
@@ -156,6 +258,61 @@ async fn run_node(config: NodeConfig, dir: DataDir, peer_id: String) -> Result<(
     node.components.stop_all().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Answer what other nodes ask of this one: forwarded component requests and deployments.
+async fn serve_peers(node: Arc<Node>, mut inbound: tokio::sync::mpsc::Receiver<Inbound>) {
+    while let Some(request) = inbound.recv().await {
+        let node = node.clone();
+        tokio::spawn(
+            async move {
+                match request {
+                    Inbound::Forward {
+                        name,
+                        request,
+                        channel,
+                        ..
+                    } => {
+                        node.metrics
+                            .forwarded
+                            .get_or_create(&crate::metrics::DirectionLabels { direction: "in" })
+                            .inc();
+                        let reply = match continuum_guest::abi::decode_request(&request) {
+                            Ok(req) => Reply::Forwarded(continuum_guest::abi::encode_response(
+                                &http::call_local(&node, &name, req).await,
+                            )),
+                            Err(e) => Reply::Refused {
+                                status: 400,
+                                message: format!("forwarded request did not decode: {e}"),
+                            },
+                        };
+                        node.mesh.respond(channel, reply);
+                    }
+                    Inbound::Deploy {
+                        from,
+                        name,
+                        version,
+                        wasm,
+                        channel,
+                    } => {
+                        tracing::info!(%from, component = %name, "deployment requested by a peer");
+                        let reply = match node.components.deploy(&name, &version, wasm).await {
+                            Ok(info) => {
+                                node.announce_components();
+                                Reply::Deployed(serde_json::to_vec(&info).unwrap_or_default())
+                            }
+                            Err(e) => Reply::Refused {
+                                status: e.status(),
+                                message: e.to_string(),
+                            },
+                        };
+                        node.mesh.respond(channel, reply);
+                    }
+                }
+            }
+            .in_current_span(),
+        );
+    }
 }
 
 async fn periodic_checkpoints(node: Arc<Node>) {

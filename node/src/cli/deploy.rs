@@ -15,6 +15,9 @@ pub struct DeployArgs {
     /// A version label for the component.
     #[arg(long, default_value = "1")]
     version: String,
+    /// Place it on this peer of the mesh instead of the node the command talks to.
+    #[arg(long, value_name = "PEER_ID")]
+    on: Option<String>,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -38,7 +41,10 @@ impl DeployArgs {
             .chars()
             .filter(|c| c.is_ascii_alphanumeric() || "._-+".contains(*c))
             .collect();
-        let target = format!("/v1/components/{name}?version={version}");
+        let mut target = format!("/v1/components/{name}?version={version}");
+        if let Some(peer) = &self.on {
+            target.push_str(&format!("&on={peer}"));
+        }
         let info: ComponentInfo = self
             .client
             .api_json(Method::PUT, &target, wasm.into())

@@ -4,6 +4,8 @@
 mod call;
 mod checkpoint;
 mod deploy;
+mod federate;
+mod keygen;
 mod ls;
 mod node;
 mod restore;
@@ -50,6 +52,10 @@ enum Command {
     Restore(restore::RestoreArgs),
     /// Remove a component and its saved state.
     Rm(rm::RmArgs),
+    /// Make a swarm key: nodes started with the same --swarm-key form one swarm.
+    Keygen(keygen::KeygenArgs),
+    /// Temporary federations: create, join, leave, ls.
+    Federate(federate::FederateArgs),
 }
 
 impl Cli {
@@ -76,6 +82,8 @@ impl Cli {
                     Command::Checkpoint(a) => a.run().await,
                     Command::Restore(a) => a.run().await,
                     Command::Rm(a) => a.run().await,
+                    Command::Keygen(a) => a.run().await,
+                    Command::Federate(a) => a.run().await,
                 }
             })
         });

@@ -17,9 +17,24 @@ pub struct NodeArgs {
     /// A TOML configuration file (see node/continuum.example.toml).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// libp2p listen address (repeatable); default QUIC and TCP on the --http host.
+    #[arg(long = "p2p", value_name = "MULTIADDR")]
+    p2p: Vec<String>,
+    /// A peer to bootstrap from (repeatable), e.g. /ip4/10.0.0.1/udp/4001/quic-v1/p2p/12D3...
+    #[arg(long = "join", value_name = "MULTIADDR")]
+    join: Vec<String>,
+    /// A label this node advertises (repeatable), e.g. zone=a.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// The swarm key file (`continuum keygen`); nodes without the same key are refused.
+    #[arg(long)]
+    swarm_key: Option<PathBuf>,
     /// Do not discover neighbours with mDNS.
     #[arg(long)]
     no_mdns: bool,
+    /// How long after its last message a silent peer leaves the view, e.g. 15s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    advert_expiry: Option<Duration>,
     /// How often changed components are checkpointed to disk (the most a kill -9 loses).
     #[arg(long, value_parser = humantime::parse_duration)]
     checkpoint_every: Option<Duration>,
@@ -43,8 +58,19 @@ impl NodeArgs {
         if let Some(a) = self.http {
             c.http = a;
         }
+        if !self.p2p.is_empty() {
+            c.p2p = self.p2p;
+        }
+        c.join.extend(self.join);
+        c.labels.extend(self.labels);
+        if let Some(k) = self.swarm_key {
+            c.swarm_key = Some(k);
+        }
         if self.no_mdns {
             c.mdns = false;
+        }
+        if let Some(d) = self.advert_expiry {
+            c.advert_expiry = d;
         }
         if let Some(d) = self.checkpoint_every {
             c.checkpoint_every = d;
@@ -59,5 +85,13 @@ impl NodeArgs {
             c.limits.max_body = b;
         }
         crate::node::run(c).await
+    }
+}
+
+/// `key=value`, for labels and requirements.
+pub fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
     }
 }

@@ -6,16 +6,40 @@ use http::Method;
 
 #[derive(Args, Debug)]
 pub struct StatusArgs {
+    /// Wait until the node sees at least this many peers (for scripts).
+    #[arg(long, value_name = "N")]
+    wait_peers: Option<usize>,
+    /// Give up waiting after this long.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+    timeout: std::time::Duration,
     #[command(flatten)]
     client: ClientArgs,
 }
 
 impl StatusArgs {
     pub async fn run(self) -> Result<()> {
-        let reply = self
-            .client
-            .api(Method::GET, "/v1/status", Default::default())
-            .await?;
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let reply = loop {
+            let reply = self
+                .client
+                .api(Method::GET, "/v1/status", Default::default())
+                .await?;
+            let Some(want) = self.wait_peers else {
+                break reply;
+            };
+            let s: Status = serde_json::from_slice(&reply.body)?;
+            if s.peers.len() >= want {
+                break reply;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                anyhow::bail!(
+                    "the node sees {} peers, not {want}, after {:?}",
+                    s.peers.len(),
+                    self.timeout
+                );
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
         if self.client.json {
             println!("{}", reply.text().trim_end());
             return Ok(());
@@ -31,8 +55,43 @@ impl StatusArgs {
             s.components,
             human_bytes(s.memory_bytes)
         );
+        let labels: Vec<String> = s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!("labels      {}", labels.join(","));
+        println!(
+            "swarm       {}",
+            s.swarm_key
+                .as_deref()
+                .map_or("open (no swarm key)".to_string(), |k| format!(
+                    "closed by key {k}"
+                ))
+        );
+        println!(
+            "federations {}",
+            s.federations
+                .iter()
+                .map(|f| f.name.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        );
         println!("peers       {}", s.peers.len());
-        println!("federations {}", s.federations.len());
+        if !s.peers.is_empty() {
+            println!(
+                "  {:<54} {:<8} {:>5} {:<16} {:>9}",
+                "PEER", "ARCH", "LOAD", "LABELS", "LAST SEEN"
+            );
+            for p in &s.peers {
+                let labels: Vec<String> =
+                    p.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                println!(
+                    "  {:<54} {:<8} {:>5.2} {:<16} {:>7.1}s",
+                    p.peer_id,
+                    p.arch,
+                    p.load,
+                    labels.join(","),
+                    p.last_seen_ms as f64 / 1000.0
+                );
+            }
+        }
         Ok(())
     }
 }

@@ -8,11 +8,18 @@
 //! DELETE /v1/components/NAME                  remove
 //! POST   /v1/components/NAME/checkpoint[?module=true]   a snapshot (CBOR body)
 //! POST   /v1/restore[?name=NAME]              restore (body: a snapshot)
+//! GET    /v1/federations                      federations this node knows
+//! POST   /v1/federations                      propose one (JSON: name, objective, require, min_members, lease_ms)
+//! POST   /v1/federations/NAME/join|leave
+//!
+//! `PUT /v1/components/NAME?on=PEER_ID` deploys on another node of the mesh.
 //! ```
 
-use crate::components::ApiError;
+use crate::components::{ApiError, ComponentInfo};
+use crate::mesh::{FederationOp, MeshError};
 use crate::node::Node;
 use bytes::Bytes;
+use continuum_gossip::{FederationSpec, PeerId};
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use serde::Serialize;
 
@@ -37,27 +44,30 @@ pub async fn handle(node: &Node, rest: &str, req: Request<Bytes>) -> Response<By
     let method = req.method().clone();
     let result = match (&method, segments.as_slice()) {
         (&Method::GET, ["status"]) => Ok(json(StatusCode::OK, &node.status())),
-        (&Method::GET, ["components"]) => Ok(json(StatusCode::OK, &node.components.list())),
+        (&Method::GET, ["components"]) => Ok(json(StatusCode::OK, &node.all_components())),
         (&Method::GET, ["components", name]) => node
-            .components
-            .list()
+            .all_components()
             .into_iter()
             .find(|c| c.name == *name)
             .map(|c| json(StatusCode::OK, &c))
             .ok_or_else(|| ApiError::NotFound(format!("no component named {name} on this node"))),
         (&Method::PUT | &Method::POST, ["components", name]) => {
             let version = query("version").unwrap_or_else(|| "1".into());
+            let on = query("on").filter(|p| *p != node.peer_id);
             let wasm = req.into_body().to_vec();
-            node.components
-                .deploy(name, &version, wasm)
-                .await
-                .map(|info| json(StatusCode::CREATED, &info))
+            match on {
+                Some(peer) => deploy_on(node, &peer, name, &version, wasm).await,
+                None => node.components.deploy(name, &version, wasm).await,
+            }
+            .map(|info| {
+                node.announce_components();
+                json(StatusCode::CREATED, &info)
+            })
         }
-        (&Method::DELETE, ["components", name]) => node
-            .components
-            .remove(name)
-            .await
-            .map(|()| json(StatusCode::OK, &serde_json::json!({ "removed": name }))),
+        (&Method::DELETE, ["components", name]) => node.components.remove(name).await.map(|()| {
+            node.announce_components();
+            json(StatusCode::OK, &serde_json::json!({ "removed": name }))
+        }),
         (&Method::POST, ["components", name, "checkpoint"]) => {
             let with_module = matches!(query("module").as_deref(), Some("true" | "1"));
             node.components
@@ -77,13 +87,61 @@ pub async fn handle(node: &Node, rest: &str, req: Request<Bytes>) -> Response<By
             node.components
                 .restore(name.as_deref(), req.into_body())
                 .await
-                .map(|info| json(StatusCode::OK, &info))
+                .map(|info| {
+                    node.announce_components();
+                    json(StatusCode::OK, &info)
+                })
+        }
+        (&Method::GET, ["federations"]) => {
+            Ok(json(StatusCode::OK, &node.mesh.snapshot().federations))
+        }
+        (&Method::POST, ["federations"]) => {
+            match serde_json::from_slice::<FederationSpec>(req.body()) {
+                Ok(spec) => federate(node, FederationOp::Create(spec)).await,
+                Err(e) => Err(ApiError::BadRequest(format!("invalid federation: {e}"))),
+            }
+        }
+        (&Method::POST, ["federations", name, "join"]) => {
+            federate(node, FederationOp::Join(name.to_string())).await
+        }
+        (&Method::POST, ["federations", name, "leave"]) => {
+            federate(node, FederationOp::Leave(name.to_string())).await
         }
         _ => Err(ApiError::NotFound(format!(
             "no control endpoint {method} /v1/{rest}"
         ))),
     };
     result.unwrap_or_else(|e| error(&e))
+}
+
+async fn deploy_on(
+    node: &Node,
+    peer: &str,
+    name: &str,
+    version: &str,
+    wasm: Vec<u8>,
+) -> Result<ComponentInfo, ApiError> {
+    let peer: PeerId = peer
+        .parse()
+        .map_err(|e| ApiError::BadRequest(format!("invalid peer id {peer:?}: {e}")))?;
+    node.mesh
+        .deploy(peer, name, version, wasm)
+        .await
+        .map_err(|e| match e {
+            MeshError::Refused(404, m) => ApiError::NotFound(m),
+            MeshError::Refused(409, m) => ApiError::Conflict(m),
+            MeshError::Refused(422, m) => ApiError::Unprocessable(m),
+            MeshError::Refused(400, m) => ApiError::BadRequest(m),
+            e => ApiError::Internal(format!("deploying on {peer}: {e}")),
+        })
+}
+
+async fn federate(node: &Node, op: FederationOp) -> Result<Response<Bytes>, ApiError> {
+    node.mesh
+        .federate(op)
+        .await
+        .map(|()| json(StatusCode::OK, &node.mesh.snapshot().federations))
+        .map_err(ApiError::BadRequest)
 }
 
 /// Compare in constant time, so the token cannot be guessed byte by byte from timings.

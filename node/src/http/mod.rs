@@ -9,9 +9,10 @@ mod control;
 pub mod h1;
 pub mod h3;
 
+use crate::mesh::MeshError;
 use crate::node::Node;
 use bytes::Bytes;
-use continuum_guest::Request as GuestRequest;
+use continuum_guest::{Request as GuestRequest, Response as GuestResponse, abi};
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
 
 pub const HOST_HEADER: &str = "x-continuum-host";
@@ -155,16 +156,6 @@ async fn component(
     target: String,
     req: Request<Bytes>,
 ) -> Response<Bytes> {
-    let Some(handle) = node.components.get(name) else {
-        node.metrics.reject("unknown_component");
-        return with_host(
-            node,
-            text(
-                StatusCode::NOT_FOUND,
-                format!("no component named {name}\n"),
-            ),
-        );
-    };
     let (parts, body) = req.into_parts();
     let greq = GuestRequest {
         method: parts.method.to_string(),
@@ -176,40 +167,100 @@ async fn component(
             .collect(),
         body: body.to_vec(),
     };
-    let resp = match handle.call(greq).await {
-        Err(e) => {
-            let mut r = text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n"));
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            r
-        }
-        Ok(Err(e)) => text(
-            StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_GATEWAY),
-            format!("component {name}: {e}\n"),
-        ),
-        Ok(Ok(g)) => match StatusCode::from_u16(g.status) {
-            Ok(status) => {
-                let mut r = Response::new(Bytes::from(g.body));
-                *r.status_mut() = status;
-                for (k, v) in g.headers {
-                    if let (Ok(k), Ok(v)) = (HeaderName::try_from(k), HeaderValue::try_from(v))
-                        && !is_hop_by_hop(&k)
-                    {
-                        r.headers_mut().append(k, v);
-                    }
-                }
-                r
-            }
-            Err(_) => text(
+    if node.components.get(name).is_some() {
+        let resp = call_local(node, name, greq).await;
+        return with_host(to_http(name, resp), &node.peer_id);
+    }
+    let Some(location) = locate(node, name).await else {
+        node.metrics.reject("unknown_component");
+        return with_host(
+            text(
+                StatusCode::NOT_FOUND,
+                format!("no component named {name} in this mesh\n"),
+            ),
+            &node.peer_id,
+        );
+    };
+    let host = location.host.to_string();
+    node.metrics
+        .forwarded
+        .get_or_create(&crate::metrics::DirectionLabels { direction: "out" })
+        .inc();
+    let resp = match node
+        .mesh
+        .forward(location.host, name, abi::encode_request(&greq))
+        .await
+    {
+        Ok(bytes) => match abi::decode_response(&bytes) {
+            Ok(r) => to_http(name, r),
+            Err(e) => text(
                 StatusCode::BAD_GATEWAY,
-                format!(
-                    "component {name} answered with invalid status {}\n",
-                    g.status
-                ),
+                format!("host {host} answered for {name} with a malformed response: {e}\n"),
             ),
         },
+        Err(MeshError::Refused(status, message)) => text(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+            format!("{message}\n"),
+        ),
+        Err(e) => text(
+            StatusCode::BAD_GATEWAY,
+            format!("component {name} is hosted on {host}, which did not answer: {e}\n"),
+        ),
     };
-    with_host(node, resp)
+    with_host(resp, &host)
+}
+
+/// Where a component this node does not host is, waiting up to `route_wait` for news of it
+/// (its host's advert may be on its way) when the node has peers at all.
+async fn locate(node: &Node, name: &str) -> Option<continuum_gossip::Location> {
+    let deadline = tokio::time::Instant::now() + node.config.route_wait;
+    loop {
+        if let Some(loc) = node.mesh.locate(name) {
+            return Some(loc);
+        }
+        let alone = node.mesh.snapshot().peers.is_empty() && node.config.join.is_empty();
+        if alone || tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}
+
+/// Call a component hosted here. Every failure becomes an answer, the same whether the request
+/// came from a local client or was forwarded by another node.
+pub async fn call_local(node: &Node, name: &str, req: GuestRequest) -> GuestResponse {
+    let Some(handle) = node.components.get(name) else {
+        node.metrics.reject("unknown_component");
+        return GuestResponse::text(404, format!("no component named {name} on this node\n"));
+    };
+    match handle.call(req).await {
+        Err(e) => GuestResponse::text(503, format!("{e}\n")).header("retry-after", "1"),
+        Ok(Err(e)) => GuestResponse::text(e.status(), format!("component {name}: {e}\n")),
+        Ok(Ok(r)) => r,
+    }
+}
+
+/// A component's answer as an HTTP response (connection-level headers dropped).
+fn to_http(name: &str, g: GuestResponse) -> Response<Bytes> {
+    let Ok(status) = StatusCode::from_u16(g.status) else {
+        return text(
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "component {name} answered with invalid status {}\n",
+                g.status
+            ),
+        );
+    };
+    let mut r = Response::new(Bytes::from(g.body));
+    *r.status_mut() = status;
+    for (k, v) in g.headers {
+        if let (Ok(k), Ok(v)) = (HeaderName::try_from(k), HeaderValue::try_from(v))
+            && !is_hop_by_hop(&k)
+        {
+            r.headers_mut().append(k, v);
+        }
+    }
+    r
 }
 
 /// Headers that belong to one connection, which the node manages itself.
@@ -226,8 +277,8 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     )
 }
 
-fn with_host(node: &Node, mut resp: Response<Bytes>) -> Response<Bytes> {
-    if let Ok(v) = HeaderValue::from_str(&node.peer_id) {
+fn with_host(mut resp: Response<Bytes>, host: &str) -> Response<Bytes> {
+    if let Ok(v) = HeaderValue::from_str(host) {
         resp.headers_mut().insert(HOST_HEADER, v);
     }
     resp

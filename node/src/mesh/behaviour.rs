@@ -1,0 +1,15 @@
+//! The libp2p behaviours a node runs, composed (one file per role lives in libp2p itself).
+
+use super::rpc::Envelope;
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::{gossipsub, identify, kad, mdns, request_response};
+
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    pub identify: identify::Behaviour,
+    pub kad: kad::Behaviour<kad::store::MemoryStore>,
+    pub mdns: Toggle<mdns::tokio::Behaviour>,
+    pub gossipsub: gossipsub::Behaviour,
+    pub rpc: request_response::cbor::Behaviour<Envelope, Envelope>,
+}

@@ -1,0 +1,614 @@
+//! The driver: one task that owns the libp2p swarm and the gossip machine, feeds swarm events
+//! and timers into the machine, and carries out what it asks (publish, send), as quinn's
+//! tokio layer drives quinn-proto.
+
+use super::behaviour::{Behaviour, BehaviourEvent};
+use super::rpc::{self, Envelope, Reply, Request};
+use super::{Command, FederationOp, FederationStatus, MeshConfig, MeshError, PeerStatus, Snapshot};
+use crate::metrics::Metrics;
+use anyhow::Result;
+use continuum_gossip::{
+    Event, FederationEvent, Gossip, Output, PeerId, Reject, Resources, SwarmKey,
+};
+use futures::StreamExt;
+use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, StreamProtocol, Swarm, identify, kad, mdns, noise, tcp, yamux};
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+const TOPIC: &str = "continuum/gossip/1";
+
+/// A request from another node that the node (not the driver) must answer.
+pub enum Inbound {
+    Forward {
+        from: PeerId,
+        name: String,
+        request: Vec<u8>,
+        channel: ResponseChannel<Envelope>,
+    },
+    Deploy {
+        from: PeerId,
+        name: String,
+        version: String,
+        wasm: Vec<u8>,
+        channel: ResponseChannel<Envelope>,
+    },
+}
+
+pub fn build_swarm(
+    key: libp2p::identity::Keypair,
+    cfg: &MeshConfig,
+    registry: &mut prometheus_client::registry::Registry,
+) -> Result<Swarm<Behaviour>> {
+    let me = key.public().to_peer_id();
+    let mdns = cfg.mdns;
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )?
+        .with_quic()
+        .with_bandwidth_metrics(registry)
+        .with_behaviour(
+            |key| -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
+                // Our payloads are signed, sequenced and swarm-keyed already: gossipsub carries them
+                // anonymously (no second signature per message) and names each by its hash. A
+                // small mesh and no flood publishing keep the idle traffic low.
+                let gossip_cfg = gossipsub::ConfigBuilder::default()
+                    .heartbeat_interval(Duration::from_millis(700))
+                    .validation_mode(gossipsub::ValidationMode::Anonymous)
+                    .message_id_fn(|m: &gossipsub::Message| {
+                        gossipsub::MessageId::new(&blake3::hash(&m.data).as_bytes()[..16])
+                    })
+                    .validate_messages()
+                    .flood_publish(false)
+                    .mesh_n(4)
+                    .mesh_n_low(3)
+                    .mesh_n_high(8)
+                    .mesh_outbound_min(2)
+                    .gossip_lazy(4)
+                    .max_transmit_size(continuum_gossip::MAX_GOSSIP_BYTES + 1024)
+                    .build()?;
+                let mut gossipsub = gossipsub::Behaviour::new(
+                    gossipsub::MessageAuthenticity::Anonymous,
+                    gossip_cfg,
+                )?;
+                gossipsub.subscribe(&IdentTopic::new(TOPIC))?;
+                let mut kad = kad::Behaviour::with_config(
+                    me,
+                    kad::store::MemoryStore::new(me),
+                    kad::Config::new(StreamProtocol::new("/continuum/kad/1")),
+                );
+                kad.set_mode(Some(kad::Mode::Server));
+                let codec = request_response::cbor::codec::Codec::default()
+                    .set_request_size_maximum(256 << 20)
+                    .set_response_size_maximum(256 << 20);
+                let rpc = request_response::Behaviour::with_codec(
+                    codec,
+                    [(StreamProtocol::new(rpc::PROTOCOL), ProtocolSupport::Full)],
+                    request_response::Config::default()
+                        .with_request_timeout(Duration::from_secs(60))
+                        .with_max_concurrent_streams(1024),
+                );
+                Ok(Behaviour {
+                    identify: identify::Behaviour::new(identify::Config::new(
+                        "/continuum/1".into(),
+                        key.public(),
+                    )),
+                    kad,
+                    mdns: if mdns {
+                        Some(mdns::tokio::Behaviour::new(mdns::Config::default(), me)?).into()
+                    } else {
+                        None.into()
+                    },
+                    gossipsub,
+                    rpc,
+                })
+            },
+        )?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+    Ok(swarm)
+}
+
+enum Pending {
+    Forward(oneshot::Sender<Result<Vec<u8>, MeshError>>),
+    Deploy(oneshot::Sender<Result<Vec<u8>, MeshError>>),
+    Sync,
+}
+
+pub struct Driver {
+    swarm: Swarm<Behaviour>,
+    gossip: Gossip,
+    key: Option<SwarmKey>,
+    cfg: MeshConfig,
+    topic: IdentTopic,
+    started: Instant,
+    local: Resources,
+    listen: Vec<Multiaddr>,
+    pending: HashMap<OutboundRequestId, (PeerId, Pending)>,
+    metrics: Arc<Metrics>,
+    snapshot: Arc<RwLock<Arc<Snapshot>>>,
+    inbound: mpsc::Sender<Inbound>,
+    ready: Option<oneshot::Sender<()>>,
+    /// The gossip state changed since the snapshot was taken.
+    dirty: bool,
+}
+
+impl Driver {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        mut swarm: Swarm<Behaviour>,
+        id: libp2p::identity::Keypair,
+        cfg: MeshConfig,
+        local: Resources,
+        metrics: Arc<Metrics>,
+        snapshot: Arc<RwLock<Arc<Snapshot>>>,
+        inbound: mpsc::Sender<Inbound>,
+        ready: oneshot::Sender<()>,
+    ) -> Result<Driver> {
+        for addr in &cfg.listen {
+            swarm.listen_on(addr.clone())?;
+        }
+        for addr in &cfg.join {
+            if let Err(e) = swarm.dial(addr.clone()) {
+                tracing::warn!("cannot dial {addr}: {e}");
+            }
+        }
+        // A restarted node must not look like a replay of its former self: start its sequence
+        // numbers at the wall clock (microseconds).
+        let first_seq = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_micros() as u64);
+        let gossip = Gossip::new(
+            0,
+            id,
+            cfg.key.clone(),
+            cfg.gossip.clone(),
+            local.clone(),
+            first_seq,
+        );
+        Ok(Driver {
+            swarm,
+            gossip,
+            key: cfg.key.clone(),
+            cfg,
+            topic: IdentTopic::new(TOPIC),
+            started: Instant::now(),
+            local,
+            listen: Vec::new(),
+            pending: HashMap::new(),
+            metrics,
+            snapshot,
+            inbound,
+            ready: Some(ready),
+            dirty: true,
+        })
+    }
+
+    fn now(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    pub async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        let mut resample = tokio::time::interval(Duration::from_millis(
+            self.cfg.gossip.heartbeat_ms.clamp(1000, 5000),
+        ));
+        let mut bootstrap = tokio::time::interval(Duration::from_secs(30));
+        loop {
+            let wake = self.started + Duration::from_millis(self.gossip.poll_timeout());
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm(event),
+                command = commands.recv() => match command {
+                    Some(c) => self.on_command(c),
+                    None => return,
+                },
+                _ = tokio::time::sleep_until(wake.into()) => {
+                    let now = self.now();
+                    self.gossip.handle_timeout(now);
+                    self.dirty = true;
+                }
+                _ = resample.tick() => {
+                    self.local = super::resources::sample(self.local.clone());
+                    let now = self.now();
+                    self.gossip.set_local(now, self.local.clone());
+                }
+                _ = bootstrap.tick() => {
+                    let _ = self.swarm.behaviour_mut().kad.bootstrap();
+                }
+            }
+            self.flush();
+        }
+    }
+
+    fn reject(&self, e: &Reject) {
+        self.metrics.mesh_reject(e.reason());
+        tracing::debug!("refused a mesh message: {e}");
+    }
+
+    fn on_swarm(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        let now = self.now();
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            })) => {
+                self.metrics.gossip_in(message.data.len());
+                self.dirty = true;
+                let verdict = match self.gossip.handle_gossip(now, &message.data) {
+                    Ok(()) => MessageAcceptance::Accept,
+                    Err(Reject::Replay { .. }) => {
+                        self.metrics.mesh_reject("replay");
+                        MessageAcceptance::Ignore
+                    }
+                    Err(e) => {
+                        self.reject(&e);
+                        MessageAcceptance::Reject
+                    }
+                };
+                self.swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .report_message_validation_result(&message_id, &propagation_source, verdict);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Rpc(request_response::Event::Message {
+                peer,
+                message,
+                ..
+            })) => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => self.on_request(peer, request, channel),
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => self.on_response(request_id, response),
+            },
+            SwarmEvent::Behaviour(BehaviourEvent::Rpc(
+                request_response::Event::OutboundFailure {
+                    request_id,
+                    error,
+                    peer,
+                    ..
+                },
+            )) => {
+                let why = error.to_string();
+                match self.pending.remove(&request_id) {
+                    Some((_, Pending::Forward(tx) | Pending::Deploy(tx))) => {
+                        let _ = tx.send(Err(MeshError::Unreachable(peer.to_string(), why)));
+                    }
+                    _ => tracing::debug!(%peer, "sync failed: {why}"),
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
+                for addr in info.listen_addrs {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                for (peer, addr) in found {
+                    tracing::info!(%peer, %addr, "found by mDNS");
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer, addr.clone());
+                    let _ = self.swarm.dial(addr);
+                }
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                num_established,
+                ..
+            } if num_established.get() == 1 => {
+                self.gossip.handle_connected(now, peer_id);
+                if self.cfg.join.iter().any(|a| {
+                    a.iter()
+                        .any(|p| p == libp2p::multiaddr::Protocol::P2p(peer_id))
+                }) {
+                    let _ = self.swarm.behaviour_mut().kad.bootstrap();
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => self.gossip.handle_disconnected(peer_id),
+            SwarmEvent::NewListenAddr { address, .. } => {
+                let full = address.with_p2p(self.gossip.me()).unwrap_or_else(|a| a);
+                tracing::info!(addr = %full, "listening for peers");
+                self.listen.push(full);
+                // QUIC first: peers dial the first address they are given.
+                self.listen.sort_by_key(|a| {
+                    !a.iter()
+                        .any(|p| matches!(p, libp2p::multiaddr::Protocol::QuicV1))
+                });
+                self.local.addrs = self.listen.iter().map(|a| a.to_string()).collect();
+                self.gossip.set_local(now, self.local.clone());
+                self.refresh();
+                if self.listen.len() >= self.cfg.listen.len()
+                    && let Some(ready) = self.ready.take()
+                {
+                    let _ = ready.send(());
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_request(&mut self, from: PeerId, env: Envelope, channel: ResponseChannel<Envelope>) {
+        let request: Request = match rpc::open(self.key.as_ref(), &env) {
+            Ok(r) => r,
+            Err(e) => {
+                self.reject(&e);
+                let reply = Reply::Refused {
+                    status: 403,
+                    message: e.to_string(),
+                };
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .rpc
+                    .send_response(channel, rpc::seal(self.key.as_ref(), &reply));
+                return;
+            }
+        };
+        match request {
+            Request::Sync(bytes) => {
+                self.dirty = true;
+                self.metrics.gossip_in(bytes.len());
+                let now = self.now();
+                if let Err(e) = self.gossip.handle_direct(now, from, &bytes) {
+                    self.reject(&e);
+                }
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .rpc
+                    .send_response(channel, rpc::seal(self.key.as_ref(), &Reply::Synced));
+            }
+            Request::Forward { name, request } => {
+                let inbound = Inbound::Forward {
+                    from,
+                    name,
+                    request,
+                    channel,
+                };
+                if let Err(
+                    mpsc::error::TrySendError::Full(i) | mpsc::error::TrySendError::Closed(i),
+                ) = self.inbound.try_send(inbound)
+                    && let Inbound::Forward { channel, .. } = i
+                {
+                    let reply = Reply::Refused {
+                        status: 503,
+                        message: "node is overloaded".into(),
+                    };
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .rpc
+                        .send_response(channel, rpc::seal(self.key.as_ref(), &reply));
+                }
+            }
+            Request::Deploy {
+                name,
+                version,
+                wasm,
+            } => {
+                let _ = self.inbound.try_send(Inbound::Deploy {
+                    from,
+                    name,
+                    version,
+                    wasm,
+                    channel,
+                });
+            }
+        }
+    }
+
+    fn on_response(&mut self, id: OutboundRequestId, env: Envelope) {
+        let Some((peer, pending)) = self.pending.remove(&id) else {
+            return;
+        };
+        let reply: Result<Reply, Reject> = rpc::open(self.key.as_ref(), &env);
+        if let Err(e) = &reply {
+            self.reject(e);
+        }
+        let result = match reply {
+            Ok(Reply::Forwarded(bytes) | Reply::Deployed(bytes)) => Ok(bytes),
+            Ok(Reply::Refused { status, message }) => Err(MeshError::Refused(status, message)),
+            Ok(Reply::Synced) => Ok(Vec::new()),
+            Err(e) => Err(MeshError::Refused(
+                502,
+                format!("answer from {peer} refused: {e}"),
+            )),
+        };
+        match pending {
+            Pending::Forward(tx) | Pending::Deploy(tx) => {
+                let _ = tx.send(result);
+            }
+            Pending::Sync => {}
+        }
+    }
+
+    fn send(&mut self, to: PeerId, request: &Request, pending: Pending) {
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .rpc
+            .send_request(&to, rpc::seal(self.key.as_ref(), request));
+        self.pending.insert(id, (to, pending));
+    }
+
+    fn on_command(&mut self, command: Command) {
+        let now = self.now();
+        match command {
+            Command::Forward {
+                host,
+                name,
+                request,
+                reply,
+            } => self.send(
+                host,
+                &Request::Forward { name, request },
+                Pending::Forward(reply),
+            ),
+            Command::Deploy {
+                peer,
+                name,
+                version,
+                wasm,
+                reply,
+            } => self.send(
+                peer,
+                &Request::Deploy {
+                    name,
+                    version,
+                    wasm,
+                },
+                Pending::Deploy(reply),
+            ),
+            Command::SetComponents(components) => {
+                self.local.components = components;
+                self.gossip.set_local(now, self.local.clone());
+            }
+            Command::Federate(op, reply) => {
+                let result = match op {
+                    FederationOp::Create(spec) => self.gossip.create_federation(now, spec),
+                    FederationOp::Join(name) => self.gossip.join_federation(now, &name),
+                    FederationOp::Leave(name) => self.gossip.leave_federation(&name),
+                };
+                let _ = reply.send(result.map_err(|e| e.to_string()));
+            }
+            Command::Respond { channel, reply } => {
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .rpc
+                    .send_response(channel, rpc::seal(self.key.as_ref(), &reply));
+            }
+        }
+    }
+
+    /// Carry out what the gossip machine asked for, log what happened, refresh the snapshot.
+    fn flush(&mut self) {
+        let mut changed = std::mem::take(&mut self.dirty);
+        while let Some(out) = self.gossip.poll_output() {
+            changed = true;
+            match out {
+                Output::Publish(bytes) => {
+                    self.metrics.gossip_out(bytes.len());
+                    let topic = self.topic.clone();
+                    if let Err(e) = self.swarm.behaviour_mut().gossipsub.publish(topic, bytes) {
+                        tracing::debug!("gossip not published: {e}");
+                    }
+                }
+                Output::Send { to, bytes } => {
+                    self.metrics.gossip_out(bytes.len());
+                    self.send(to, &Request::Sync(bytes), Pending::Sync);
+                }
+            }
+        }
+        while let Some(event) = self.gossip.poll_event() {
+            changed = true;
+            match event {
+                Event::PeerUp(peer) => {
+                    tracing::info!(%peer, "peer joined the view");
+                    let addrs: Vec<Multiaddr> = self
+                        .gossip
+                        .view()
+                        .get(&peer)
+                        .and_then(|p| p.advert.as_ref())
+                        .map(|a| {
+                            a.resources
+                                .addrs
+                                .iter()
+                                .filter_map(|s| s.parse().ok())
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    for addr in addrs {
+                        self.swarm.add_peer_address(peer, addr);
+                    }
+                }
+                Event::PeerDown(peer) => {
+                    tracing::info!(%peer, "peer left the view (no advert within its expiry)")
+                }
+                Event::Federation(FederationEvent::Joined(f)) => {
+                    tracing::info!(federation = %f, "joined")
+                }
+                Event::Federation(FederationEvent::Left(f)) => {
+                    tracing::info!(federation = %f, "left")
+                }
+                Event::Federation(FederationEvent::Dissolved(f)) => {
+                    tracing::info!(federation = %f, "dissolved")
+                }
+            }
+        }
+        if changed {
+            self.refresh();
+        }
+    }
+
+    fn refresh(&mut self) {
+        let now = self.now();
+        let peers: Vec<PeerStatus> = self
+            .gossip
+            .view()
+            .iter()
+            .filter_map(|p| {
+                let r = &p.advert.as_ref()?.resources;
+                Some(PeerStatus {
+                    peer_id: p.peer.to_string(),
+                    arch: r.arch.clone(),
+                    cores: r.cores,
+                    load: r.load,
+                    mem_free: r.mem_free,
+                    mem_total: r.mem_total,
+                    slots: r.slots,
+                    labels: r.labels.clone(),
+                    http: r.http.clone(),
+                    addrs: r.addrs.clone(),
+                    components: r.components.iter().map(|c| c.name.clone()).collect(),
+                    last_seen_ms: now.saturating_sub(p.last_heard_ms),
+                })
+            })
+            .collect();
+        let me = self.gossip.me();
+        let federations = self
+            .gossip
+            .federations()
+            .iter()
+            .map(|f| FederationStatus {
+                name: f.spec.name.clone(),
+                objective: f.spec.objective.clone(),
+                owner: f.owner.to_string(),
+                require: f.spec.require.clone(),
+                min_members: f.spec.min_members,
+                lease_ms: f.spec.lease_ms,
+                members: f.members.keys().map(|p| p.to_string()).collect(),
+                formed: f.formed(),
+                member: f.members.contains_key(&me),
+                expires_in_ms: f.expires_ms.saturating_sub(now),
+            })
+            .collect();
+        self.metrics.mesh_peers.set(peers.len() as i64);
+        let snap = Snapshot {
+            peers,
+            federations,
+            directory: self.gossip.directory(),
+            listen: self.listen.iter().map(|a| a.to_string()).collect(),
+        };
+        *self.snapshot.write().unwrap() = Arc::new(snap);
+    }
+}

@@ -1,0 +1,244 @@
+//! The mesh: a libp2p swarm (QUIC, and TCP with noise and yamux; identify, Kademlia, mDNS,
+//! gossipsub, request-response) driving the sans-IO `continuum-gossip` machine. The rest of the
+//! node talks to it through [`Mesh`]: where is a component, who are the peers, forward this
+//! request, deploy that module over there.
+
+mod behaviour;
+mod driver;
+mod resources;
+pub mod rpc;
+
+use crate::components::ComponentInfo;
+use crate::metrics::Metrics;
+use anyhow::{Context, Result};
+use continuum_gossip::{FederationSpec, Location, PeerId, Resources, SwarmKey};
+use libp2p::Multiaddr;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+pub use driver::Inbound;
+
+/// How the mesh is set up.
+pub struct MeshConfig {
+    pub listen: Vec<Multiaddr>,
+    pub join: Vec<Multiaddr>,
+    pub mdns: bool,
+    pub key: Option<SwarmKey>,
+    pub gossip: continuum_gossip::Config,
+    /// Longest a forwarded request or remote deployment may take.
+    pub request_timeout: Duration,
+}
+
+/// One peer, as `continuum status` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PeerStatus {
+    pub peer_id: String,
+    pub arch: String,
+    pub cores: u32,
+    pub load: f32,
+    pub mem_free: u64,
+    pub mem_total: u64,
+    pub slots: u32,
+    pub labels: BTreeMap<String, String>,
+    pub http: String,
+    pub addrs: Vec<String>,
+    pub components: Vec<String>,
+    /// Milliseconds since this node last heard from the peer.
+    pub last_seen_ms: u64,
+}
+
+/// One federation, as `continuum federate ls` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct FederationStatus {
+    pub name: String,
+    pub objective: String,
+    pub owner: String,
+    pub require: BTreeMap<String, String>,
+    pub min_members: u32,
+    pub lease_ms: u64,
+    pub members: Vec<String>,
+    pub formed: bool,
+    /// Whether this node is a member.
+    pub member: bool,
+    /// Milliseconds until it dissolves unless renewed.
+    pub expires_in_ms: u64,
+}
+
+/// What the rest of the node reads without asking the driver.
+#[derive(Default, Debug)]
+pub struct Snapshot {
+    pub peers: Vec<PeerStatus>,
+    pub federations: Vec<FederationStatus>,
+    pub directory: BTreeMap<String, Location>,
+    /// This node's listen addresses, with its `/p2p/PEER_ID`.
+    pub listen: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MeshError {
+    #[error("peer {0} could not be reached: {1}")]
+    Unreachable(String, String),
+    /// The peer answered with a refusal (an HTTP status and its reason).
+    #[error("{1}")]
+    Refused(u16, String),
+    #[error("the mesh is shutting down")]
+    Closed,
+}
+
+pub enum FederationOp {
+    Create(FederationSpec),
+    Join(String),
+    Leave(String),
+}
+
+pub(crate) enum Command {
+    Forward {
+        host: PeerId,
+        name: String,
+        request: Vec<u8>,
+        reply: oneshot::Sender<Result<Vec<u8>, MeshError>>,
+    },
+    Deploy {
+        peer: PeerId,
+        name: String,
+        version: String,
+        wasm: Vec<u8>,
+        reply: oneshot::Sender<Result<Vec<u8>, MeshError>>,
+    },
+    SetComponents(Vec<continuum_gossip::Hosted>),
+    Federate(FederationOp, oneshot::Sender<Result<(), String>>),
+    Respond {
+        channel: libp2p::request_response::ResponseChannel<rpc::Envelope>,
+        reply: rpc::Reply,
+    },
+}
+
+/// The node's handle on the mesh.
+#[derive(Clone)]
+pub struct Mesh {
+    me: PeerId,
+    cmd: mpsc::UnboundedSender<Command>,
+    snapshot: Arc<RwLock<Arc<Snapshot>>>,
+}
+
+impl Mesh {
+    /// Build the swarm (bandwidth counters go into `registry`), start the driver, and wait
+    /// (briefly) for the listen addresses. Inbound forwarded requests and deployments arrive on
+    /// the returned receiver.
+    pub async fn start(
+        key: libp2p::identity::Keypair,
+        cfg: MeshConfig,
+        labels: BTreeMap<String, String>,
+        http: String,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Mesh, mpsc::Receiver<Inbound>)> {
+        let mut registry = prometheus_client::registry::Registry::default();
+        let me = key.public().to_peer_id();
+        let local = resources::sample(Resources {
+            labels,
+            http,
+            slots: 64,
+            ..Resources::default()
+        });
+        let swarm =
+            driver::build_swarm(key.clone(), &cfg, &mut registry).context("starting libp2p")?;
+        metrics.attach(registry);
+        let (cmd, cmd_rx) = mpsc::unbounded_channel();
+        let (inbound_tx, inbound_rx) = mpsc::channel(256);
+        let snapshot = Arc::new(RwLock::new(Arc::new(Snapshot::default())));
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let driver = driver::Driver::new(
+            swarm,
+            key,
+            cfg,
+            local,
+            metrics,
+            snapshot.clone(),
+            inbound_tx,
+            ready_tx,
+        )?;
+        tokio::spawn(driver.run(cmd_rx));
+        let _ = tokio::time::timeout(Duration::from_secs(5), ready_rx).await;
+        Ok((Mesh { me, cmd, snapshot }, inbound_rx))
+    }
+
+    pub fn me(&self) -> PeerId {
+        self.me
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.read().unwrap().clone()
+    }
+
+    pub fn locate(&self, name: &str) -> Option<Location> {
+        self.snapshot.read().unwrap().directory.get(name).cloned()
+    }
+
+    /// Send a component request (guest ABI encoding) to its host; its answer comes back.
+    pub async fn forward(
+        &self,
+        host: PeerId,
+        name: &str,
+        request: Vec<u8>,
+    ) -> Result<Vec<u8>, MeshError> {
+        let (reply, rx) = oneshot::channel();
+        self.cmd
+            .send(Command::Forward {
+                host,
+                name: name.to_string(),
+                request,
+                reply,
+            })
+            .map_err(|_| MeshError::Closed)?;
+        rx.await.map_err(|_| MeshError::Closed)?
+    }
+
+    /// Deploy a module on another node.
+    pub async fn deploy(
+        &self,
+        peer: PeerId,
+        name: &str,
+        version: &str,
+        wasm: Vec<u8>,
+    ) -> Result<ComponentInfo, MeshError> {
+        let (reply, rx) = oneshot::channel();
+        self.cmd
+            .send(Command::Deploy {
+                peer,
+                name: name.to_string(),
+                version: version.to_string(),
+                wasm,
+                reply,
+            })
+            .map_err(|_| MeshError::Closed)?;
+        let json = rx.await.map_err(|_| MeshError::Closed)??;
+        serde_json::from_slice(&json)
+            .map_err(|e| MeshError::Refused(502, format!("bad answer from {peer}: {e}")))
+    }
+
+    /// Tell the mesh which components this node hosts now.
+    pub fn set_components(&self, components: Vec<continuum_gossip::Hosted>) {
+        let _ = self.cmd.send(Command::SetComponents(components));
+    }
+
+    pub async fn federate(&self, op: FederationOp) -> Result<(), String> {
+        let (reply, rx) = oneshot::channel();
+        self.cmd
+            .send(Command::Federate(op, reply))
+            .map_err(|_| "the mesh is shutting down".to_string())?;
+        rx.await
+            .map_err(|_| "the mesh is shutting down".to_string())?
+    }
+
+    /// Answer an inbound request.
+    pub fn respond(
+        &self,
+        channel: libp2p::request_response::ResponseChannel<rpc::Envelope>,
+        reply: rpc::Reply,
+    ) {
+        let _ = self.cmd.send(Command::Respond { channel, reply });
+    }
+}

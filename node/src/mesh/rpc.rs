@@ -1,0 +1,70 @@
+//! Direct messages between nodes (libp2p request-response, CBOR): gossip syncs, component
+//! requests forwarded to their host, and deployments placed on another node. Every request and
+//! reply is tagged with the swarm key, so a peer without it can neither ask nor answer.
+
+use continuum_gossip::{Reject, SwarmKey};
+use serde::{Deserialize, Serialize};
+
+pub const PROTOCOL: &str = "/continuum/rpc/1";
+const DOMAIN: &[u8] = b"continuum-rpc-v1";
+
+/// What travels: a CBOR body and its swarm-key tag (none in an open swarm).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Envelope {
+    #[serde(with = "serde_bytes")]
+    body: Vec<u8>,
+    #[serde(with = "serde_bytes", default, skip_serializing_if = "Option::is_none")]
+    mac: Option<[u8; 32]>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Request {
+    /// A gossip direct message (see `continuum_gossip::Gossip::handle_direct`).
+    Sync(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// A request for component `name`, in the guest ABI's encoding.
+    Forward {
+        name: String,
+        #[serde(with = "serde_bytes")]
+        request: Vec<u8>,
+    },
+    /// Deploy a module here.
+    Deploy {
+        name: String,
+        version: String,
+        #[serde(with = "serde_bytes")]
+        wasm: Vec<u8>,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Reply {
+    Synced,
+    /// The component's answer, in the guest ABI's encoding.
+    Forwarded(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The deployed component, as the control API describes it (JSON).
+    Deployed(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Refused, and why (an HTTP status and a message).
+    Refused {
+        status: u16,
+        message: String,
+    },
+}
+
+pub fn seal<T: Serialize>(key: Option<&SwarmKey>, value: &T) -> Envelope {
+    let mut body = Vec::new();
+    ciborium::into_writer(value, &mut body).expect("writing to a Vec cannot fail");
+    let mac = key.map(|k| k.tag(&[DOMAIN, &body]));
+    Envelope { body, mac }
+}
+
+pub fn open<T: serde::de::DeserializeOwned>(
+    key: Option<&SwarmKey>,
+    env: &Envelope,
+) -> Result<T, Reject> {
+    match (key, env.mac) {
+        (Some(k), Some(mac)) if k.tag(&[DOMAIN, &env.body]) == mac => {}
+        (None, None) => {}
+        _ => return Err(Reject::SwarmKey),
+    }
+    ciborium::from_reader(env.body.as_slice()).map_err(|e| Reject::Malformed(format!("rpc: {e}")))
+}
