@@ -6,6 +6,7 @@
 
 mod bad_input;
 mod durability;
+mod mesh;
 mod single_node;
 mod support;
 mod ticks;

@@ -85,6 +85,34 @@ impl TestNode {
             .unwrap()
     }
 
+    /// The node's first libp2p address (QUIC), with its peer id: what `--join` takes.
+    pub fn p2p(&self) -> String {
+        self.info.p2p[0].clone()
+    }
+
+    pub fn peer_id(&self) -> &str {
+        &self.info.peer_id
+    }
+
+    /// `GET /v1/status`, with the node's token.
+    pub async fn status(&self) -> serde_json::Value {
+        let token = std::fs::read_to_string(self.dir.join("admin.token")).unwrap();
+        let r = client::h1(self.addr(), Method::GET, "/v1/status", Default::default(), Some(token.trim()))
+            .await
+            .unwrap();
+        serde_json::from_slice(&r.body).unwrap()
+    }
+
+    /// The peer ids in this node's view.
+    pub async fn peers(&self) -> std::collections::BTreeSet<String> {
+        self.status().await["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["peer_id"].as_str().unwrap().to_string())
+            .collect()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.with_extension("log")).unwrap_or_default()
     }
