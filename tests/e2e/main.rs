@@ -4,8 +4,10 @@
 //!
 //! Needs the example components: `scripts/build-guests.sh` (scripts/test.sh runs it).
 
+mod bad_gossip;
 mod bad_input;
 mod durability;
+mod mdns;
 mod mesh;
 mod single_node;
 mod support;

@@ -15,7 +15,9 @@ pub fn mesh(n: usize, mut own: impl FnMut(usize) -> Vec<String>) -> Vec<TestNode
     for i in 2..=n {
         let mut a = own(i);
         a.extend(["--join".to_string(), join.clone()]);
-        nodes.push(TestNode::start(&a.iter().map(String::as_str).collect::<Vec<_>>()));
+        nodes.push(TestNode::start(
+            &a.iter().map(String::as_str).collect::<Vec<_>>(),
+        ));
     }
     nodes
 }
@@ -65,7 +67,10 @@ async fn five_nodes_find_each_other_route_by_name_and_forget_the_dead() {
     let mut h3 = nodes[4].h3().await;
     let started = Instant::now();
     let r = loop {
-        let r = h3.request(Method::POST, "/c/counter/incr", Default::default(), None).await.unwrap();
+        let r = h3
+            .request(Method::POST, "/c/counter/incr", Default::default(), None)
+            .await
+            .unwrap();
         if r.status != 404 || started.elapsed() > Duration::from_secs(5) {
             break r;
         }
@@ -75,20 +80,40 @@ async fn five_nodes_find_each_other_route_by_name_and_forget_the_dead() {
     let r = nodes[2].h1(Method::POST, "/c/counter/incr", b"").await;
     assert_eq!((r.status, r.text().as_str()), (200, "2"));
     assert_eq!(r.header("x-continuum-host"), Some(host.as_str()));
-    assert_eq!(nodes[0].h1(Method::GET, "/c/counter/count", b"").await.text(), "2");
+    assert_eq!(
+        nodes[0]
+            .h1(Method::GET, "/c/counter/count", b"")
+            .await
+            .text(),
+        "2"
+    );
     h3.close().await;
 
     // deploy --on places a component on a remote node.
     let target = nodes[3].peer_id().to_string();
     nodes[1].ok(&["deploy", &guest("kv"), "--on", &target]);
     let ls: Vec<serde_json::Value> = serde_json::from_str(&nodes[3].ok(&["ls", "--json"])).unwrap();
-    assert!(ls.iter().any(|c| c["name"] == "kv" && c["host"] == target.as_str()), "{ls:?}");
-    assert_eq!(nodes[0].h1(Method::PUT, "/c/kv/k/a", b"via node 1").await.status, 201);
+    assert!(
+        ls.iter()
+            .any(|c| c["name"] == "kv" && c["host"] == target.as_str()),
+        "{ls:?}"
+    );
+    assert_eq!(
+        nodes[0]
+            .h1(Method::PUT, "/c/kv/k/a", b"via node 1")
+            .await
+            .status,
+        201
+    );
     let r = nodes[4].h1(Method::GET, "/c/kv/k/a", b"").await;
     assert_eq!((r.status, r.text().as_str()), (200, "via node 1"));
     assert_eq!(r.header("x-continuum-host"), Some(target.as_str()));
-    let seen_from_3: Vec<serde_json::Value> = serde_json::from_str(&nodes[2].ok(&["ls", "--json"])).unwrap();
-    let names: BTreeSet<&str> = seen_from_3.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    let seen_from_3: Vec<serde_json::Value> =
+        serde_json::from_str(&nodes[2].ok(&["ls", "--json"])).unwrap();
+    let names: BTreeSet<&str> = seen_from_3
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, BTreeSet::from(["counter", "kv"]));
     for c in &seen_from_3 {
         assert_eq!(c["epoch"], 1);
@@ -99,17 +124,32 @@ async fn five_nodes_find_each_other_route_by_name_and_forget_the_dead() {
     let started = Instant::now();
     let r = nodes[1].h1(Method::GET, "/c/nobody/x", b"").await;
     assert_eq!(r.status, 404);
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
 
     // kill -9 of node 3: it leaves every view within the advert expiry (3 s here), and the
     // rest of the mesh and its routing go on.
     let dead = nodes[2].peer_id().to_string();
     nodes[2].kill9();
     let killed = Instant::now();
-    let live: Vec<&TestNode> = nodes.iter().enumerate().filter(|(i, _)| *i != 2).map(|(_, n)| n).collect();
+    let live: Vec<&TestNode> = nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 2)
+        .map(|(_, n)| n)
+        .collect();
     let gone = until_full_views(&live, Duration::from_secs(10)).await;
-    println!("node 3 left every view {:?} after kill -9 (expiry 3 s)", killed.elapsed());
-    assert!(killed.elapsed() < Duration::from_secs(3) + Duration::from_secs(2), "{gone:?}");
+    println!(
+        "node 3 left every view {:?} after kill -9 (expiry 3 s)",
+        killed.elapsed()
+    );
+    assert!(
+        killed.elapsed() < Duration::from_secs(3) + Duration::from_secs(2),
+        "{gone:?}"
+    );
     for n in &live {
         assert!(!n.peers().await.contains(&dead));
     }
@@ -129,12 +169,31 @@ async fn a_federation_takes_the_matching_nodes_and_dissolves_without_renewal() {
     let all: Vec<&TestNode> = nodes.iter().collect();
     until_full_views(&all, Duration::from_secs(10)).await;
 
-    nodes[0].ok(&["federate", "create", "--name", "edge", "--lease", "5s", "--require", "zone=a", "--min-members", "2"]);
+    nodes[0].ok(&[
+        "federate",
+        "create",
+        "--name",
+        "edge",
+        "--lease",
+        "5s",
+        "--require",
+        "zone=a",
+        "--min-members",
+        "2",
+    ]);
     let zone_a: BTreeSet<String> = nodes[..3].iter().map(|n| n.peer_id().to_string()).collect();
     let members = |n: &TestNode| -> Option<BTreeSet<String>> {
-        let list: Vec<serde_json::Value> = serde_json::from_str(&n.ok(&["federate", "ls", "--json"])).unwrap();
+        let list: Vec<serde_json::Value> =
+            serde_json::from_str(&n.ok(&["federate", "ls", "--json"])).unwrap();
         let f = list.iter().find(|f| f["name"] == "edge")?;
-        Some(f["members"].as_array().unwrap().iter().map(|m| m.as_str().unwrap().to_string()).collect())
+        Some(
+            f["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m.as_str().unwrap().to_string())
+                .collect(),
+        )
     };
     let wait = |want: Option<BTreeSet<String>>, within: Duration| {
         let started = Instant::now();
@@ -142,7 +201,10 @@ async fn a_federation_takes_the_matching_nodes_and_dissolves_without_renewal() {
             if nodes.iter().all(|n| members(n) == want) {
                 return started.elapsed();
             }
-            assert!(started.elapsed() < within, "federation members never became {want:?}");
+            assert!(
+                started.elapsed() < within,
+                "federation members never became {want:?}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     };
@@ -157,7 +219,11 @@ async fn a_federation_takes_the_matching_nodes_and_dissolves_without_renewal() {
     rest.remove(nodes[1].peer_id());
     wait(Some(rest), Duration::from_secs(5));
     // A zone=b node cannot join.
-    assert!(nodes[4].fails(&["federate", "join", "edge"]).contains("labels"));
+    assert!(
+        nodes[4]
+            .fails(&["federate", "join", "edge"])
+            .contains("labels")
+    );
 
     // The owner stops renewing (it leaves): gone everywhere within the 5 s lease.
     nodes[0].ok(&["federate", "leave", "edge"]);
@@ -179,7 +245,14 @@ async fn nodes_with_different_swarm_keys_never_see_or_route_for_each_other() {
         path.to_string_lossy().into_owned()
     };
     let (a, b) = (key("a.key"), key("b.key"));
-    let keyed = |k: &str| vec!["--swarm-key".to_string(), k.to_string(), "--advert-expiry".into(), "3s".into()];
+    let keyed = |k: &str| {
+        vec![
+            "--swarm-key".to_string(),
+            k.to_string(),
+            "--advert-expiry".into(),
+            "3s".into(),
+        ]
+    };
     let mut args = [keyed(&a), keyed(&a), keyed(&b), vec![]].into_iter();
     let nodes = mesh(4, |_| args.next().unwrap());
     until_full_views(&[&nodes[0], &nodes[1]], Duration::from_secs(10)).await;
@@ -187,16 +260,37 @@ async fn nodes_with_different_swarm_keys_never_see_or_route_for_each_other() {
     nodes[3].ok(&["deploy", &guest("kv")]);
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    assert_eq!(nodes[0].peers().await, BTreeSet::from([nodes[1].peer_id().to_string()]));
-    assert_eq!(nodes[1].peers().await, BTreeSet::from([nodes[0].peer_id().to_string()]));
+    assert_eq!(
+        nodes[0].peers().await,
+        BTreeSet::from([nodes[1].peer_id().to_string()])
+    );
+    assert_eq!(
+        nodes[1].peers().await,
+        BTreeSet::from([nodes[0].peer_id().to_string()])
+    );
     assert!(nodes[2].peers().await.is_empty());
     assert!(nodes[3].peers().await.is_empty());
     for (n, name) in [(0, "counter"), (1, "kv"), (2, "kv"), (3, "counter")] {
-        assert_eq!(nodes[n].h1(Method::GET, &format!("/c/{name}/x"), b"").await.status, 404, "node {} routed to {name}", n + 1);
+        assert_eq!(
+            nodes[n]
+                .h1(Method::GET, &format!("/c/{name}/x"), b"")
+                .await
+                .status,
+            404,
+            "node {} routed to {name}",
+            n + 1
+        );
     }
-    let refused = nodes[0].metric("continuum_mesh_rejected_total{reason=\"swarm_key\"}").await;
+    let refused = nodes[0]
+        .metric("continuum_mesh_rejected_total{reason=\"swarm_key\"}")
+        .await;
     assert!(refused > 0, "refusals are counted");
-    assert!(nodes[2].metric("continuum_mesh_rejected_total{reason=\"swarm_key\"}").await > 0);
+    assert!(
+        nodes[2]
+            .metric("continuum_mesh_rejected_total{reason=\"swarm_key\"}")
+            .await
+            > 0
+    );
     let status = nodes[0].status().await;
     assert_eq!(status["swarm_key"].as_str().map(str::len), Some(8));
     assert!(nodes[3].status().await["swarm_key"].is_null());

@@ -97,9 +97,15 @@ impl TestNode {
     /// `GET /v1/status`, with the node's token.
     pub async fn status(&self) -> serde_json::Value {
         let token = std::fs::read_to_string(self.dir.join("admin.token")).unwrap();
-        let r = client::h1(self.addr(), Method::GET, "/v1/status", Default::default(), Some(token.trim()))
-            .await
-            .unwrap();
+        let r = client::h1(
+            self.addr(),
+            Method::GET,
+            "/v1/status",
+            Default::default(),
+            Some(token.trim()),
+        )
+        .await
+        .unwrap();
         serde_json::from_slice(&r.body).unwrap()
     }
 

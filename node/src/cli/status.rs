@@ -20,10 +20,20 @@ impl StatusArgs {
     pub async fn run(self) -> Result<()> {
         let deadline = tokio::time::Instant::now() + self.timeout;
         let reply = loop {
-            let reply = self
+            let reply = match self
                 .client
                 .api(Method::GET, "/v1/status", Default::default())
-                .await?;
+                .await
+            {
+                Ok(r) => r,
+                // While waiting, a node that is not up yet is just not ready.
+                Err(e) if self.wait_peers.is_some() && tokio::time::Instant::now() < deadline => {
+                    tracing::debug!("waiting for the node: {e:#}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let Some(want) = self.wait_peers else {
                 break reply;
             };

@@ -441,7 +441,31 @@ impl Driver {
         }
     }
 
+    /// Give the swarm the addresses a peer advertises, so it can be dialled without having
+    /// met it (its latest advert may list more than the first one did).
+    fn learn_addresses(&mut self, peer: PeerId) {
+        let addrs: Vec<Multiaddr> = self
+            .gossip
+            .view()
+            .get(&peer)
+            .and_then(|p| p.advert.as_ref())
+            .map(|a| {
+                a.resources
+                    .addrs
+                    .iter()
+                    .filter_map(|s| s.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for addr in addrs {
+            self.swarm.add_peer_address(peer, addr);
+        }
+    }
+
     fn send(&mut self, to: PeerId, request: &Request, pending: Pending) {
+        if !self.swarm.is_connected(&to) {
+            self.learn_addresses(to);
+        }
         let id = self
             .swarm
             .behaviour_mut()
@@ -524,22 +548,7 @@ impl Driver {
             match event {
                 Event::PeerUp(peer) => {
                     tracing::info!(%peer, "peer joined the view");
-                    let addrs: Vec<Multiaddr> = self
-                        .gossip
-                        .view()
-                        .get(&peer)
-                        .and_then(|p| p.advert.as_ref())
-                        .map(|a| {
-                            a.resources
-                                .addrs
-                                .iter()
-                                .filter_map(|s| s.parse().ok())
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    for addr in addrs {
-                        self.swarm.add_peer_address(peer, addr);
-                    }
+                    self.learn_addresses(peer);
                 }
                 Event::PeerDown(peer) => {
                     tracing::info!(%peer, "peer left the view (no advert within its expiry)")
