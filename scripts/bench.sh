@@ -1,16 +1,26 @@
 #!/usr/bin/env bash
-# Benchmarks behind BENCHMARKS.md: snapshot costs (criterion), request throughput and latency
-# over HTTP/1.1 (wrk) and HTTP/3 (our h3load), the tick gap of sensor-filter under that load,
-# idle RSS of a node, and the stripped binary size. All on 127.0.0.1, every load bounded in
-# time. Prints a summary to paste into BENCHMARKS.md.
+# Benchmarks behind BENCHMARKS.md. All on 127.0.0.1, every load bounded in time; prints a
+# summary to paste into BENCHMARKS.md.
+#
+#   scripts/bench.sh [node] [snapshot] [mesh]     (default: all three)
+#
+# node:     idle RSS, stripped binary size, requests/s and latency over HTTP/1.1 (wrk) and
+#           HTTP/3 (our h3load), the tick gap of sensor-filter under that load
+# snapshot: checkpoint, restore, decode and delta costs (criterion)
+# mesh:     time to full view for 5, 20 and 50 nodes, idle gossip traffic per node, extra
+#           latency of a request routed through another node
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${BENCH_SECS:-10}
+SECTIONS=${*:-node snapshot mesh}
+want() { [[ " $SECTIONS " == *" $1 "* ]]; }
 
-if ! command -v wrk >/dev/null; then
-    echo "==> installing wrk (HTTP/1.1 load generator)"
-    if [ "$(id -u)" = 0 ]; then apt-get install -y -qq wrk >/dev/null; else sudo apt-get install -y -qq wrk >/dev/null; fi
-fi
+for tool in wrk curl; do
+    if ! command -v $tool >/dev/null; then
+        echo "==> installing $tool"
+        if [ "$(id -u)" = 0 ]; then apt-get install -y -qq $tool >/dev/null; else sudo apt-get install -y -qq $tool >/dev/null; fi
+    fi
+done
 scripts/build-guests.sh >/dev/null
 cargo build --release --quiet -p continuum --bin continuum --example h3load
 BIN=$PWD/target/release/continuum
@@ -24,6 +34,7 @@ cleanup() {
 }
 trap cleanup EXIT
 SUMMARY=$WORK/summary
+printf 'wrk.method = "POST"\n' >"$WORK/post.lua"
 note() { echo "$*" | tee -a "$SUMMARY"; }
 
 start_node() {
@@ -37,6 +48,7 @@ stop_node() { kill -TERM "$PID"; wait "$PID" || true; PID=; rm -rf "$WORK/node";
 
 note "## $(date -u +%Y-%m-%d) on $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs))"
 
+if want node; then
 echo "==> idle RSS and binary size"
 start_node
 sleep 3
@@ -49,9 +61,6 @@ echo "==> request load (${SECS}s each)"
 "$BIN" deploy target/guests/sensor-filter.wasm --name sensor >/dev/null
 sleep 0.5
 "$BIN" call sensor /reset-gap -X POST --h1 >/dev/null
-cat >"$WORK/post.lua" <<'LUA'
-wrk.method = "POST"
-LUA
 wrk -t1 -c32 -d"${SECS}s" --latency -s "$WORK/post.lua" "$URL/c/counter/incr" >"$WORK/wrk.txt"
 note "- HTTP/1.1 counter POST /incr (wrk -t1 -c32): $(awk '/Requests\/sec/ {printf "%.0f req/s", $2}' "$WORK/wrk.txt"), p50 $(awk '$1=="50%" {print $2}' "$WORK/wrk.txt"), p99 $(awk '$1=="99%" {print $2}' "$WORK/wrk.txt")"
 note "- sensor-filter largest tick gap during the HTTP/1.1 load: $("$BIN" call sensor /stats --h1 | sed 's/.*"max_gap_ms":\([0-9]*\).*/\1/') ms (period 10 ms)"
@@ -62,12 +71,50 @@ wrk -t1 -c1 -d"${SECS}s" --latency -s "$WORK/post.lua" "$URL/c/counter/incr" >"$
 note "- HTTP/1.1 unloaded latency (wrk -t1 -c1): p50 $(awk '$1=="50%" {print $2}' "$WORK/wrk1.txt"), p99 $(awk '$1=="99%" {print $2}' "$WORK/wrk1.txt")"
 note "- HTTP/3 unloaded $("$H3LOAD" --data-dir "$WORK/node" --secs "$SECS" --conns 1 --streams 1 /c/counter/incr)"
 stop_node
+fi
 
+if want snapshot; then
 echo "==> snapshot costs (criterion)"
 cargo bench -p continuum-migrate --bench snapshot 2>/dev/null | tee "$WORK/criterion.txt" | grep -E "^snapshot|time:" || true
 note "- snapshot (criterion, median of [low median high]):"
 awk '/^snapshot\// { name = $1; if ($2 == "time:") { print "  - " name ": " $5 " " $6; name = "" }; next }
      name != "" && $1 == "time:" { print "  - " name ": " $4 " " $5; name = "" }' "$WORK/criterion.txt" | tee -a "$SUMMARY"
+fi
+
+if want mesh; then
+export CONTINUUM_BIN=$BIN
+SW=$WORK/swarm
+echo "==> time to full view"
+for n in 5 20 50; do
+    note "- full view, $n nodes, one bootstrap: $(scripts/swarm.sh start "$n" --dir "$SW" | tail -n 1 | sed 's/^[0-9]* nodes in [^:]*: //')"
+    if [ "$n" -le 20 ]; then
+        # Idle traffic: every node's libp2p transport bytes (in + out) over 30 s, after 10 s
+        # of settling; and the gossip payload within it.
+        sleep 10
+        total() { for i in $(seq "$n"); do curl -s "http://127.0.0.1:$((7070 + i))/metrics"; done | awk -v m="$1" '$1 ~ "^"m {s += $2} END {print s}'; }
+        t0=$(total libp2p_bandwidth_bytes_total); g0=$(total continuum_gossip_bytes_total)
+        sleep 30
+        t1=$(total libp2p_bandwidth_bytes_total); g1=$(total continuum_gossip_bytes_total)
+        note "- idle traffic per node, $n nodes (advert expiry 15 s, heartbeat 7.5 s): $(( (t1 - t0) / 30 / n )) B/s on the wire (in + out), of which gossip payload $(( (g1 - g0) / 30 / n )) B/s"
+    fi
+    scripts/swarm.sh stop --dir "$SW" >/dev/null
+done
+
+echo "==> routed vs direct requests"
+scripts/swarm.sh start 2 --dir "$SW" >/dev/null
+"$BIN" deploy target/guests/counter.wasm --node http://127.0.0.1:7071 --data-dir "$SW/node1" >/dev/null
+sleep 0.5
+for via in 1 2; do
+    wrk -t1 -c1 -d"${SECS}s" --latency -s "$WORK/post.lua" "http://127.0.0.1:$((7070 + via))/c/counter/incr" >"$WORK/route$via.txt"
+done
+p() { awk -v q="$2" '$1==q {print $2}' "$WORK/route$1.txt"; }
+note "- HTTP/1.1, 1 connection: direct to the host p50 $(p 1 50%) p99 $(p 1 99%); through another node p50 $(p 2 50%) p99 $(p 2 99%)"
+note "- HTTP/3, 1 request at a time, direct: $("$H3LOAD" --data-dir "$SW/node1" --secs "$SECS" --conns 1 --streams 1 /c/counter/incr | sed 's/^h3: //')"
+note "- HTTP/3, 1 request at a time, routed: $("$H3LOAD" --data-dir "$SW/node2" --secs "$SECS" --conns 1 --streams 1 /c/counter/incr | sed 's/^h3: //')"
+wrk -t1 -c32 -d"${SECS}s" --latency -s "$WORK/post.lua" "http://127.0.0.1:7072/c/counter/incr" >"$WORK/route-load.txt"
+note "- HTTP/1.1 through another node, 32 connections: $(awk '/Requests\/sec/ {printf "%.0f req/s", $2}' "$WORK/route-load.txt"), p50 $(awk '$1=="50%" {print $2}' "$WORK/route-load.txt"), p99 $(awk '$1=="99%" {print $2}' "$WORK/route-load.txt")"
+scripts/swarm.sh stop --dir "$SW" >/dev/null
+fi
 
 echo
 echo "==== summary (for BENCHMARKS.md) ===="

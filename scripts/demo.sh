@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The main demo, on one machine: a node hosts the stateful `counter` component; we call it over
-# HTTP/3 and HTTP/1.1, checkpoint it, stop and restart the node (the count survives), and
-# restore the checkpoint on a second, empty node. Everything it starts, it stops.
+# The main demo, on one machine: a mesh of three equal nodes on 127.0.0.1, closed by a swarm
+# key. A stateful component deployed on one node answers through the others (HTTP/3 and
+# HTTP/1.1), a second is placed on a remote node, a federation forms from the nodes' labels,
+# and a checkpoint of the component restores elsewhere. Everything it starts, it stops.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,63 +10,56 @@ scripts/build-guests.sh >/dev/null
 echo "==> building continuum (release)"
 cargo build --release --quiet -p continuum
 BIN=$PWD/target/release/continuum
+export CONTINUUM_BIN=$BIN
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/continuum-demo.XXXXXX")
-PIDS=()
 cleanup() {
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    scripts/swarm.sh stop --dir "$WORK/swarm" >/dev/null 2>&1 || true
     rm -rf "$WORK"
 }
 trap cleanup EXIT
 
-# start_node DIR: run a node on a free loopback port, wait until it is ready.
-start_node() {
-    local dir=$1
-    rm -f "$dir/node.json"
-    "$BIN" node --data-dir "$dir" --http 127.0.0.1:0 --no-mdns >>"$dir.log" 2>&1 &
-    PIDS+=($!)
-    for _ in $(seq 300); do
-        [ -f "$dir/node.json" ] && break
-        sleep 0.1
-    done
-    [ -f "$dir/node.json" ] || { echo "node did not start; log:"; cat "$dir.log"; exit 1; }
-    export CONTINUUM_DATA_DIR=$dir
-    CONTINUUM_NODE=$(sed -n 's/.*"http": "\(.*\)".*/\1/p' "$dir/node.json")
-    export CONTINUUM_NODE
-}
-
 step() { printf '\n==> %s\n' "$*"; }
-run() { printf '$ continuum %s\n' "$*"; "$BIN" "$@"; }
+# on I ARGS...: run a client command against node I.
+on() {
+    local i=$1; shift
+    printf '$ continuum %s    # on node %s\n' "$*" "$i"
+    "$BIN" "$@" --node "http://127.0.0.1:$((BASE + i))" --data-dir "$WORK/swarm/node$i"
+}
+BASE=${CONTINUUM_BASE_PORT:-7070}
 
-step "start a node (data in $WORK/a)"
-start_node "$WORK/a"
-run status
+step "make a swarm key and start three nodes (node 1 is the others' bootstrap peer)"
+"$BIN" keygen -o "$WORK/swarm.key"
+export CONTINUUM_NODE_ARGS_1="--label zone=a" CONTINUUM_NODE_ARGS_2="--label zone=a" CONTINUUM_NODE_ARGS_3="--label zone=b"
+scripts/swarm.sh start 3 --dir "$WORK/swarm" -- --swarm-key "$WORK/swarm.key"
+on 1 status
 
-step "deploy the counter component (target/guests/counter.wasm, built from guest/examples/counter)"
-run deploy target/guests/counter.wasm --name counter
+step "deploy the counter component on node 1"
+on 1 deploy target/guests/counter.wasm --name counter
+sleep 0.3
 
-step "call it over HTTP/3 (the default) ..."
-for _ in 1 2 3; do run call counter /incr -X POST; done
-step "... and over HTTP/1.1: one state, whichever way in"
-for _ in 1 2; do run call counter /incr -X POST --h1; done
-run call counter /count --h1
-run ls
+step "call it through node 2 over HTTP/3, and through node 3 over HTTP/1.1: one state, wherever you enter"
+on 2 call counter /incr -X POST --json
+on 3 call counter /incr -X POST --h1 --json
+on 2 call counter /incr -X POST
+on 1 call counter /count
 
-step "checkpoint it to a file (state and module together)"
-run checkpoint counter -o "$WORK/counter.ckpt"
+step "place a key-value store on node 3 from node 1, and use it from node 2"
+on 1 deploy target/guests/kv.wasm --name kv --on "$(sed -n 's/.*"peer_id": "\([^"]*\)".*/\1/p' "$WORK/swarm/node3/node.json")"
+sleep 0.3
+on 2 call kv /k/greeting -X PUT -d "hello from node 2"
+on 1 call kv /k/greeting
+on 2 ls
 
-step "stop the node (SIGTERM checkpoints every component) and start it again on the same data"
-kill -TERM "${PIDS[0]}"
-wait "${PIDS[0]}" || true
-start_node "$WORK/a"
-run call counter /count
-run call counter /incr -X POST
+step "a temporary federation of the zone=a nodes (lease 30 s, renewed while its owner keeps it)"
+on 1 federate create --name zone-a --lease 30s --require zone=a --objective "demo"
+sleep 0.5
+on 3 federate ls
 
-step "restore the checkpoint file on a second, empty node"
-start_node "$WORK/b"
-run restore "$WORK/counter.ckpt" --name counter
-run call counter /count
-run ls
+step "checkpoint the counter on node 1 and restore it on node 3 under another name"
+on 1 checkpoint counter -o "$WORK/counter.ckpt"
+on 3 restore "$WORK/counter.ckpt" --name counter-copy
+on 2 call counter-copy /count
+on 2 status
 
-step "done: stopping both nodes"
+step "done: stopping the three nodes"

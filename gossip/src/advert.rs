@@ -32,11 +32,9 @@ impl Resources {
         require.iter().all(|(k, v)| self.labels.get(k) == Some(v))
     }
 
-    /// Whether the change from `self` to `next` is worth a full advert now rather than at
-    /// the next periodic one: anything but small drifts of load and free memory.
-    pub fn differs_materially(&self, next: &Resources) -> bool {
-        let drift = |a: f32, b: f32| (a - b).abs() > 0.25;
-        let mem_drift = |a: u64, b: u64| a.abs_diff(b) > b / 10 + (64 << 20);
+    /// Whether the change from `self` to `next` is one of substance (components, labels,
+    /// capacity, addresses), worth a full advert at once.
+    pub fn differs_in_substance(&self, next: &Resources) -> bool {
         self.arch != next.arch
             || self.cores != next.cores
             || self.slots != next.slots
@@ -44,8 +42,6 @@ impl Resources {
             || self.http != next.http
             || self.addrs != next.addrs
             || self.components != next.components
-            || drift(self.load, next.load)
-            || mem_drift(self.mem_free, next.mem_free)
     }
 }
 

@@ -43,8 +43,8 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             ttl_ms: 15_000,
-            heartbeat_ms: 5_000,
-            full_every: 6,
+            heartbeat_ms: 7_500,
+            full_every: 4,
             min_gap_ms: 250,
             auto_join: true,
             sync_min_ms: 500,
@@ -54,11 +54,12 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Defaults for a given time to live: heartbeats at a third of it.
+    /// Defaults for a given time to live: a heartbeat every half of it, so one lost heartbeat
+    /// does not make a live peer expire, and idle traffic stays low.
     pub fn with_ttl(ttl_ms: u64) -> Config {
         Config {
             ttl_ms,
-            heartbeat_ms: (ttl_ms / 3).max(100),
+            heartbeat_ms: (ttl_ms / 2).max(100),
             ..Config::default()
         }
     }
@@ -217,8 +218,11 @@ impl Gossip {
     }
 
     /// The node's resources or components changed.
+    /// Changes of substance are published at once; load travels with every heartbeat and
+    /// free memory with the periodic full advert, so a busy machine's restless figures never
+    /// flood the mesh.
     pub fn set_local(&mut self, now: u64, local: Resources) {
-        if self.published.differs_materially(&local) {
+        if self.published.differs_in_substance(&local) {
             self.schedule_advert(now);
         }
         self.local = local;
@@ -320,8 +324,12 @@ impl Gossip {
                     self.sync_soon(now);
                 }
             }
-            Body::Alive { advert_seq, ttl_ms } => {
-                if self.view.alive(now, peer, advert_seq, ttl_ms) == Heard::NeedAdvert {
+            Body::Alive {
+                advert_seq,
+                ttl_ms,
+                load,
+            } => {
+                if self.view.alive(now, peer, advert_seq, ttl_ms, load) == Heard::NeedAdvert {
                     self.ask_for_sync(now, peer);
                 }
             }
@@ -460,6 +468,7 @@ impl Gossip {
                 let body = Body::Alive {
                     advert_seq: self.advert_seq,
                     ttl_ms: self.cfg.ttl_ms,
+                    load: self.local.load,
                 };
                 self.publish(body);
             }

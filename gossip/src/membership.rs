@@ -137,7 +137,14 @@ impl View {
     }
 
     /// A heartbeat: the peer is alive and says its current advert is `advert_seq`.
-    pub fn alive(&mut self, now: u64, peer: PeerId, advert_seq: u64, ttl_ms: u64) -> Heard {
+    pub fn alive(
+        &mut self,
+        now: u64,
+        peer: PeerId,
+        advert_seq: u64,
+        ttl_ms: u64,
+        load: f32,
+    ) -> Heard {
         let p = self.peers.entry(peer).or_insert_with(|| PeerInfo {
             peer,
             advert: None,
@@ -148,6 +155,9 @@ impl View {
         });
         p.last_heard_ms = now;
         p.expires_ms = p.expires_ms.max(now + ttl_ms);
+        if let Some(a) = &mut p.advert {
+            a.resources.load = load;
+        }
         if p.advert.is_none() || advert_seq > p.advert_seq {
             Heard::NeedAdvert
         } else {

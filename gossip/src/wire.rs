@@ -118,10 +118,12 @@ pub struct Message {
 pub enum Body {
     /// A peer's resources and hosted components, in full.
     Advert(ResourceAdvert),
-    /// "I am alive and my advert `advert_seq` is current": the cheap, frequent message.
+    /// "I am alive, my advert `advert_seq` is current, and my load is now `load`": the
+    /// cheap, frequent message. Load rides here so that it stays fresh without full adverts.
     Alive {
         advert_seq: u64,
         ttl_ms: u64,
+        load: f32,
     },
     Federation(FederationMsg),
     /// Anti-entropy, sent to a peer on connecting: "here is my advert, and the advert

@@ -61,18 +61,18 @@ pub fn build_swarm(
                 // anonymously (no second signature per message) and names each by its hash. A
                 // small mesh and no flood publishing keep the idle traffic low.
                 let gossip_cfg = gossipsub::ConfigBuilder::default()
-                    .heartbeat_interval(Duration::from_millis(700))
+                    .heartbeat_interval(Duration::from_secs(1))
                     .validation_mode(gossipsub::ValidationMode::Anonymous)
                     .message_id_fn(|m: &gossipsub::Message| {
                         gossipsub::MessageId::new(&blake3::hash(&m.data).as_bytes()[..16])
                     })
                     .validate_messages()
                     .flood_publish(false)
-                    .mesh_n(4)
-                    .mesh_n_low(3)
-                    .mesh_n_high(8)
-                    .mesh_outbound_min(2)
-                    .gossip_lazy(4)
+                    .mesh_n(3)
+                    .mesh_n_low(2)
+                    .mesh_n_high(6)
+                    .mesh_outbound_min(1)
+                    .gossip_lazy(3)
                     .max_transmit_size(continuum_gossip::MAX_GOSSIP_BYTES + 1024)
                     .build()?;
                 let mut gossipsub = gossipsub::Behaviour::new(
@@ -115,6 +115,21 @@ pub fn build_swarm(
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
         .build();
     Ok(swarm)
+}
+
+fn is_quic(addr: &Multiaddr) -> bool {
+    addr.iter()
+        .any(|p| matches!(p, libp2p::multiaddr::Protocol::QuicV1))
+}
+
+/// A peer's QUIC addresses if it has any, else the others: TCP is the fallback, and one
+/// transport per pair of peers keeps connections (and idle traffic) to one each.
+fn prefer_quic(addrs: Vec<Multiaddr>) -> Vec<Multiaddr> {
+    if addrs.iter().any(is_quic) {
+        addrs.into_iter().filter(is_quic).collect()
+    } else {
+        addrs
+    }
 }
 
 enum Pending {
@@ -200,7 +215,7 @@ impl Driver {
         let mut resample = tokio::time::interval(Duration::from_millis(
             self.cfg.gossip.heartbeat_ms.clamp(1000, 5000),
         ));
-        let mut bootstrap = tokio::time::interval(Duration::from_secs(30));
+        let mut bootstrap = tokio::time::interval(Duration::from_secs(300));
         loop {
             let wake = self.started + Duration::from_millis(self.gossip.poll_timeout());
             tokio::select! {
@@ -292,7 +307,7 @@ impl Driver {
                 info,
                 ..
             })) => {
-                for addr in info.listen_addrs {
+                for addr in prefer_quic(info.listen_addrs) {
                     self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                 }
             }
@@ -329,10 +344,7 @@ impl Driver {
                 tracing::info!(addr = %full, "listening for peers");
                 self.listen.push(full);
                 // QUIC first: peers dial the first address they are given.
-                self.listen.sort_by_key(|a| {
-                    !a.iter()
-                        .any(|p| matches!(p, libp2p::multiaddr::Protocol::QuicV1))
-                });
+                self.listen.sort_by_key(|a| !is_quic(a));
                 self.local.addrs = self.listen.iter().map(|a| a.to_string()).collect();
                 self.gossip.set_local(now, self.local.clone());
                 self.refresh();
@@ -457,7 +469,7 @@ impl Driver {
                     .collect()
             })
             .unwrap_or_default();
-        for addr in addrs {
+        for addr in prefer_quic(addrs) {
             self.swarm.add_peer_address(peer, addr);
         }
     }
