@@ -208,7 +208,9 @@ async fn run_node(config: NodeConfig, dir: DataDir, key: libp2p::identity::Keypa
         mdns: config.mdns,
         key: key_file,
         gossip: continuum_gossip::Config::with_ttl(config.advert_expiry.as_millis() as u64),
-        request_timeout: config.limits.call_timeout * 2 + std::time::Duration::from_secs(5),
+        // Long enough for a remote deployment to compile its module on a small board; a dead
+        // host fails faster than this, when its connection does.
+        request_timeout: std::time::Duration::from_secs(60),
     };
     let (mesh, inbound) = Mesh::start(
         key,

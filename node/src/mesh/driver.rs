@@ -46,6 +46,7 @@ pub fn build_swarm(
 ) -> Result<Swarm<Behaviour>> {
     let me = key.public().to_peer_id();
     let mdns = cfg.mdns;
+    let request_timeout = cfg.request_timeout;
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(
@@ -93,7 +94,7 @@ pub fn build_swarm(
                     codec,
                     [(StreamProtocol::new(rpc::PROTOCOL), ProtocolSupport::Full)],
                     request_response::Config::default()
-                        .with_request_timeout(Duration::from_secs(60))
+                        .with_request_timeout(request_timeout)
                         .with_max_concurrent_streams(1024),
                 );
                 Ok(Behaviour {
