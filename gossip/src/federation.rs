@@ -143,14 +143,15 @@ impl Federations {
         );
         let mut out = vec![FederationMsg::Announce(spec)];
         let mut events = Vec::new();
-        if let Ok(msg) = self.join_inner(now, me, mine, &name) {
+        if let Ok(msg) = self.join(now, me, mine, &name) {
             out.push(msg);
             events.push(FederationEvent::Joined(name));
         }
         Ok((out, events))
     }
 
-    fn join_inner(
+    /// Join a known federation (on request, even after having left it).
+    pub fn join(
         &mut self,
         now: u64,
         me: PeerId,
@@ -177,17 +178,6 @@ impl Federations {
         f.members.insert(me, now + f.spec.lease_ms);
         f.renew_at = f.renew_at.min(now + f.spec.lease_ms / 3);
         Ok(Self::member_msg(name, &f.owner, true))
-    }
-
-    /// Join a known federation on request (even after having left it).
-    pub fn join(
-        &mut self,
-        now: u64,
-        me: PeerId,
-        mine: &Resources,
-        name: &str,
-    ) -> Result<FederationMsg, FederationError> {
-        self.join_inner(now, me, mine, name)
     }
 
     /// Leave a federation; an owner that leaves also stops renewing it.
@@ -239,7 +229,7 @@ impl Federations {
         if f.mine == Mine::Out
             && auto_join
             && mine.satisfies(&f.spec.require)
-            && let Ok(msg) = self.join_inner(now, me, mine, &name)
+            && let Ok(msg) = self.join(now, me, mine, &name)
         {
             return (Some(msg), Some(FederationEvent::Joined(name)));
         }

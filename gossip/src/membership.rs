@@ -62,8 +62,8 @@ impl View {
         advert: ResourceAdvert,
         frame: Vec<u8>,
     ) -> Heard {
-        let expires = now + advert.ttl_ms;
-        self.store(now, peer, seq, advert, frame, expires)
+        self.relayed_advert(now, peer, seq, advert, frame, 0)
+            .unwrap_or(Heard::Refreshed)
     }
 
     /// An advert relayed by another peer in a sync, last heard `heard_ago_ms` before `now`
