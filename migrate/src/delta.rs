@@ -46,6 +46,36 @@ impl MemoryImage {
     }
 }
 
+/// Encode the pages of a pre-copy round (one image per memory) for the wire.
+pub fn encode_pages(memories: &[MemoryDelta]) -> Vec<u8> {
+    encode_framed(&memories, memories, 0)
+}
+
+/// Decode a round's pages, checking every page against its digest.
+pub fn decode_pages(bytes: impl Into<Bytes>) -> Result<Vec<MemoryDelta>, SnapshotError> {
+    let (mut memories, data): (Vec<MemoryDelta>, Bytes) = decode_framed(bytes.into())?;
+    attach_data(&mut memories, data)?;
+    for (memory, m) in memories.iter().enumerate() {
+        if m.digests.len() != m.present.len() * 32 || m.present.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(SnapshotError::Inconsistent(format!(
+                "round memory {memory}: page list and digests disagree"
+            )));
+        }
+        if m.present.last().is_some_and(|&p| p as usize >= m.pages()) || m.size % 65536 != 0 {
+            return Err(SnapshotError::Inconsistent(format!(
+                "round memory {memory}: a page lies past the end of the memory"
+            )));
+        }
+        if let Some(k) = first_bad_page(&m.data, &m.digests) {
+            return Err(SnapshotError::BadPage {
+                memory,
+                page: m.present[k],
+            });
+        }
+    }
+    Ok(memories)
+}
+
 impl Delta {
     /// The delta from `base` to `next` (two snapshots of the same component).
     pub fn between(base: &Snapshot, next: &Snapshot) -> Result<Delta, SnapshotError> {
@@ -234,6 +264,24 @@ mod tests {
             prop_assert_eq!(&live.present, &delta.memories[0].present);
             prop_assert!(live.present.iter().all(|p| touched.contains(p)));
         }
+    }
+
+    #[test]
+    fn round_pages_roundtrip_and_refuse_tampering() {
+        let mut mem = vec![0u8; 2 * 65536];
+        mem[100] = 1;
+        mem[9000] = 2;
+        let (round, _) = MemoryImage::changed_since(&mem, &[]);
+        let bytes = encode_pages(std::slice::from_ref(&round));
+        assert_eq!(decode_pages(bytes.clone()).unwrap(), vec![round]);
+        let mut bad = bytes.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        assert!(matches!(
+            decode_pages(bad),
+            Err(SnapshotError::BadPage { .. })
+        ));
+        assert!(decode_pages(bytes[..bytes.len() - 5].to_vec()).is_err());
     }
 
     #[test]

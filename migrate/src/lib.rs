@@ -11,6 +11,7 @@
 //! snapshot is refused before it touches an instance).
 
 mod delta;
+mod handshake;
 mod hash;
 mod prefault;
 mod snapshot;
@@ -20,7 +21,11 @@ mod capture;
 #[cfg(feature = "runtime")]
 mod instrument;
 
-pub use delta::{Delta, MemoryDelta};
+pub use delta::{Delta, MemoryDelta, decode_pages, encode_pages};
+pub use handshake::{
+    MigrationId, Offer, Outcome, Report, Source, SourceAction, SourceConfig, Target, TargetAction,
+    ToSource, ToTarget,
+};
 pub use hash::{Digest, PAGE_SIZE, ZERO_PAGE_DIGEST, digest_hex, page_digests};
 pub use snapshot::{ComponentMeta, FORMAT_VERSION, MemoryImage, Snapshot, SnapshotError, Value};
 
