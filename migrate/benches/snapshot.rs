@@ -53,6 +53,7 @@ fn meta() -> ComponentMeta {
         name: "bench".into(),
         version: "1".into(),
         abi: 1,
+        epoch: 1,
     }
 }
 

@@ -158,29 +158,38 @@ impl StateHandles {
     }
 
     /// Write a snapshot into a fresh instance (one on which nothing has run but instantiation).
-    pub fn restore(
+    pub fn restore(&self, mut store: impl AsContextMut, snap: &Snapshot) -> Result<(), CaptureError> {
+        // Globals first: they fail fast and cheaply on a snapshot of another module.
+        self.set_globals(&mut store, &snap.globals)?;
+        self.write_pages(store, &snap.memories, true)
+    }
+
+    /// Write pages into the memories, growing them as needed. With `whole`, the images are
+    /// the entire state (pages they leave out are zero, as in a snapshot), as for a restore or
+    /// the first round of a migration into a fresh instance; otherwise only the listed pages
+    /// change (a later round).
+    pub fn write_pages(
         &self,
         mut store: impl AsContextMut,
-        snap: &Snapshot,
+        images: &[MemoryImage],
+        whole: bool,
     ) -> Result<(), CaptureError> {
-        if snap.memories.len() != self.memories.len() {
+        if images.len() != self.memories.len() {
             return Err(CaptureError::Mismatch(format!(
                 "it has {} memories, the module {}",
-                snap.memories.len(),
+                images.len(),
                 self.memories.len()
             )));
         }
-        // Globals first: they fail fast and cheaply on a snapshot of another module.
-        self.set_globals(&mut store, &snap.globals)?;
-        for (i, (m, image)) in self.memories.iter().zip(&snap.memories).enumerate() {
-            let fresh = m.data_size(&store) as u64;
-            if image.size < fresh {
+        for (i, (m, image)) in self.memories.iter().zip(images).enumerate() {
+            let current = m.data_size(&store) as u64;
+            if image.size < current {
                 return Err(CaptureError::Mismatch(format!(
-                    "memory {i} is {} bytes in the snapshot but the module starts with {fresh}",
+                    "memory {i} is {} bytes in the state sent but already {current} bytes here",
                     image.size
                 )));
             }
-            let grow = (image.size - fresh) / 65536;
+            let grow = (image.size - current) / 65536;
             if grow > 0 {
                 m.grow(&mut store, grow).map_err(|e| CaptureError::Grow {
                     memory: i,
@@ -188,29 +197,12 @@ impl StateHandles {
                     why: e.to_string(),
                 })?;
             }
-            image.write_into(m.data_mut(&mut store), fresh as usize);
-        }
-        Ok(())
-    }
-
-    /// Write changed pages (from [`Self::capture_changed`]) into this instance, growing
-    /// memories as needed.
-    pub fn apply_changed(
-        &self,
-        mut store: impl AsContextMut,
-        deltas: &[MemoryDelta],
-    ) -> Result<(), CaptureError> {
-        for (i, (m, d)) in self.memories.iter().zip(deltas).enumerate() {
-            let size = m.data_size(&store) as u64;
-            if d.size > size {
-                m.grow(&mut store, (d.size - size) / 65536)
-                    .map_err(|e| CaptureError::Grow {
-                        memory: i,
-                        bytes: d.size,
-                        why: e.to_string(),
-                    })?;
+            let mem = m.data_mut(&mut store);
+            if whole {
+                image.write_into(mem, current as usize);
+            } else {
+                image.write_pages_into(mem);
             }
-            d.write_pages_into(m.data_mut(&mut store));
         }
         Ok(())
     }
@@ -244,6 +236,7 @@ mod tests {
             name: "t".into(),
             version: "1".into(),
             abi: 1,
+            epoch: 1,
         };
 
         let mut store = Store::new(&engine, ());

@@ -223,6 +223,7 @@ mod tests {
             name: "p".into(),
             version: "1".into(),
             abi: 1,
+            epoch: 1,
         };
         Snapshot::new(
             meta,

@@ -23,6 +23,10 @@ pub struct ComponentMeta {
     pub version: String,
     /// Guest ABI version the module was built against.
     pub abi: u32,
+    /// Location epoch of the component when the state was taken: grows by one each time the
+    /// component moves, so the newest host is known everywhere.
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 /// The value of one mutable global. Floats are kept as bits so that NaN payloads survive.
@@ -270,6 +274,31 @@ impl Snapshot {
         s
     }
 
+    /// The digest a snapshot of this state would have, from the page digest maps alone (a
+    /// migration target checks its assembled state with it, without the page data at hand).
+    pub fn digest_for(
+        meta: &ComponentMeta,
+        module_digest: Digest,
+        memories: &[(u64, &[Digest])],
+        globals: &[Value],
+    ) -> Digest {
+        let memories = memories
+            .iter()
+            .map(|(size, map)| {
+                let present: Vec<u32> = (0..map.len() as u32)
+                    .filter(|&i| map[i as usize] != *ZERO_PAGE_DIGEST)
+                    .collect();
+                MemoryImage {
+                    size: *size,
+                    digests: present.iter().flat_map(|&i| map[i as usize]).collect(),
+                    present,
+                    data: Bytes::new(),
+                }
+            })
+            .collect();
+        Snapshot::new(meta.clone(), module_digest, memories, globals.to_vec()).digest
+    }
+
     /// Digest over every field but `digest` and `module` (the module is covered by
     /// `module_digest`).
     pub fn compute_digest(&self) -> Digest {
@@ -278,6 +307,7 @@ impl Snapshot {
             .bytes(self.meta.name.as_bytes())
             .bytes(self.meta.version.as_bytes())
             .u64(self.meta.abi as u64)
+            .u64(self.meta.epoch)
             .bytes(&self.module_digest)
             .u64(self.memories.len() as u64);
         for m in &self.memories {
@@ -446,6 +476,7 @@ mod tests {
             name: "t".into(),
             version: "1".into(),
             abi: 1,
+            epoch: 1,
         }
     }
 

@@ -208,6 +208,7 @@ impl Components {
             name: name.to_string(),
             version: version.to_string(),
             abi: continuum_guest::ABI_VERSION,
+            epoch: 1,
         };
         let instance = blocking(move || -> anyhow::Result<Instance> {
             let module = rt.load(&wasm)?;

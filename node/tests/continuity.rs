@@ -56,6 +56,7 @@ fn both_ways(wasm: &[u8], ops: &[Request], split: usize) -> (Vec<Response>, Vec<
         name: "c".into(),
         version: "1".into(),
         abi: 1,
+        epoch: 1,
     };
     let rt = runtime();
     let module = rt.load(wasm).unwrap();
