@@ -10,6 +10,7 @@ mod advert;
 mod federation;
 mod gossip;
 mod membership;
+mod placement;
 mod wire;
 
 pub use advert::{Hosted, ResourceAdvert, Resources};
@@ -18,6 +19,7 @@ pub use federation::{
 };
 pub use gossip::{Config, Event, Gossip, Location, Output};
 pub use membership::{Heard, PeerInfo, View};
+pub use placement::{Candidate, Need, Placement, place};
 pub use wire::{
     Body, Known, MAX_DIRECT_BYTES, MAX_GOSSIP_BYTES, Message, Opened, Reject, SwarmKey, SyncEntry,
     open, seal,

@@ -158,7 +158,11 @@ impl StateHandles {
     }
 
     /// Write a snapshot into a fresh instance (one on which nothing has run but instantiation).
-    pub fn restore(&self, mut store: impl AsContextMut, snap: &Snapshot) -> Result<(), CaptureError> {
+    pub fn restore(
+        &self,
+        mut store: impl AsContextMut,
+        snap: &Snapshot,
+    ) -> Result<(), CaptureError> {
         // Globals first: they fail fast and cheaply on a snapshot of another module.
         self.set_globals(&mut store, &snap.globals)?;
         self.write_pages(store, &snap.memories, true)

@@ -4,6 +4,7 @@
 use crate::datadir::{DataDir, write_atomic};
 use crate::metrics::{Metrics, TriggerLabels};
 use crate::runtime::{ComponentHandle, Instance, Runtime};
+use continuum_gossip::PeerId;
 use continuum_migrate::{ComponentMeta, Snapshot, digest_hex};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -68,6 +69,9 @@ pub struct Components {
     metrics: Arc<Metrics>,
     peer_id: String,
     map: RwLock<BTreeMap<String, Arc<ComponentHandle>>>,
+    /// Components that moved away: where to, at which epoch. Requests that still come here
+    /// follow them, whatever the gossip says yet.
+    moved: RwLock<BTreeMap<String, (PeerId, u64)>>,
     /// Serialises changes (deploy, restore, remove) and snapshot writes.
     ops: tokio::sync::Mutex<()>,
 }
@@ -105,12 +109,22 @@ impl Components {
             metrics,
             peer_id,
             map: RwLock::default(),
+            moved: RwLock::default(),
             ops: tokio::sync::Mutex::default(),
         }
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<ComponentHandle>> {
         self.map.read().unwrap().get(name).cloned()
+    }
+
+    /// Where a component that left this node went, and at which epoch.
+    pub fn moved_to(&self, name: &str) -> Option<(PeerId, u64)> {
+        self.moved.read().unwrap().get(name).copied()
+    }
+
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.rt
     }
 
     pub fn len(&self) -> usize {
@@ -138,7 +152,7 @@ impl Components {
             .values()
             .map(|h| continuum_gossip::Hosted {
                 name: h.name.clone(),
-                epoch: 1,
+                epoch: h.stats.epoch.load(Ordering::Relaxed),
                 digest: h.digest,
             })
             .collect()
@@ -148,7 +162,7 @@ impl Components {
         ComponentInfo {
             name: h.name.clone(),
             host: self.peer_id.clone(),
-            epoch: 1,
+            epoch: h.stats.epoch.load(Ordering::Relaxed),
             digest: digest_hex(&h.digest),
             version: h.version.clone(),
             module_bytes: h.module_size as u64,
@@ -174,9 +188,18 @@ impl Components {
         let (snap, instance) = blocking(move || (instance.checkpoint(), instance)).await?;
         let snap = snap.map_err(|e| ApiError::Internal(format!("first checkpoint failed: {e}")))?;
         self.write_snapshot(&snap, trigger).await?;
+        let handle = self.adopt(instance).await?;
+        Ok(self.info(&handle))
+    }
+
+    /// Start `instance` and make it reachable under its name, replacing (and stopping) any
+    /// previous holder of the name. Nothing is written: a migration target writes the state
+    /// once the component is its own.
+    pub async fn adopt(&self, instance: Instance) -> Result<Arc<ComponentHandle>, ApiError> {
         let handle =
             ComponentHandle::spawn(instance, self.metrics.clone(), self.rt.limits.queue_depth)
                 .map_err(|e| ApiError::Internal(format!("starting the component thread: {e}")))?;
+        self.moved.write().unwrap().remove(&handle.name);
         let old = self
             .map
             .write()
@@ -186,7 +209,67 @@ impl Components {
         if let Some(old) = old {
             old.stop(false).await;
         }
-        Ok(self.info(&handle))
+        Ok(handle)
+    }
+
+    /// The component left for `to` at `epoch`: requests still coming here follow it, the
+    /// requests its thread holds go there, and its saved state here is deleted (the target
+    /// holds the only copy from now on).
+    pub async fn moved(&self, handle: &Arc<ComponentHandle>, to: PeerId, epoch: u64) {
+        let _op = self.ops.lock().await;
+        let name = handle.name.clone();
+        self.moved
+            .write()
+            .unwrap()
+            .insert(name.clone(), (to, epoch));
+        {
+            let mut map = self.map.write().unwrap();
+            if map.get(&name).is_some_and(|cur| Arc::ptr_eq(cur, handle)) {
+                map.remove(&name);
+            }
+        }
+        self.metrics.components.set(self.len() as i64);
+        handle.moved(to).await;
+        let _ = std::fs::remove_file(self.dir.snapshot(&name));
+    }
+
+    /// Drop a staged component that never became this node's (a migration that failed
+    /// after the target was ready but before it was committed).
+    pub async fn discard(&self, handle: &Arc<ComponentHandle>) {
+        let _op = self.ops.lock().await;
+        {
+            let mut map = self.map.write().unwrap();
+            if map
+                .get(&handle.name)
+                .is_some_and(|cur| Arc::ptr_eq(cur, handle))
+            {
+                map.remove(&handle.name);
+            }
+        }
+        self.metrics.components.set(self.len() as i64);
+        handle.stop(false).await;
+    }
+
+    /// Checkpoint one component to disk now.
+    pub async fn save(&self, name: &str, trigger: &'static str) -> Result<(), ApiError> {
+        let handle = self.get(name).ok_or_else(|| not_found(name))?;
+        self.save_handle(&handle, trigger, false).await
+    }
+
+    async fn save_handle(
+        &self,
+        h: &Arc<ComponentHandle>,
+        trigger: &'static str,
+        only_dirty: bool,
+    ) -> Result<(), ApiError> {
+        if let Some(snap) = h.checkpoint(only_dirty).await? {
+            let _op = self.ops.lock().await;
+            // A component removed (or moved) meanwhile must not come back from its snapshot.
+            if self.get(&h.name).is_some_and(|cur| Arc::ptr_eq(&cur, h)) {
+                self.write_snapshot(&snap, trigger).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Deploy a new component from module bytes.
@@ -312,18 +395,8 @@ impl Components {
     pub async fn checkpoint_all(&self, trigger: &'static str, only_dirty: bool) {
         let handles: Vec<_> = self.map.read().unwrap().values().cloned().collect();
         for h in handles {
-            match h.checkpoint(only_dirty).await {
-                Ok(Some(snap)) => {
-                    let _op = self.ops.lock().await;
-                    // A component removed meanwhile must not come back from its snapshot.
-                    if self.get(&h.name).is_some_and(|cur| Arc::ptr_eq(&cur, &h))
-                        && let Err(e) = self.write_snapshot(&snap, trigger).await
-                    {
-                        tracing::error!(component = %h.name, "checkpoint not written: {e}");
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => tracing::error!(component = %h.name, "checkpoint failed: {e:#}"),
+            if let Err(e) = self.save_handle(&h, trigger, only_dirty).await {
+                tracing::error!(component = %h.name, "checkpoint not written: {e}");
             }
         }
     }

@@ -38,6 +38,10 @@ pub struct NodeConfig {
     /// `kill -9` can lose.
     #[serde(with = "humantime_serde")]
     pub checkpoint_every: Duration,
+    /// Longest one step of a migration may wait for the other side; a target that is ready
+    /// but hears no commit for this long asks the source how it ended.
+    #[serde(with = "humantime_serde")]
+    pub migration_timeout: Duration,
     pub limits: Limits,
 }
 
@@ -71,6 +75,7 @@ impl Default for NodeConfig {
             advert_expiry: Duration::from_secs(15),
             route_wait: Duration::from_secs(1),
             checkpoint_every: Duration::from_secs(10),
+            migration_timeout: Duration::from_secs(10),
             limits: Limits::default(),
         }
     }

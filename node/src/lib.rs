@@ -12,6 +12,7 @@ pub mod http;
 pub mod identity;
 pub mod mesh;
 pub mod metrics;
+pub mod migration;
 pub mod node;
 pub mod runtime;
 pub mod tls;

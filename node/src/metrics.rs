@@ -39,6 +39,14 @@ pub struct TriggerLabels {
     pub trigger: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MigrationLabels {
+    /// `source` or `target`.
+    pub role: &'static str,
+    /// `ok`, `aborted`, `failed` (after the switch).
+    pub outcome: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     /// Registries of other subsystems (libp2p's transport counters), served alongside.
@@ -57,6 +65,11 @@ pub struct Metrics {
     pub gossip_messages: Family<DirectionLabels, Counter>,
     pub mesh_peers: Gauge,
     pub forwarded: Family<DirectionLabels, Counter>,
+    pub migrations: Family<MigrationLabels, Counter>,
+    /// Freeze to the target's Ready, as the source measured it.
+    pub migration_downtime_seconds: Histogram,
+    /// Page bytes sent by migrations from this node.
+    pub migration_bytes: Counter,
 }
 
 impl Default for Metrics {
@@ -77,6 +90,9 @@ impl Default for Metrics {
             gossip_messages: Family::default(),
             mesh_peers: Gauge::default(),
             forwarded: Family::default(),
+            migrations: Family::default(),
+            migration_downtime_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            migration_bytes: Counter::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -140,6 +156,21 @@ impl Default for Metrics {
             "Component requests forwarded between nodes, by direction",
             m.forwarded.clone(),
         );
+        r.register(
+            "migrations",
+            "Live migrations, by role and outcome",
+            m.migrations.clone(),
+        );
+        r.register(
+            "migration_downtime_seconds",
+            "Time requests were held during a migration (freeze to ready)",
+            m.migration_downtime_seconds.clone(),
+        );
+        r.register(
+            "migration_bytes",
+            "Page bytes sent by migrations from this node",
+            m.migration_bytes.clone(),
+        );
         m
     }
 }
@@ -148,6 +179,12 @@ impl Metrics {
     /// Count one refused input.
     pub fn reject(&self, reason: &'static str) {
         self.rejected.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    pub fn migration(&self, role: &'static str, outcome: &'static str) {
+        self.migrations
+            .get_or_create(&MigrationLabels { role, outcome })
+            .inc();
     }
 
     /// Serve another subsystem's registry at `/metrics` too.

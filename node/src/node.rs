@@ -5,7 +5,8 @@
 use crate::components::Components;
 use crate::config::NodeConfig;
 use crate::datadir::{DataDir, NodeInfo};
-use crate::mesh::{Inbound, Mesh, MeshConfig, rpc::Reply};
+use crate::mesh::rpc::{Reply, Request};
+use crate::mesh::{Inbound, Mesh, MeshConfig};
 use crate::metrics::Metrics;
 use crate::runtime::{Runtime, RuntimeLimits};
 use crate::{http, identity, short_id, tls};
@@ -24,6 +25,7 @@ pub struct Node {
     pub config: NodeConfig,
     pub token: String,
     pub components: Components,
+    pub migrations: crate::migration::Migrations,
     pub metrics: Arc<Metrics>,
     pub info: NodeInfo,
     pub h3_port: u16,
@@ -233,6 +235,7 @@ async fn run_node(config: NodeConfig, dir: DataDir, key: libp2p::identity::Keypa
         swarm_key: fingerprint,
         token,
         components,
+        migrations: Default::default(),
         metrics,
         info: info.clone(),
         h3_port: addr.port(),
@@ -262,58 +265,76 @@ async fn run_node(config: NodeConfig, dir: DataDir, key: libp2p::identity::Keypa
     Ok(())
 }
 
-/// Answer what other nodes ask of this one: forwarded component requests and deployments.
+/// Answer what other nodes ask of this one: forwarded component requests, deployments, and
+/// migrations to and from here.
 async fn serve_peers(node: Arc<Node>, mut inbound: tokio::sync::mpsc::Receiver<Inbound>) {
-    while let Some(request) = inbound.recv().await {
+    while let Some(Inbound {
+        from,
+        request,
+        channel,
+    }) = inbound.recv().await
+    {
         let node = node.clone();
         tokio::spawn(
             async move {
-                match request {
-                    Inbound::Forward {
-                        name,
-                        request,
-                        channel,
-                        ..
-                    } => {
-                        node.metrics
-                            .forwarded
-                            .get_or_create(&crate::metrics::DirectionLabels { direction: "in" })
-                            .inc();
-                        let reply = match continuum_guest::abi::decode_request(&request) {
-                            Ok(req) => Reply::Forwarded(continuum_guest::abi::encode_response(
-                                &http::call_local(&node, &name, req).await,
-                            )),
-                            Err(e) => Reply::Refused {
-                                status: 400,
-                                message: format!("forwarded request did not decode: {e}"),
-                            },
-                        };
-                        node.mesh.respond(channel, reply);
-                    }
-                    Inbound::Deploy {
-                        from,
-                        name,
-                        version,
-                        wasm,
-                        channel,
-                    } => {
-                        tracing::info!(%from, component = %name, "deployment requested by a peer");
-                        let reply = match node.components.deploy(&name, &version, wasm).await {
-                            Ok(info) => {
-                                node.announce_components();
-                                Reply::Deployed(serde_json::to_vec(&info).unwrap_or_default())
-                            }
-                            Err(e) => Reply::Refused {
-                                status: e.status(),
-                                message: e.to_string(),
-                            },
-                        };
-                        node.mesh.respond(channel, reply);
-                    }
-                }
+                let reply = answer_peer(&node, from, request).await;
+                node.mesh.respond(channel, reply);
             }
             .in_current_span(),
         );
+    }
+}
+
+async fn answer_peer(node: &Arc<Node>, from: continuum_gossip::PeerId, request: Request) -> Reply {
+    match request {
+        Request::Forward {
+            name,
+            hops,
+            request,
+        } => {
+            node.metrics
+                .forwarded
+                .get_or_create(&crate::metrics::DirectionLabels { direction: "in" })
+                .inc();
+            match continuum_guest::abi::decode_request(&request) {
+                Ok(req) => Reply::Forwarded(continuum_guest::abi::encode_response(
+                    &http::serve(node, &name, req, hops).await,
+                )),
+                Err(e) => Reply::Refused {
+                    status: 400,
+                    message: format!("forwarded request did not decode: {e}"),
+                },
+            }
+        }
+        Request::Deploy {
+            name,
+            version,
+            wasm,
+        } => {
+            tracing::info!(%from, component = %name, "deployment requested by a peer");
+            match node.components.deploy(&name, &version, wasm).await {
+                Ok(info) => {
+                    node.announce_components();
+                    Reply::Deployed(serde_json::to_vec(&info).unwrap_or_default())
+                }
+                Err(e) => Reply::Refused {
+                    status: e.status(),
+                    message: e.to_string(),
+                },
+            }
+        }
+        Request::Migrate(msg) => {
+            Reply::Migrate(crate::migration::on_message(node, from, msg).await)
+        }
+        Request::MigrationStatus(id) => match crate::migration::outcome(node, id) {
+            Some(o) => Reply::MigrationStatus(o),
+            None => Reply::Refused {
+                status: 404,
+                message: format!("no migration {id} from this node"),
+            },
+        },
+        // The driver answers syncs itself.
+        Request::Sync(_) => Reply::Synced,
     }
 }
 

@@ -7,6 +7,7 @@ mod deploy;
 mod federate;
 mod keygen;
 mod ls;
+mod migrate;
 mod node;
 mod restore;
 mod rm;
@@ -50,6 +51,8 @@ enum Command {
     Checkpoint(checkpoint::CheckpointArgs),
     /// Bring a component back from a checkpoint file.
     Restore(restore::RestoreArgs),
+    /// Move a running component to another node with its state, without dropping requests.
+    Migrate(migrate::MigrateArgs),
     /// Remove a component and its saved state.
     Rm(rm::RmArgs),
     /// Make a swarm key: nodes started with the same --swarm-key form one swarm.
@@ -82,6 +85,7 @@ impl Cli {
                     Command::Checkpoint(a) => a.run().await,
                     Command::Restore(a) => a.run().await,
                     Command::Rm(a) => a.run().await,
+                    Command::Migrate(a) => a.run().await,
                     Command::Keygen(a) => a.run().await,
                     Command::Federate(a) => a.run().await,
                 }

@@ -38,6 +38,9 @@ pub struct NodeArgs {
     /// How often changed components are checkpointed to disk (the most a kill -9 loses).
     #[arg(long, value_parser = humantime::parse_duration)]
     checkpoint_every: Option<Duration>,
+    /// Longest one migration step waits for the other side, e.g. 10s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    migration_timeout: Option<Duration>,
     /// Largest linear memory of one component, e.g. 256MiB.
     #[arg(long)]
     memory_cap: Option<ByteSize>,
@@ -74,6 +77,9 @@ impl NodeArgs {
         }
         if let Some(d) = self.checkpoint_every {
             c.checkpoint_every = d;
+        }
+        if let Some(d) = self.migration_timeout {
+            c.migration_timeout = d;
         }
         if let Some(m) = self.memory_cap {
             c.limits.memory_cap = m;

@@ -8,6 +8,8 @@
 //! DELETE /v1/components/NAME                  remove
 //! POST   /v1/components/NAME/checkpoint[?module=true]   a snapshot (CBOR body)
 //! POST   /v1/restore[?name=NAME]              restore (body: a snapshot)
+//! POST   /v1/components/NAME/migrate          live migration (JSON: to = PEER_ID|auto, stop_and_copy); 202
+//! GET    /v1/migrations[/ID]                  migrations from this node, their progress
 //! GET    /v1/federations                      federations this node knows
 //! POST   /v1/federations                      propose one (JSON: name, objective, require, min_members, lease_ms)
 //! POST   /v1/federations/NAME/join|leave
@@ -17,13 +19,15 @@
 
 use crate::components::{ApiError, ComponentInfo};
 use crate::mesh::{FederationOp, MeshError};
+use crate::migration;
 use crate::node::Node;
 use bytes::Bytes;
 use continuum_gossip::{FederationSpec, PeerId};
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
-pub async fn handle(node: &Node, rest: &str, req: Request<Bytes>) -> Response<Bytes> {
+pub async fn handle(node: &Arc<Node>, rest: &str, req: Request<Bytes>) -> Response<Bytes> {
     if !authorized(&node.token, req.headers()) {
         node.metrics.reject("unauthorized");
         let mut r = error(&ApiError::BadRequest(
@@ -92,6 +96,26 @@ pub async fn handle(node: &Node, rest: &str, req: Request<Bytes>) -> Response<By
                     json(StatusCode::OK, &info)
                 })
         }
+        (&Method::POST, ["components", name, "migrate"]) => {
+            match serde_json::from_slice::<MigrateRequest>(req.body()) {
+                Ok(m) => match migration::resolve_target(node, name, &m.to) {
+                    Ok(to) => migration::start(node, name, to, m.stop_and_copy)
+                        .await
+                        .map(|p| json(StatusCode::ACCEPTED, &p)),
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(ApiError::BadRequest(format!(
+                    "invalid migration request (want {{\"to\": PEER_ID|\"auto\", \"stop_and_copy\": bool}}): {e}"
+                ))),
+            }
+        }
+        (&Method::GET, ["migrations"]) => Ok(json(StatusCode::OK, &node.migrations.list())),
+        (&Method::GET, ["migrations", id]) => id
+            .parse()
+            .ok()
+            .and_then(|id| node.migrations.progress(id))
+            .map(|p| json(StatusCode::OK, &p))
+            .ok_or_else(|| ApiError::NotFound(format!("no migration {id} from this node"))),
         (&Method::GET, ["federations"]) => {
             Ok(json(StatusCode::OK, &node.mesh.snapshot().federations))
         }
@@ -112,6 +136,16 @@ pub async fn handle(node: &Node, rest: &str, req: Request<Bytes>) -> Response<By
         ))),
     };
     result.unwrap_or_else(|e| error(&e))
+}
+
+/// `POST /v1/components/NAME/migrate`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MigrateRequest {
+    /// A peer id, or `auto`.
+    to: String,
+    #[serde(default)]
+    stop_and_copy: bool,
 }
 
 async fn deploy_on(

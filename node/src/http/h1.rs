@@ -48,7 +48,7 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>) {
     }
 }
 
-async fn handle(node: &Node, req: Request<Incoming>) -> Response<Bytes> {
+async fn handle(node: &Arc<Node>, req: Request<Incoming>) -> Response<Bytes> {
     let limit = body_limit(node, req.uri().path());
     if declared_length(req.headers()).is_some_and(|n| n > DRAIN_MAX) {
         return too_large(node, limit);

@@ -44,7 +44,7 @@ async fn connection(conn: quinn::Connection, node: Arc<Node>) {
     }
 }
 
-async fn request<S>(node: &Node, req: Request<()>, mut stream: RequestStream<S, Bytes>)
+async fn request<S>(node: &Arc<Node>, req: Request<()>, mut stream: RequestStream<S, Bytes>)
 where
     S: h3::quic::BidiStream<Bytes>,
 {

@@ -11,7 +11,9 @@ pub mod h3;
 
 use crate::mesh::MeshError;
 use crate::node::Node;
+use crate::runtime::Unavailable;
 use bytes::Bytes;
+use continuum_gossip::PeerId;
 use continuum_guest::{Request as GuestRequest, Response as GuestResponse, abi};
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
 
@@ -113,7 +115,11 @@ pub fn text(status: StatusCode, body: impl Into<String>) -> Response<Bytes> {
 }
 
 /// Route one complete request.
-pub async fn route(node: &Node, req: Request<Bytes>, proto: Proto) -> Response<Bytes> {
+pub async fn route(
+    node: &std::sync::Arc<Node>,
+    req: Request<Bytes>,
+    proto: Proto,
+) -> Response<Bytes> {
     let path = req.uri().path().to_string();
     let resp = if let Some(rest) = path.strip_prefix("/c/") {
         let (name, sub) = rest.split_once('/').map_or((rest, ""), |(n, s)| (n, s));
@@ -167,56 +173,117 @@ async fn component(
             .collect(),
         body: body.to_vec(),
     };
-    if node.components.get(name).is_some() {
-        let resp = call_local(node, name, greq).await;
-        return with_host(to_http(name, resp), &node.peer_id);
+    to_http(name, serve(node, name, greq, 0).await)
+}
+
+/// How many times one request may be passed on between nodes (a component that moved on,
+/// news of it on its way), so a stale view can never bounce a request around forever.
+pub const MAX_HOPS: u8 = 4;
+
+/// Serve a request for component `name`: here if it lives here, else at its host (which a
+/// migration may have just changed: a request held during the switch follows the component).
+/// Every failure becomes an answer, the same whether the request came from a local client or
+/// from another node. The answer names the node that served it in `x-continuum-host`.
+pub async fn serve(node: &Node, name: &str, req: GuestRequest, hops: u8) -> GuestResponse {
+    let here = &node.peer_id;
+    let req = match node.components.get(name) {
+        Some(handle) => match handle.call(req).await {
+            Ok(Ok(r)) => return with_host(r, here),
+            Ok(Err(e)) => {
+                return with_host(
+                    GuestResponse::text(e.status(), format!("component {name}: {e}\n")),
+                    here,
+                );
+            }
+            Err(Unavailable::Moved { to, req, .. }) => {
+                return forward(node, to, name, *req, hops).await;
+            }
+            Err(e) => {
+                return with_host(
+                    GuestResponse::text(503, format!("{e}\n")).header("retry-after", "1"),
+                    here,
+                );
+            }
+        },
+        None => req,
+    };
+    match locate(node, name).await {
+        Some(host) => forward(node, host, name, req, hops).await,
+        None => {
+            node.metrics.reject("unknown_component");
+            with_host(
+                GuestResponse::text(404, format!("no component named {name} in this mesh\n")),
+                here,
+            )
+        }
     }
-    let Some(location) = locate(node, name).await else {
-        node.metrics.reject("unknown_component");
+}
+
+/// Pass a request on to the node that hosts the component.
+async fn forward(
+    node: &Node,
+    host: PeerId,
+    name: &str,
+    req: GuestRequest,
+    hops: u8,
+) -> GuestResponse {
+    let at = host.to_string();
+    if hops >= MAX_HOPS {
+        node.metrics.reject("too_many_hops");
         return with_host(
-            text(
-                StatusCode::NOT_FOUND,
-                format!("no component named {name} in this mesh\n"),
-            ),
+            GuestResponse::text(
+                508,
+                format!("request for {name} passed between nodes {hops} times; the mesh's view of it is settling, try again\n"),
+            )
+            .header("retry-after", "1"),
             &node.peer_id,
         );
-    };
-    let host = location.host.to_string();
+    }
     node.metrics
         .forwarded
         .get_or_create(&crate::metrics::DirectionLabels { direction: "out" })
         .inc();
-    let resp = match node
+    let answer = match node
         .mesh
-        .forward(location.host, name, abi::encode_request(&greq))
+        .forward(host, name, hops + 1, abi::encode_request(&req))
         .await
     {
-        Ok(bytes) => match abi::decode_response(&bytes) {
-            Ok(r) => to_http(name, r),
-            Err(e) => text(
-                StatusCode::BAD_GATEWAY,
-                format!("host {host} answered for {name} with a malformed response: {e}\n"),
-            ),
-        },
-        Err(MeshError::Refused(status, message)) => text(
-            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
-            format!("{message}\n"),
-        ),
-        Err(e) => text(
-            StatusCode::BAD_GATEWAY,
-            format!("component {name} is hosted on {host}, which did not answer: {e}\n"),
+        Ok(bytes) => abi::decode_response(&bytes).unwrap_or_else(|e| {
+            GuestResponse::text(
+                502,
+                format!("host {at} answered for {name} with a malformed response: {e}\n"),
+            )
+        }),
+        Err(MeshError::Refused(status, message)) => {
+            GuestResponse::text(status, format!("{message}\n"))
+        }
+        Err(e) => GuestResponse::text(
+            502,
+            format!("component {name} is hosted on {at}, which did not answer: {e}\n"),
         ),
     };
-    with_host(resp, &host)
+    // The host names itself; an answer that does not (a refusal, a lost peer) names the peer
+    // it came from.
+    if answer.headers.iter().any(|(k, _)| k == HOST_HEADER) {
+        answer
+    } else {
+        with_host(answer, &at)
+    }
 }
 
-/// Where a component this node does not host is, waiting up to `route_wait` for news of it
-/// (its host's advert may be on its way) when the node has peers at all.
-async fn locate(node: &Node, name: &str) -> Option<continuum_gossip::Location> {
+/// Where a component this node does not host is: the newest of what the gossip says and
+/// where it went from here. Waits up to `route_wait` for news of it (its host's advert may be
+/// on its way) when the node has peers at all.
+async fn locate(node: &Node, name: &str) -> Option<PeerId> {
     let deadline = tokio::time::Instant::now() + node.config.route_wait;
     loop {
-        if let Some(loc) = node.mesh.locate(name) {
-            return Some(loc);
+        let gossip = node.mesh.locate(name).filter(|l| l.host != node.mesh.me());
+        let moved = node.components.moved_to(name);
+        match (gossip, moved) {
+            (Some(l), Some((_, epoch))) if l.epoch > epoch => return Some(l.host),
+            (_, Some((to, _))) => return Some(to),
+            (Some(l), None) => return Some(l.host),
+            (None, None) => {}
         }
         let alone = node.mesh.snapshot().peers.is_empty() && node.config.join.is_empty();
         if alone || tokio::time::Instant::now() >= deadline {
@@ -226,18 +293,10 @@ async fn locate(node: &Node, name: &str) -> Option<continuum_gossip::Location> {
     }
 }
 
-/// Call a component hosted here. Every failure becomes an answer, the same whether the request
-/// came from a local client or was forwarded by another node.
-pub async fn call_local(node: &Node, name: &str, req: GuestRequest) -> GuestResponse {
-    let Some(handle) = node.components.get(name) else {
-        node.metrics.reject("unknown_component");
-        return GuestResponse::text(404, format!("no component named {name} on this node\n"));
-    };
-    match handle.call(req).await {
-        Err(e) => GuestResponse::text(503, format!("{e}\n")).header("retry-after", "1"),
-        Ok(Err(e)) => GuestResponse::text(e.status(), format!("component {name}: {e}\n")),
-        Ok(Ok(r)) => r,
-    }
+/// Name the node that answered, replacing whatever the component itself put there.
+fn with_host(mut resp: GuestResponse, host: &str) -> GuestResponse {
+    resp.headers.retain(|(k, _)| k != HOST_HEADER);
+    resp.header(HOST_HEADER, host)
 }
 
 /// A component's answer as an HTTP response (connection-level headers dropped).
@@ -275,11 +334,4 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
             | "te"
             | "trailer"
     )
-}
-
-fn with_host(mut resp: Response<Bytes>, host: &str) -> Response<Bytes> {
-    if let Ok(v) = HeaderValue::from_str(host) {
-        resp.headers_mut().insert(HOST_HEADER, v);
-    }
-    resp
 }

@@ -22,21 +22,12 @@ use tokio::sync::{mpsc, oneshot};
 
 const TOPIC: &str = "continuum/gossip/1";
 
-/// A request from another node that the node (not the driver) must answer.
-pub enum Inbound {
-    Forward {
-        from: PeerId,
-        name: String,
-        request: Vec<u8>,
-        channel: ResponseChannel<Envelope>,
-    },
-    Deploy {
-        from: PeerId,
-        name: String,
-        version: String,
-        wasm: Vec<u8>,
-        channel: ResponseChannel<Envelope>,
-    },
+/// A request from another node that the node (not the driver) must answer, through
+/// `Mesh::respond`.
+pub struct Inbound {
+    pub from: PeerId,
+    pub request: Request,
+    pub channel: ResponseChannel<Envelope>,
 }
 
 pub fn build_swarm(
@@ -134,8 +125,7 @@ fn prefer_quic(addrs: Vec<Multiaddr>) -> Vec<Multiaddr> {
 }
 
 enum Pending {
-    Forward(oneshot::Sender<Result<Vec<u8>, MeshError>>),
-    Deploy(oneshot::Sender<Result<Vec<u8>, MeshError>>),
+    Call(oneshot::Sender<Result<Reply, MeshError>>),
     Sync,
 }
 
@@ -297,7 +287,7 @@ impl Driver {
             )) => {
                 let why = error.to_string();
                 match self.pending.remove(&request_id) {
-                    Some((_, Pending::Forward(tx) | Pending::Deploy(tx))) => {
+                    Some((_, Pending::Call(tx))) => {
                         let _ = tx.send(Err(MeshError::Unreachable(peer.to_string(), why)));
                     }
                     _ => tracing::debug!(%peer, "sync failed: {why}"),
@@ -390,18 +380,14 @@ impl Driver {
                     .rpc
                     .send_response(channel, rpc::seal(self.key.as_ref(), &Reply::Synced));
             }
-            Request::Forward { name, request } => {
-                let inbound = Inbound::Forward {
-                    from,
-                    name,
-                    request,
-                    channel,
-                };
+            request => {
                 if let Err(
                     mpsc::error::TrySendError::Full(i) | mpsc::error::TrySendError::Closed(i),
-                ) = self.inbound.try_send(inbound)
-                    && let Inbound::Forward { channel, .. } = i
-                {
+                ) = self.inbound.try_send(Inbound {
+                    from,
+                    request,
+                    channel,
+                }) {
                     let reply = Reply::Refused {
                         status: 503,
                         message: "node is overloaded".into(),
@@ -410,21 +396,8 @@ impl Driver {
                         .swarm
                         .behaviour_mut()
                         .rpc
-                        .send_response(channel, rpc::seal(self.key.as_ref(), &reply));
+                        .send_response(i.channel, rpc::seal(self.key.as_ref(), &reply));
                 }
-            }
-            Request::Deploy {
-                name,
-                version,
-                wasm,
-            } => {
-                let _ = self.inbound.try_send(Inbound::Deploy {
-                    from,
-                    name,
-                    version,
-                    wasm,
-                    channel,
-                });
             }
         }
     }
@@ -438,19 +411,15 @@ impl Driver {
             self.reject(e);
         }
         let result = match reply {
-            Ok(Reply::Forwarded(bytes) | Reply::Deployed(bytes)) => Ok(bytes),
             Ok(Reply::Refused { status, message }) => Err(MeshError::Refused(status, message)),
-            Ok(Reply::Synced) => Ok(Vec::new()),
+            Ok(reply) => Ok(reply),
             Err(e) => Err(MeshError::Refused(
                 502,
                 format!("answer from {peer} refused: {e}"),
             )),
         };
-        match pending {
-            Pending::Forward(tx) | Pending::Deploy(tx) => {
-                let _ = tx.send(result);
-            }
-            Pending::Sync => {}
+        if let Pending::Call(tx) = pending {
+            let _ = tx.send(result);
         }
     }
 
@@ -490,31 +459,11 @@ impl Driver {
     fn on_command(&mut self, command: Command) {
         let now = self.now();
         match command {
-            Command::Forward {
-                host,
-                name,
+            Command::Request {
+                peer,
                 request,
                 reply,
-            } => self.send(
-                host,
-                &Request::Forward { name, request },
-                Pending::Forward(reply),
-            ),
-            Command::Deploy {
-                peer,
-                name,
-                version,
-                wasm,
-                reply,
-            } => self.send(
-                peer,
-                &Request::Deploy {
-                    name,
-                    version,
-                    wasm,
-                },
-                Pending::Deploy(reply),
-            ),
+            } => self.send(peer, &request, Pending::Call(reply)),
             Command::SetComponents(components) => {
                 self.local.components = components;
                 self.gossip.set_local(now, self.local.clone());

@@ -12,6 +12,7 @@ use crate::components::ComponentInfo;
 use crate::metrics::Metrics;
 use anyhow::{Context, Result};
 use continuum_gossip::{FederationSpec, Location, PeerId, Resources, SwarmKey};
+use continuum_migrate::{MigrationId, Outcome, ToSource, ToTarget};
 use libp2p::Multiaddr;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -95,18 +96,11 @@ pub enum FederationOp {
 }
 
 pub(crate) enum Command {
-    Forward {
-        host: PeerId,
-        name: String,
-        request: Vec<u8>,
-        reply: oneshot::Sender<Result<Vec<u8>, MeshError>>,
-    },
-    Deploy {
+    /// Send a request to a peer; its reply (or a refusal, or a lost connection) comes back.
+    Request {
         peer: PeerId,
-        name: String,
-        version: String,
-        wasm: Vec<u8>,
-        reply: oneshot::Sender<Result<Vec<u8>, MeshError>>,
+        request: rpc::Request,
+        reply: oneshot::Sender<Result<rpc::Reply, MeshError>>,
     },
     SetComponents(Vec<continuum_gossip::Hosted>),
     Federate(FederationOp, oneshot::Sender<Result<(), String>>),
@@ -114,6 +108,10 @@ pub(crate) enum Command {
         channel: libp2p::request_response::ResponseChannel<rpc::Envelope>,
         reply: rpc::Reply,
     },
+}
+
+fn unexpected(peer: PeerId, reply: &rpc::Reply) -> MeshError {
+    MeshError::Refused(502, format!("unexpected answer from {peer}: {reply:?}"))
 }
 
 /// The node's handle on the mesh.
@@ -177,23 +175,60 @@ impl Mesh {
         self.snapshot.read().unwrap().directory.get(name).cloned()
     }
 
-    /// Send a component request (guest ABI encoding) to its host; its answer comes back.
-    pub async fn forward(
-        &self,
-        host: PeerId,
-        name: &str,
-        request: Vec<u8>,
-    ) -> Result<Vec<u8>, MeshError> {
+    /// Send a request to a peer and wait for its reply.
+    async fn request(&self, peer: PeerId, request: rpc::Request) -> Result<rpc::Reply, MeshError> {
         let (reply, rx) = oneshot::channel();
         self.cmd
-            .send(Command::Forward {
-                host,
-                name: name.to_string(),
+            .send(Command::Request {
+                peer,
                 request,
                 reply,
             })
             .map_err(|_| MeshError::Closed)?;
         rx.await.map_err(|_| MeshError::Closed)?
+    }
+
+    /// Send a component request (guest ABI encoding) to its host; its answer comes back.
+    pub async fn forward(
+        &self,
+        host: PeerId,
+        name: &str,
+        hops: u8,
+        request: Vec<u8>,
+    ) -> Result<Vec<u8>, MeshError> {
+        let name = name.to_string();
+        let forward = rpc::Request::Forward {
+            name,
+            hops,
+            request,
+        };
+        match self.request(host, forward).await? {
+            rpc::Reply::Forwarded(bytes) => Ok(bytes),
+            other => Err(unexpected(host, &other)),
+        }
+    }
+
+    /// One step of a migration: a message to the target, and its answer.
+    pub async fn migrate(&self, target: PeerId, msg: ToTarget) -> Result<ToSource, MeshError> {
+        match self.request(target, rpc::Request::Migrate(msg)).await? {
+            rpc::Reply::Migrate(answer) => Ok(answer),
+            other => Err(unexpected(target, &other)),
+        }
+    }
+
+    /// Ask the source of a migration how it ended.
+    pub async fn migration_status(
+        &self,
+        source: PeerId,
+        id: MigrationId,
+    ) -> Result<Outcome, MeshError> {
+        match self
+            .request(source, rpc::Request::MigrationStatus(id))
+            .await?
+        {
+            rpc::Reply::MigrationStatus(outcome) => Ok(outcome),
+            other => Err(unexpected(source, &other)),
+        }
     }
 
     /// Deploy a module on another node.
@@ -204,19 +239,16 @@ impl Mesh {
         version: &str,
         wasm: Vec<u8>,
     ) -> Result<ComponentInfo, MeshError> {
-        let (reply, rx) = oneshot::channel();
-        self.cmd
-            .send(Command::Deploy {
-                peer,
-                name: name.to_string(),
-                version: version.to_string(),
-                wasm,
-                reply,
-            })
-            .map_err(|_| MeshError::Closed)?;
-        let json = rx.await.map_err(|_| MeshError::Closed)??;
-        serde_json::from_slice(&json)
-            .map_err(|e| MeshError::Refused(502, format!("bad answer from {peer}: {e}")))
+        let request = rpc::Request::Deploy {
+            name: name.to_string(),
+            version: version.to_string(),
+            wasm,
+        };
+        match self.request(peer, request).await? {
+            rpc::Reply::Deployed(json) => serde_json::from_slice(&json)
+                .map_err(|e| MeshError::Refused(502, format!("bad answer from {peer}: {e}"))),
+            other => Err(unexpected(peer, &other)),
+        }
     }
 
     /// Tell the mesh which components this node hosts now.

@@ -1,8 +1,10 @@
 //! Direct messages between nodes (libp2p request-response, CBOR): gossip syncs, component
-//! requests forwarded to their host, and deployments placed on another node. Every request and
+//! requests forwarded to their host, deployments placed on another node, and the migration
+//! handshake. Every request and
 //! reply is tagged with the swarm key, so a peer without it can neither ask nor answer.
 
 use continuum_gossip::{Reject, SwarmKey};
+use continuum_migrate::{MigrationId, Outcome, ToSource, ToTarget};
 use serde::{Deserialize, Serialize};
 
 pub const PROTOCOL: &str = "/continuum/rpc/1";
@@ -24,6 +26,9 @@ pub enum Request {
     /// A request for component `name`, in the guest ABI's encoding.
     Forward {
         name: String,
+        /// How many nodes passed it on before this one.
+        #[serde(default)]
+        hops: u8,
         #[serde(with = "serde_bytes")]
         request: Vec<u8>,
     },
@@ -34,6 +39,10 @@ pub enum Request {
         #[serde(with = "serde_bytes")]
         wasm: Vec<u8>,
     },
+    /// A step of a migration to this node (this node is the target).
+    Migrate(ToTarget),
+    /// How a migration from this node ended (a target that got no Commit asks).
+    MigrationStatus(MigrationId),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -43,6 +52,8 @@ pub enum Reply {
     Forwarded(#[serde(with = "serde_bytes")] Vec<u8>),
     /// The deployed component, as the control API describes it (JSON).
     Deployed(#[serde(with = "serde_bytes")] Vec<u8>),
+    Migrate(ToSource),
+    MigrationStatus(Outcome),
     /// Refused, and why (an HTTP status and a message).
     Refused {
         status: u16,

@@ -5,8 +5,9 @@
 use super::instance::{CallError, Instance};
 use super::now_ms;
 use crate::metrics::{CallLabels, Metrics};
+use continuum_gossip::PeerId;
 use continuum_guest::{Request, Response};
-use continuum_migrate::{Digest, Snapshot};
+use continuum_migrate::{Digest, MemoryDelta, Snapshot, Value};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use std::sync::Arc;
@@ -18,12 +19,30 @@ use tokio::sync::oneshot;
 pub enum Command {
     Call {
         req: Request,
-        reply: oneshot::Sender<Result<Response, CallError>>,
+        reply: oneshot::Sender<Answer>,
     },
     /// Capture the state; with `only_if_dirty`, answer `None` if nothing ran since the last one.
     Checkpoint {
         only_if_dirty: bool,
         reply: oneshot::Sender<Result<Option<Snapshot>, String>>,
+    },
+    /// A pre-copy round: the pages changed since `base` (a digest map per memory), and the
+    /// new maps. The component goes on serving.
+    Round {
+        base: Vec<Vec<Digest>>,
+        reply: oneshot::Sender<Result<Round, String>>,
+    },
+    /// Capture the last changed pages and the globals, then hold every request until
+    /// `Unfreeze` (serve them here) or `Moved` (hand them back to be sent to the new host).
+    Freeze {
+        base: Vec<Vec<Digest>>,
+        reply: oneshot::Sender<Result<FinalState, String>>,
+    },
+    Unfreeze,
+    /// The component lives on `to` now: free the instance, and from here on answer every
+    /// request with [`Answer::Moved`] until the last handle is dropped.
+    Moved {
+        to: PeerId,
     },
     /// Finish what is queued before this, optionally take a last checkpoint, then end the
     /// thread. Requests queued after it are refused, so none is acknowledged and then lost.
@@ -33,6 +52,27 @@ pub enum Command {
     },
 }
 
+/// How a request came back from the component thread.
+pub enum Answer {
+    Done(Result<Response, CallError>),
+    /// Not run here: the component moved to this peer; send the request there.
+    Moved(PeerId, Request),
+}
+
+/// One pre-copy round.
+pub struct Round {
+    pub pages: Vec<MemoryDelta>,
+    pub maps: Vec<Vec<Digest>>,
+}
+
+/// What the source sends after the freeze: the state is complete with it.
+pub struct FinalState {
+    pub round: Round,
+    pub globals: Vec<Value>,
+    /// The digest a snapshot of the whole state would have, for the target to check.
+    pub digest: Digest,
+}
+
 /// Figures about one component, readable without asking its thread.
 #[derive(Default)]
 pub struct Stats {
@@ -40,6 +80,8 @@ pub struct Stats {
     pub failed_calls: AtomicU64,
     pub ticks: AtomicU64,
     pub memory_bytes: AtomicU64,
+    /// Location epoch: grows by one each time the component moves.
+    pub epoch: AtomicU64,
 }
 
 /// Why a request did not reach the component.
@@ -49,6 +91,13 @@ pub enum Unavailable {
     Overloaded(String),
     #[error("component {0} was stopped or replaced while the request waited")]
     Gone(String),
+    /// It moved while the request waited; the request was not run and comes back.
+    #[error("component {name} moved to {to}")]
+    Moved {
+        name: String,
+        to: PeerId,
+        req: Box<Request>,
+    },
 }
 
 /// The handle the rest of the node uses to reach a component.
@@ -73,6 +122,7 @@ impl ComponentHandle {
         stats
             .memory_bytes
             .store(inst.memory_bytes(), Ordering::Relaxed);
+        stats.epoch.store(meta.epoch, Ordering::Relaxed);
         let (tx, rx) = std::sync::mpsc::sync_channel(queue_depth);
         let handle = Arc::new(ComponentHandle {
             name: meta.name.clone(),
@@ -102,63 +152,176 @@ impl ComponentHandle {
     pub async fn call(&self, req: Request) -> Result<Result<Response, CallError>, Unavailable> {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Call { req, reply })?;
+        match rx.await {
+            Ok(Answer::Done(r)) => Ok(r),
+            Ok(Answer::Moved(to, req)) => Err(Unavailable::Moved {
+                name: self.name.clone(),
+                to,
+                req: Box::new(req),
+            }),
+            Err(_) => Err(Unavailable::Gone(self.name.clone())),
+        }
+    }
+
+    /// Send a command that must not be refused for a full queue (it waits for room), and
+    /// wait for its answer.
+    async fn ask<T: Send + 'static>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command + Send + 'static,
+    ) -> Result<T, Unavailable> {
+        let (reply, rx) = oneshot::channel();
+        self.tell(make(reply)).await?;
         rx.await.map_err(|_| Unavailable::Gone(self.name.clone()))
     }
 
-    pub async fn checkpoint(&self, only_if_dirty: bool) -> anyhow::Result<Option<Snapshot>> {
-        let (reply, rx) = oneshot::channel();
-        // A checkpoint must not be refused for a full queue: wait for room instead.
+    /// Send a command that must not be refused for a full queue.
+    async fn tell(&self, cmd: Command) -> Result<(), Unavailable> {
         let tx = self.tx.clone();
-        tokio::task::spawn_blocking(move || {
-            tx.send(Command::Checkpoint {
-                only_if_dirty,
-                reply,
-            })
+        match tokio::task::spawn_blocking(move || tx.send(cmd)).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(Unavailable::Gone(self.name.clone())),
+        }
+    }
+
+    pub async fn checkpoint(&self, only_if_dirty: bool) -> anyhow::Result<Option<Snapshot>> {
+        self.ask(move |reply| Command::Checkpoint {
+            only_if_dirty,
+            reply,
         })
         .await?
-        .map_err(|_| Unavailable::Gone(self.name.clone()))?;
-        let snap = rx.await.map_err(|_| Unavailable::Gone(self.name.clone()))?;
-        snap.map_err(|e| anyhow::anyhow!(e))
+        .map_err(|e| anyhow::anyhow!(e))
+    }
+
+    pub async fn round(&self, base: Vec<Vec<Digest>>) -> anyhow::Result<Round> {
+        self.ask(move |reply| Command::Round { base, reply })
+            .await?
+            .map_err(|e| anyhow::anyhow!(e))
+    }
+
+    pub async fn freeze(&self, base: Vec<Vec<Digest>>) -> anyhow::Result<FinalState> {
+        self.ask(move |reply| Command::Freeze { base, reply })
+            .await?
+            .map_err(|e| anyhow::anyhow!(e))
+    }
+
+    pub async fn unfreeze(&self) {
+        let _ = self.tell(Command::Unfreeze).await;
+    }
+
+    pub async fn moved(&self, to: PeerId) {
+        let _ = self.tell(Command::Moved { to }).await;
     }
 
     /// Stop the thread after the commands queued before this one; with `checkpoint`, return
     /// the state it ended with.
     pub async fn stop(&self, checkpoint: bool) -> Option<anyhow::Result<Snapshot>> {
-        let (reply, rx) = oneshot::channel();
-        let tx = self.tx.clone();
-        let sent =
-            tokio::task::spawn_blocking(move || tx.send(Command::Stop { checkpoint, reply })).await;
-        if !matches!(sent, Ok(Ok(()))) {
-            return None;
-        }
-        rx.await
+        self.ask(move |reply| Command::Stop { checkpoint, reply })
+            .await
             .ok()
             .flatten()
             .map(|r| r.map_err(|e| anyhow::anyhow!(e)))
     }
 }
 
-fn run(mut inst: Instance, rx: Receiver<Command>, stats: &Stats, metrics: &Metrics) {
-    let name = inst.meta().name.clone();
-    let counter = |family: &Family<CallLabels, Counter>, outcome| {
+/// The component thread's state.
+struct Actor<'a> {
+    inst: Instance,
+    stats: &'a Stats,
+    metrics: &'a Metrics,
+    name: String,
+    calls_ok: Counter,
+    /// Something ran since the last checkpoint.
+    dirty: bool,
+}
+
+impl Actor<'_> {
+    fn failures(&self, family: &Family<CallLabels, Counter>, outcome: &'static str) -> Counter {
         family
             .get_or_create(&CallLabels {
-                component: name.clone(),
+                component: self.name.clone(),
                 outcome,
             })
             .clone()
-    };
-    let (calls_ok, ticks_ok) = (counter(&metrics.calls, "ok"), counter(&metrics.ticks, "ok"));
-    let mut next_tick = inst.has_tick().then(Instant::now);
-    let mut dirty = false;
+    }
 
-    loop {
-        if let Some(at) = next_tick {
+    fn serve(&mut self, req: Request, reply: oneshot::Sender<Answer>) {
+        self.dirty = true;
+        let result = self.inst.call(&req);
+        self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = &result {
+            self.stats.failed_calls.fetch_add(1, Ordering::Relaxed);
+            self.failures(&self.metrics.calls, e.outcome()).inc();
+            tracing::warn!(target = %req.target, "call failed: {e}");
+        } else {
+            self.calls_ok.inc();
+        }
+        self.stats
+            .memory_bytes
+            .store(self.inst.memory_bytes(), Ordering::Relaxed);
+        let _ = reply.send(Answer::Done(result));
+    }
+
+    fn checkpoint(&mut self) -> Result<Snapshot, String> {
+        self.inst
+            .set_epoch(self.stats.epoch.load(Ordering::Relaxed));
+        self.inst.checkpoint().map_err(|e| e.to_string())
+    }
+
+    fn round(&self, base: &[Vec<Digest>]) -> Round {
+        let (pages, maps) = self.inst.capture_round(base);
+        Round { pages, maps }
+    }
+
+    fn final_state(&mut self, base: &[Vec<Digest>]) -> Result<FinalState, String> {
+        let round = self.round(base);
+        let globals = self.inst.globals().map_err(|e| e.to_string())?;
+        let mut meta = self.inst.meta().clone();
+        meta.epoch = self.stats.epoch.load(Ordering::Relaxed);
+        let maps: Vec<(u64, &[Digest])> = round
+            .pages
+            .iter()
+            .zip(&round.maps)
+            .map(|(p, m)| (p.size, m.as_slice()))
+            .collect();
+        let digest = Snapshot::digest_for(&meta, self.inst.module().digest, &maps, &globals);
+        Ok(FinalState {
+            round,
+            globals,
+            digest,
+        })
+    }
+}
+
+fn run(inst: Instance, rx: Receiver<Command>, stats: &Stats, metrics: &Metrics) {
+    let name = inst.meta().name.clone();
+    let mut next_tick = inst.has_tick().then(Instant::now);
+    let mut a = Actor {
+        calls_ok: metrics
+            .calls
+            .get_or_create(&CallLabels {
+                component: name.clone(),
+                outcome: "ok",
+            })
+            .clone(),
+        inst,
+        stats,
+        metrics,
+        name,
+        dirty: false,
+    };
+    let ticks_ok = a.failures(&metrics.ticks, "ok");
+    // Requests held while frozen for a migration (`None`: not frozen).
+    let mut held: Option<Vec<(Request, oneshot::Sender<Answer>)>> = None;
+
+    let moved_to = loop {
+        // Frozen, the component runs nothing: its state is on its way elsewhere.
+        let next = next_tick.filter(|_| held.is_none());
+        if let Some(at) = next {
             let now = Instant::now();
             if now >= at {
-                dirty = true;
+                a.dirty = true;
                 stats.ticks.fetch_add(1, Ordering::Relaxed);
-                next_tick = match inst.tick(now_ms()) {
+                next_tick = match a.inst.tick(now_ms()) {
                     Ok(Some(period)) => {
                         ticks_ok.inc();
                         // Keep the period anchored to the schedule, not to when we woke up;
@@ -168,7 +331,7 @@ fn run(mut inst: Instance, rx: Receiver<Command>, stats: &Stats, metrics: &Metri
                     }
                     Ok(None) => None,
                     Err(e) => {
-                        counter(&metrics.ticks, e.outcome()).inc();
+                        a.failures(&metrics.ticks, e.outcome()).inc();
                         tracing::warn!("tick failed: {e}; retrying in 1 s");
                         Some(now + Duration::from_secs(1))
                     }
@@ -176,59 +339,86 @@ fn run(mut inst: Instance, rx: Receiver<Command>, stats: &Stats, metrics: &Metri
                 continue;
             }
         }
-        let cmd = match next_tick {
+        let cmd = match next {
             Some(at) => match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
                 Ok(cmd) => cmd,
                 Err(RecvTimeoutError::Timeout) => continue,
-                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Disconnected) => break None,
             },
             None => match rx.recv() {
                 Ok(cmd) => cmd,
-                Err(_) => break,
+                Err(_) => break None,
             },
         };
         match cmd {
-            Command::Call { req, reply } => {
-                dirty = true;
-                let result = inst.call(&req);
-                stats.calls.fetch_add(1, Ordering::Relaxed);
-                match &result {
-                    Ok(_) => {
-                        calls_ok.inc();
-                    }
-                    Err(e) => {
-                        stats.failed_calls.fetch_add(1, Ordering::Relaxed);
-                        counter(&metrics.calls, e.outcome()).inc();
-                        tracing::warn!(target = %req.target, "call failed: {e}");
-                    }
-                };
-                stats
-                    .memory_bytes
-                    .store(inst.memory_bytes(), Ordering::Relaxed);
-                let _ = reply.send(result);
-            }
+            Command::Call { req, reply } => match &mut held {
+                Some(held) => held.push((req, reply)),
+                None => a.serve(req, reply),
+            },
             Command::Checkpoint {
                 only_if_dirty,
                 reply,
             } => {
-                let result = if only_if_dirty && !dirty {
+                let result = if only_if_dirty && !a.dirty {
                     Ok(None)
                 } else {
                     let started = Instant::now();
-                    let snap = inst.checkpoint().map(Some).map_err(|e| e.to_string());
+                    let snap = a.checkpoint().map(Some);
                     metrics
                         .checkpoint_seconds
                         .observe(started.elapsed().as_secs_f64());
-                    dirty = snap.is_err();
+                    a.dirty = snap.is_err();
                     snap
                 };
                 let _ = reply.send(result);
             }
-            Command::Stop { checkpoint, reply } => {
-                let _ =
-                    reply.send(checkpoint.then(|| inst.checkpoint().map_err(|e| e.to_string())));
-                break;
+            Command::Round { base, reply } => {
+                let _ = reply.send(match held {
+                    Some(_) => Err("the component is frozen".into()),
+                    None => Ok(a.round(&base)),
+                });
             }
+            Command::Freeze { base, reply } => {
+                let result = match held {
+                    Some(_) => Err("the component is frozen already".into()),
+                    None => a.final_state(&base),
+                };
+                if result.is_ok() {
+                    held = Some(Vec::new());
+                }
+                let _ = reply.send(result);
+            }
+            Command::Unfreeze => {
+                for (req, reply) in held.take().unwrap_or_default() {
+                    a.serve(req, reply);
+                }
+            }
+            Command::Moved { to } => {
+                for (req, reply) in held.take().unwrap_or_default() {
+                    let _ = reply.send(Answer::Moved(to, req));
+                }
+                break Some(to);
+            }
+            Command::Stop { checkpoint, reply } => {
+                let _ = reply.send(checkpoint.then(|| a.checkpoint()));
+                break None;
+            }
+        }
+    };
+    let Some(to) = moved_to else { return };
+    // The state lives on elsewhere: free it, and send back every request that still comes
+    // (from callers that took the handle before the switch) until the last handle goes.
+    drop(a);
+    tracing::info!(%to, "moved; redirecting late requests");
+    for cmd in rx {
+        match cmd {
+            Command::Call { req, reply } => {
+                let _ = reply.send(Answer::Moved(to, req));
+            }
+            Command::Stop { reply, .. } => {
+                let _ = reply.send(None);
+            }
+            _ => {}
         }
     }
 }

@@ -5,7 +5,9 @@ use super::host::HostState;
 use super::{LoadedModule, Runtime};
 use anyhow::{Context, Result, bail};
 use continuum_guest::{Request, Response, abi};
-use continuum_migrate::{CaptureError, ComponentMeta, Snapshot, StateHandles, digest_hex};
+use continuum_migrate::{
+    CaptureError, ComponentMeta, Digest, MemoryDelta, Snapshot, StateHandles, Value, digest_hex,
+};
 use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::{Memory, Store, Trap, TypedFunc};
@@ -139,13 +141,47 @@ impl Instance {
                 rt.limits.memory_cap >> 20
             );
         }
-        let mut inst = Self::instantiate(rt, module, snap.meta.clone())?;
-        inst.state.restore(&mut inst.store, snap)?;
-        if let Some(f) = inst.on_restore.clone() {
-            inst.guarded(|s| f.call(s, ()))
+        let mut inst = Self::blank(rt, module, snap.meta.clone())?;
+        inst.write_pages(&snap.memories, true)?;
+        inst.finish_restore(&snap.globals)?;
+        Ok(inst)
+    }
+
+    /// An instance on which nothing has run, to write migrated state into: initialisation
+    /// never runs on it, the state it receives was initialised already.
+    pub fn blank(rt: &Runtime, module: Arc<LoadedModule>, meta: ComponentMeta) -> Result<Instance> {
+        Self::instantiate(rt, module, meta)
+    }
+
+    /// Write pages into a blank instance (`whole`: the images are the entire state).
+    pub fn write_pages(&mut self, images: &[MemoryDelta], whole: bool) -> Result<(), CaptureError> {
+        self.state.write_pages(&mut self.store, images, whole)
+    }
+
+    /// Set the globals of restored or migrated state, then let the component know it was
+    /// restored (its `on_restore` export, if any).
+    pub fn finish_restore(&mut self, globals: &[Value]) -> Result<()> {
+        self.state.set_globals(&mut self.store, globals)?;
+        if let Some(f) = self.on_restore.clone() {
+            self.guarded(|s| f.call(s, ()))
                 .context("the component's on_restore failed")?;
         }
-        Ok(inst)
+        Ok(())
+    }
+
+    /// The pages changed since `base` (a digest map per memory) and the new maps: one
+    /// pre-copy round, taken between calls.
+    pub fn capture_round(&self, base: &[Vec<Digest>]) -> (Vec<MemoryDelta>, Vec<Vec<Digest>>) {
+        self.state.capture_changed(&self.store, base)
+    }
+
+    pub fn globals(&mut self) -> Result<Vec<Value>, CaptureError> {
+        self.state.globals(&mut self.store)
+    }
+
+    /// The location epoch that checkpoints record.
+    pub fn set_epoch(&mut self, epoch: u64) {
+        self.meta.epoch = epoch;
     }
 
     pub fn meta(&self) -> &ComponentMeta {
