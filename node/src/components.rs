@@ -216,7 +216,6 @@ impl Components {
     /// requests its thread holds go there, and its saved state here is deleted (the target
     /// holds the only copy from now on).
     pub async fn moved(&self, handle: &Arc<ComponentHandle>, to: PeerId, epoch: u64) {
-        let _op = self.ops.lock().await;
         let name = handle.name.clone();
         self.moved
             .write()
@@ -230,6 +229,9 @@ impl Components {
         }
         self.metrics.components.set(self.len() as i64);
         handle.moved(to).await;
+        // After the switch, not before: requests are held until it. Once out of the map no new
+        // snapshot of it is written; one being written finishes before the lock is ours.
+        let _op = self.ops.lock().await;
         let _ = std::fs::remove_file(self.dir.snapshot(&name));
     }
 

@@ -9,6 +9,7 @@ mod bad_input;
 mod durability;
 mod mdns;
 mod mesh;
+mod migrate;
 mod single_node;
 mod support;
 mod ticks;

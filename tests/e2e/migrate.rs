@@ -1,0 +1,270 @@
+//! Live migration between real nodes: the state arrives exact, the route follows the
+//! component, and under load no request fails, is lost or is applied twice.
+
+use crate::mesh::{mesh, until_full_views};
+use crate::support::{TestNode, guest};
+use bytes::Bytes;
+use http::Method;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+fn args(_: usize) -> Vec<String> {
+    vec!["--advert-expiry".into(), "3s".into()]
+}
+
+/// `continuum migrate NAME --to PEER --json` against the node that hosts it.
+fn migrate(host: &TestNode, name: &str, to: &TestNode, extra: &[&str]) -> serde_json::Value {
+    let mut a = vec!["migrate", name, "--to", to.peer_id(), "--json"];
+    a.extend(extra);
+    let p: serde_json::Value = serde_json::from_str(&host.ok(&a)).unwrap();
+    assert_eq!(p["step"], "done", "{p:#}");
+    p
+}
+
+fn host_of(r: &continuum::client::Reply) -> String {
+    r.headers[continuum::http::HOST_HEADER]
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counter_kv_and_sensor_filter_move_with_exact_state() {
+    let nodes = mesh(3, args);
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    until_full_views(&[a, b, c], Duration::from_secs(30)).await;
+    a.ok(&["deploy", &guest("counter"), "--name", "counter"]);
+    a.ok(&["deploy", &guest("kv"), "--name", "kv"]);
+    a.ok(&["deploy", &guest("sensor-filter"), "--name", "sensor"]);
+
+    // counter: A -> B, read through C.
+    for _ in 0..25 {
+        assert_eq!(a.h1(Method::POST, "/c/counter/incr", b"").await.status, 200);
+    }
+    let p = migrate(a, "counter", b, &[]);
+    assert_eq!(p["report"]["epoch"], 2, "{p:#}");
+    assert_eq!(p["report"]["module_sent"], true, "{p:#}");
+    let r = c.h1(Method::GET, "/c/counter/count", b"").await;
+    assert_eq!(r.text(), "25");
+    assert_eq!(host_of(&r), b.peer_id());
+    // The old host forwards what still reaches it.
+    let r = a.h1(Method::POST, "/c/counter/incr", b"").await;
+    assert_eq!((r.status, host_of(&r)), (200, b.peer_id().to_string()));
+
+    // kv with 64 MiB: A -> B with pre-copy, then B -> C stop-and-copy.
+    let r = a.h1(Method::POST, "/c/kv/fill?mb=64", b"").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        a.h1(Method::PUT, "/c/kv/k/hello", b"world").await.status,
+        201
+    );
+    let digest = a.h1(Method::GET, "/c/kv/digest", b"").await.text();
+    let p = migrate(a, "kv", b, &[]);
+    let report = &p["report"];
+    assert!(
+        report["precopy_bytes"].as_u64().unwrap() >= 64 << 20,
+        "{p:#}"
+    );
+    eprintln!(
+        "kv 64 MiB pre-copy A->B: {} rounds, downtime {} ms, total {} ms",
+        report["rounds"], report["downtime_ms"], report["total_ms"]
+    );
+    assert_eq!(c.h1(Method::GET, "/c/kv/digest", b"").await.text(), digest);
+    let p = migrate(b, "kv", c, &["--stop-and-copy"]);
+    let report = &p["report"];
+    assert_eq!(report["rounds"], 0, "{p:#}");
+    assert!(report["final_bytes"].as_u64().unwrap() >= 64 << 20, "{p:#}");
+    eprintln!(
+        "kv 64 MiB stop-and-copy B->C: downtime {} ms, total {} ms",
+        report["downtime_ms"], report["total_ms"]
+    );
+    let r = a.h1(Method::GET, "/c/kv/digest", b"").await;
+    assert_eq!((r.text(), host_of(&r)), (digest, c.peer_id().to_string()));
+    assert_eq!(
+        a.h1(Method::GET, "/c/kv/k/hello", b"").await.text(),
+        "world"
+    );
+
+    // sensor-filter: ticks go on from where they were, with a short gap.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stats = |r: continuum::client::Reply| -> serde_json::Value {
+        serde_json::from_slice(&r.body).unwrap()
+    };
+    a.h1(Method::POST, "/c/sensor/reset-gap", b"").await;
+    let before = stats(a.h1(Method::GET, "/c/sensor/stats", b"").await);
+    migrate(a, "sensor", c, &[]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = stats(c.h1(Method::GET, "/c/sensor/stats", b"").await);
+    let (t0, t1) = (
+        before["ticks"].as_u64().unwrap(),
+        after["ticks"].as_u64().unwrap(),
+    );
+    assert!(t1 > t0, "ticks went back: {before} -> {after}");
+    eprintln!(
+        "sensor-filter across a migration: largest gap between ticks {} ms (period {} ms)",
+        after["max_gap_ms"], after["period_ms"]
+    );
+    assert!(after["max_gap_ms"].as_u64().unwrap() < 1000, "{after}");
+
+    // Every node agrees on where each one is now.
+    for n in [a, b, c] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let ls: Vec<serde_json::Value> =
+                serde_json::from_str(&n.ok(&["ls", "--json"])).unwrap();
+            let at = |name: &str| {
+                ls.iter().find(|x| x["name"] == name).map(|x| {
+                    (
+                        x["host"].as_str().unwrap().to_string(),
+                        x["epoch"].as_u64().unwrap(),
+                    )
+                })
+            };
+            let want = [
+                ("counter", b.peer_id(), 2),
+                ("kv", c.peer_id(), 3),
+                ("sensor", c.peer_id(), 2),
+            ];
+            if want
+                .iter()
+                .all(|(name, host, epoch)| at(name) == Some((host.to_string(), *epoch)))
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{} sees {ls:#?}", n.peer_id());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert!(
+        a.metric("continuum_migrations_total{role=\"source\",outcome=\"ok\"}")
+            .await
+            >= 3
+    );
+    assert!(
+        c.metric("continuum_migrations_total{role=\"target\",outcome=\"ok\"}")
+            .await
+            >= 2
+    );
+}
+
+/// Counts of one client's requests.
+#[derive(Default)]
+struct Tally {
+    ok: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// Send `POST /c/counter/incr` over one kept-alive HTTP/1.1 connection, at most `rate` per
+/// second, until `stop`.
+async fn h1_load(node: std::net::SocketAddr, rate: u64, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
+    use http_body_util::{BodyExt, Full};
+    let stream = tokio::net::TcpStream::connect(node).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
+    while !stop.load(Ordering::Relaxed) {
+        tick.tick().await;
+        let req = http::Request::post("/c/counter/incr")
+            .header(http::header::HOST, node.to_string())
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = send
+            .send_request(req)
+            .await
+            .expect("the kept-alive connection broke");
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        if status == 200 {
+            tally.ok.fetch_add(1, Ordering::Relaxed);
+        } else {
+            tally.failed.fetch_add(1, Ordering::Relaxed);
+            eprintln!("h1: {status} {}", String::from_utf8_lossy(&body));
+        }
+    }
+}
+
+/// The same over one HTTP/3 connection.
+async fn h3_load(node: &TestNode, rate: u64, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
+    let mut h3 = node.h3().await;
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
+    while !stop.load(Ordering::Relaxed) {
+        tick.tick().await;
+        let r = h3
+            .request(Method::POST, "/c/counter/incr", Bytes::new(), None)
+            .await
+            .expect("the HTTP/3 connection broke");
+        if r.status == 200 {
+            tally.ok.fetch_add(1, Ordering::Relaxed);
+        } else {
+            tally.failed.fetch_add(1, Ordering::Relaxed);
+            eprintln!("h3: {} {}", r.status, r.text());
+        }
+    }
+    h3.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_request_lost_or_applied_twice_while_counter_moves_ten_times_under_load() {
+    const LOAD: Duration = Duration::from_secs(30);
+    const MIGRATIONS: usize = 10;
+    const RATE: u64 = 200; // per client: 400 requests/s in all
+    let nodes = mesh(4, args);
+    let (a, b, c, d) = (&nodes[0], &nodes[1], &nodes[2], &nodes[3]);
+    until_full_views(&[a, b, c, d], Duration::from_secs(30)).await;
+    a.ok(&["deploy", &guest("counter"), "--name", "counter"]);
+    // D must know where counter is before its client starts.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d.h1(Method::GET, "/c/counter/count", b"").await.status != 200 {
+        assert!(Instant::now() < deadline, "D never learnt of counter");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (t1, t3) = (Arc::new(Tally::default()), Arc::new(Tally::default()));
+    let started = Instant::now();
+    let h1 = tokio::spawn(h1_load(a.addr(), RATE, stop.clone(), t1.clone()));
+    let h3 = {
+        let (stop, t3) = (stop.clone(), t3.clone());
+        async move { h3_load(d, RATE, stop, t3).await }
+    };
+    let migrations = async {
+        let ring = [a, b, c];
+        let mut downtimes = Vec::new();
+        for i in 0..MIGRATIONS {
+            // Spread the moves over the load, the first after a second of it.
+            let due = Duration::from_secs(1) + LOAD.mul_f64(i as f64 / MIGRATIONS as f64);
+            tokio::time::sleep(due.saturating_sub(started.elapsed())).await;
+            let (from, to) = (ring[i % 3], ring[(i + 1) % 3]);
+            let p = tokio::task::block_in_place(|| migrate(from, "counter", to, &[]));
+            downtimes.push(p["report"]["downtime_ms"].as_u64().unwrap());
+        }
+        tokio::time::sleep(LOAD.saturating_sub(started.elapsed())).await;
+        stop.store(true, Ordering::Relaxed);
+        downtimes
+    };
+    let (downtimes, ()) = tokio::join!(migrations, h3);
+    h1.await.unwrap();
+    let elapsed = started.elapsed();
+
+    let (ok1, ok3) = (t1.ok.load(Ordering::Relaxed), t3.ok.load(Ordering::Relaxed));
+    let failed = t1.failed.load(Ordering::Relaxed) + t3.failed.load(Ordering::Relaxed);
+    let count: u64 = a
+        .h1(Method::GET, "/c/counter/count", b"")
+        .await
+        .text()
+        .parse()
+        .unwrap();
+    eprintln!(
+        "{MIGRATIONS} migrations under load: {ok1} h1 + {ok3} h3 increments in {elapsed:.1?} ({:.0} requests/s), {failed} failed, downtimes {downtimes:?} ms, final count {count}",
+        (ok1 + ok3) as f64 / elapsed.as_secs_f64()
+    );
+    assert_eq!(failed, 0);
+    assert_eq!(count, ok1 + ok3, "a request was lost or applied twice");
+    // It made the whole round three times and a bit: A -> B -> C -> A ... -> B.
+    let r = c.h1(Method::GET, "/c/counter/count", b"").await;
+    assert_eq!(host_of(&r), b.peer_id());
+}
