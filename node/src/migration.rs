@@ -101,6 +101,18 @@ impl Migrations {
     }
 }
 
+/// Fault injection for the tests: with `CONTINUUM_FAULT=POINT`, the process dies (SIGKILL,
+/// as `kill -9`) when a migration reaches POINT: `target:offer`, `target:pages`,
+/// `target:final` (on receipt), `target:ready` (restored, before answering), `source:switch`
+/// (on the target's Ready, before switching).
+fn fault(point: &str) {
+    if std::env::var("CONTINUUM_FAULT").is_ok_and(|f| f == point) {
+        tracing::error!("fault injection: dying at {point}");
+        // SAFETY: kill(2) on our own pid.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    }
+}
+
 fn now(node: &Node) -> u64 {
     node.started.elapsed().as_millis() as u64
 }
@@ -311,6 +323,7 @@ async fn drive(
                 }
             }
             SourceAction::Switch { epoch } => {
+                fault("source:switch");
                 node.components.moved(&handle, to, epoch).await;
                 node.announce_components();
                 migrations.update(id, |p| {
@@ -386,6 +399,12 @@ pub fn outcome(node: &Node, id: MigrationId) -> Option<Outcome> {
 /// The target side: answer one message of a migration to this node.
 pub async fn on_message(node: &Arc<Node>, from: PeerId, msg: ToTarget) -> ToSource {
     let id = msg.id();
+    match &msg {
+        ToTarget::Offer(_) => fault("target:offer"),
+        ToTarget::Pages { .. } => fault("target:pages"),
+        ToTarget::Final { .. } => fault("target:final"),
+        _ => {}
+    }
     let msg = match msg {
         ToTarget::Offer(offer) => return offered(node, from, offer).await,
         msg => msg,
@@ -455,6 +474,7 @@ pub async fn on_message(node: &Arc<Node>, from: PeerId, msg: ToTarget) -> ToSour
                 match node.components.adopt(inst).await {
                     Ok(h) => {
                         st.handle = Some(h);
+                        fault("target:ready");
                         st.target.ready(now(node))
                     }
                     Err(e) => st.target.failed(e.to_string()),

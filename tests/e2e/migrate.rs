@@ -268,3 +268,92 @@ async fn no_request_lost_or_applied_twice_while_counter_moves_ten_times_under_lo
     let r = c.h1(Method::GET, "/c/counter/count", b"").await;
     assert_eq!(host_of(&r), b.peer_id());
 }
+
+/// Deploy counter on `a`, put load on it, try to move it to `b` (set up to die at some step),
+/// and check that nothing was lost and it still serves from `a`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_killed_at_any_step_leaves_the_component_serving_at_the_source() {
+    for point in [
+        "target:offer",
+        "target:pages",
+        "target:final",
+        "target:ready",
+    ] {
+        // A dead QUIC peer is noticed by the step timeout (a kill -9 sends no close).
+        let a = TestNode::start(&["--advert-expiry", "3s", "--migration-timeout", "2s"]);
+        let b = TestNode::start_env(
+            &["--advert-expiry", "3s", "--join", &a.p2p()],
+            &[("CONTINUUM_FAULT", point)],
+        );
+        until_full_views(&[&a, &b], Duration::from_secs(30)).await;
+        a.ok(&["deploy", &guest("counter"), "--name", "counter"]);
+        let stop = Arc::new(AtomicBool::new(false));
+        let tally = Arc::new(Tally::default());
+        let load = tokio::spawn(h1_load(a.addr(), 200, stop.clone(), tally.clone()));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let err =
+            tokio::task::block_in_place(|| a.fails(&["migrate", "counter", "--to", b.peer_id()]));
+        assert!(err.contains("aborted"), "{point}: {err}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.store(true, Ordering::Relaxed);
+        load.await.unwrap();
+        let (ok, failed) = (
+            tally.ok.load(Ordering::Relaxed),
+            tally.failed.load(Ordering::Relaxed),
+        );
+        let r = a.h1(Method::GET, "/c/counter/count", b"").await;
+        eprintln!("target killed at {point}: {err}; {ok} requests served meanwhile");
+        assert_eq!(failed, 0, "{point}");
+        assert_eq!(
+            (r.text(), host_of(&r)),
+            (ok.to_string(), a.peer_id().to_string()),
+            "{point}"
+        );
+        assert!(
+            a.metric("continuum_migrations_total{role=\"source\",outcome=\"aborted\"}")
+                .await
+                >= 1
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_killed_after_ready_leaves_the_target_serving() {
+    let common = ["--advert-expiry", "3s", "--migration-timeout", "2s"];
+    let a = TestNode::start_env(&common, &[("CONTINUUM_FAULT", "source:switch")]);
+    let join = a.p2p();
+    let joined = || {
+        let mut v = common.to_vec();
+        v.extend(["--join", &join]);
+        TestNode::start(&v)
+    };
+    let (b, c) = (joined(), joined());
+    until_full_views(&[&a, &b, &c], Duration::from_secs(30)).await;
+    a.ok(&["deploy", &guest("counter"), "--name", "counter"]);
+    for _ in 0..7 {
+        a.h1(Method::POST, "/c/counter/incr", b"").await;
+    }
+    // The source dies the moment the target is ready: the CLI loses its node.
+    let _ = tokio::task::block_in_place(|| a.cli(&["migrate", "counter", "--to", b.peer_id()]));
+    let started = Instant::now();
+    loop {
+        let r = c.h1(Method::GET, "/c/counter/count", b"").await;
+        if r.status == 200 && host_of(&r) == b.peer_id() && r.text() == "7" {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the target never took over: {} {}\nB:\n{}\nC:\n{}",
+            r.status,
+            r.text(),
+            b.log(),
+            c.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "target took over {:.1?} after the source died",
+        started.elapsed()
+    );
+    assert!(b.log().contains("taking over"), "{}", b.log());
+}

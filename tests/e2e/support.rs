@@ -31,18 +31,23 @@ pub struct TestNode {
 impl TestNode {
     /// A node on a fresh data directory.
     pub fn start(extra: &[&str]) -> TestNode {
+        Self::start_env(extra, &[])
+    }
+
+    /// A node on a fresh data directory, with extra environment (fault injection).
+    pub fn start_env(extra: &[&str], env: &[(&str, &str)]) -> TestNode {
         let tmp = tempfile::tempdir().unwrap();
-        let mut node = Self::start_in(&tmp.path().join("data"), extra);
+        let mut node = Self::try_start_in(&tmp.path().join("data"), extra, env).unwrap();
         node._tmp = Some(tmp);
         node
     }
 
     /// A node on `dir` (which may hold an earlier node's state).
     pub fn start_in(dir: &Path, extra: &[&str]) -> TestNode {
-        Self::try_start_in(dir, extra).unwrap()
+        Self::try_start_in(dir, extra, &[]).unwrap()
     }
 
-    fn try_start_in(dir: &Path, extra: &[&str]) -> Result<TestNode> {
+    fn try_start_in(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Result<TestNode> {
         std::fs::create_dir_all(dir)?;
         // A node killed with -9 leaves its node.json behind; wait for the new one.
         let json = continuum::datadir::node_json_path(dir);
@@ -53,6 +58,7 @@ impl TestNode {
             .arg(dir)
             .args(extra)
             .env("CONTINUUM_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

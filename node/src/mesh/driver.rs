@@ -22,6 +22,9 @@ use tokio::sync::{mpsc, oneshot};
 
 const TOPIC: &str = "continuum/gossip/1";
 
+/// Peers a node connects to on its own once it hears of them.
+const DIRECT_PEERS: usize = 8;
+
 /// A request from another node that the node (not the driver) must answer, through
 /// `Mesh::respond`.
 pub struct Inbound {
@@ -511,6 +514,14 @@ impl Driver {
                 Event::PeerUp(peer) => {
                     tracing::info!(%peer, "peer joined the view");
                     self.learn_addresses(peer);
+                    // Connect to peers met through others, up to a degree: a mesh held together
+                    // by its bootstrap peer alone falls apart when that peer dies.
+                    if !self.swarm.is_connected(&peer)
+                        && self.swarm.connected_peers().count() < DIRECT_PEERS
+                        && let Err(e) = self.swarm.dial(peer)
+                    {
+                        tracing::debug!(%peer, "cannot dial: {e}");
+                    }
                 }
                 Event::PeerDown(peer) => {
                     tracing::info!(%peer, "peer left the view (no advert within its expiry)")
