@@ -124,6 +124,30 @@ pub trait Component: Default + 'static {
     /// Called on the restored instance after a checkpoint was restored (on another node, or
     /// after a restart): a place to drop caches of things that do not travel, such as times.
     fn on_restore(&mut self) {}
+
+    /// The layout of the state [`Component::save`] writes; a newer version's
+    /// [`Component::upgrade`] is told which one it reads.
+    const STATE_VERSION: u32 = 1;
+
+    /// Live update, old side: the state, for a newer version of the component to take over
+    /// (`continuum update`). `None`, the default: this component cannot hand over its state, so
+    /// it cannot be updated live.
+    fn save(&self) -> Option<Vec<u8>> {
+        None
+    }
+
+    /// Live update, new side: build the component from what [`Component::save`] of state layout
+    /// `from_version` wrote. An error or a panic rolls the update back: the old version goes on
+    /// with its state untouched.
+    fn upgrade(from_version: u32, saved: &[u8]) -> Result<Self, String>
+    where
+        Self: Sized,
+    {
+        let _ = saved;
+        Err(format!(
+            "this version cannot take over state of layout {from_version}"
+        ))
+    }
 }
 
 /// Milliseconds since the Unix epoch, from the host (the same clock on every node of a mesh,
@@ -164,6 +188,21 @@ macro_rules! export {
         #[unsafe(no_mangle)]
         pub extern "C" fn continuum_on_restore() {
             $crate::rt::on_restore(&__CONTINUUM_STATE)
+        }
+
+        #[unsafe(no_mangle)]
+        pub extern "C" fn continuum_state_version() -> i32 {
+            <$ty as $crate::Component>::STATE_VERSION as i32
+        }
+
+        #[unsafe(no_mangle)]
+        pub extern "C" fn continuum_save() -> i64 {
+            $crate::rt::save(&__CONTINUUM_STATE)
+        }
+
+        #[unsafe(no_mangle)]
+        pub extern "C" fn continuum_upgrade(from_version: i32, ptr: i32, len: i32) -> i64 {
+            $crate::rt::upgrade(&__CONTINUUM_STATE, from_version, ptr, len)
         }
     };
 }

@@ -49,9 +49,7 @@ pub fn handle<C: Component>(state: &Slot<C>, ptr: i32, len: i32) -> i64 {
         Err(e) => Response::text(400, format!("request did not decode: {e}\n")),
     };
     drop(bytes);
-    let out = RESPONSE.get();
-    *out = abi::encode_response(&resp);
-    ((out.as_ptr() as usize as i64) << 32) | out.len() as i64
+    hand_out(abi::encode_response(&resp))
 }
 
 pub fn tick<C: Component>(state: &Slot<C>, now_ms: i64) -> i32 {
@@ -63,6 +61,36 @@ pub fn tick<C: Component>(state: &Slot<C>, now_ms: i64) -> i32 {
 
 pub fn on_restore<C: Component>(state: &Slot<C>) {
     state.get().on_restore()
+}
+
+/// Leave `bytes` where the host can copy them from until the next call; their (ptr, len).
+fn hand_out(bytes: Vec<u8>) -> i64 {
+    let out = RESPONSE.get();
+    *out = bytes;
+    ((out.as_ptr() as usize as i64) << 32) | out.len() as i64
+}
+
+/// The saved state as (ptr, len), or -1 if the component cannot hand it over.
+pub fn save<C: Component>(state: &Slot<C>) -> i64 {
+    match state.get().save() {
+        Some(bytes) => hand_out(bytes),
+        None => -1,
+    }
+}
+
+/// 0 if the component took over the saved state; else the (ptr, len) of why not.
+pub fn upgrade<C: Component>(state: &Slot<C>, from_version: i32, ptr: i32, len: i32) -> i64 {
+    // SAFETY: the host wrote `len` bytes into the buffer that `alloc(len)` returned.
+    let saved = unsafe { Vec::from_raw_parts(ptr as usize as *mut u8, len as usize, len as usize) };
+    match C::upgrade(from_version as u32, &saved) {
+        Ok(c) => {
+            // SAFETY: as in `Slot::get`: no other reference is live during a call.
+            unsafe { *state.0.get() = Some(c) };
+            0
+        }
+        Err(e) if e.is_empty() => hand_out(b"upgrade failed".to_vec()),
+        Err(e) => hand_out(e.into_bytes()),
+    }
 }
 
 #[cfg(target_arch = "wasm32")]

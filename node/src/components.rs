@@ -68,6 +68,7 @@ pub struct Components {
     dir: DataDir,
     metrics: Arc<Metrics>,
     peer_id: String,
+    me: PeerId,
     map: RwLock<BTreeMap<String, Arc<ComponentHandle>>>,
     /// Components that moved away: where to, at which epoch. Requests that still come here
     /// follow them, whatever the gossip says yet.
@@ -107,6 +108,7 @@ impl Components {
             rt,
             dir,
             metrics,
+            me: peer_id.parse().expect("the node's own peer id parses"),
             peer_id,
             map: RwLock::default(),
             moved: RwLock::default(),
@@ -250,6 +252,100 @@ impl Components {
         }
         self.metrics.components.set(self.len() as i64);
         handle.stop(false).await;
+    }
+
+    /// Live update: start `wasm` as the new version of `name`, hand it the running version's
+    /// state through the component's `save` and `upgrade`, and switch; requests that arrive
+    /// meanwhile are held, then served by the new version. If anything fails the running
+    /// version goes on with its state, untouched.
+    pub async fn update(
+        &self,
+        name: &str,
+        version: Option<&str>,
+        wasm: Vec<u8>,
+    ) -> Result<ComponentInfo, ApiError> {
+        let _op = self.ops.lock().await;
+        let old = self.get(name).ok_or_else(|| not_found(name))?;
+        let version = match version {
+            Some(v) => v.to_string(),
+            None => match old.version.parse::<u64>() {
+                Ok(n) => (n + 1).to_string(),
+                Err(_) => format!("{}-next", old.version),
+            },
+        };
+        let rt = self.rt.clone();
+        let module = blocking(move || rt.load(&wasm))
+            .await?
+            .map_err(|e| self.bad("bad_module", format!("module refused: {e:#}")))?;
+        if module.digest == old.digest {
+            return Err(ApiError::Conflict(format!(
+                "component {name} runs module {} already",
+                digest_hex(&old.digest)
+            )));
+        }
+        let started = std::time::Instant::now();
+        let (layout, saved) = old.handoff().await.map_err(|e| {
+            self.bad(
+                "update_refused",
+                format!(
+                    "update refused: version {} of {name} cannot hand over its state: {e:#}",
+                    old.version
+                ),
+            )
+        })?;
+        // Frozen from here: every request to the component waits.
+        let rt = self.rt.clone();
+        let meta = ComponentMeta {
+            name: name.to_string(),
+            version: version.clone(),
+            abi: continuum_guest::ABI_VERSION,
+            epoch: old.stats.epoch.load(Ordering::Relaxed),
+        };
+        let saved_len = saved.len();
+        let next = blocking(move || -> anyhow::Result<Instance> {
+            let mut next = Instance::fresh(&rt, module, meta)?;
+            next.upgrade(layout, &saved)?;
+            Ok(next)
+        })
+        .await?;
+        let next = match next {
+            Ok(n) => n,
+            Err(e) => {
+                old.unfreeze().await;
+                self.metrics.update("rolled_back");
+                tracing::warn!(component = name, "update to {version} rolled back: {e:#}");
+                return Err(self.bad(
+                    "update_refused",
+                    format!(
+                        "update to version {version} rolled back; {name} goes on at version {} with its state: {e:#}",
+                        old.version
+                    ),
+                ));
+            }
+        };
+        let handle = ComponentHandle::spawn(next, self.metrics.clone(), self.rt.limits.queue_depth)
+            .map_err(|e| ApiError::Internal(format!("starting the component thread: {e}")))?;
+        self.map
+            .write()
+            .unwrap()
+            .insert(name.to_string(), handle.clone());
+        // The old thread hands back what it held; those requests find the new version.
+        old.moved(self.me).await;
+        let paused = started.elapsed();
+        self.metrics.update("ok");
+        tracing::info!(
+            component = name,
+            from = %old.version,
+            to = %version,
+            layout,
+            state_bytes = saved_len,
+            paused_ms = paused.as_secs_f64() * 1000.0,
+            "updated live"
+        );
+        if let Some(snap) = handle.checkpoint(false).await? {
+            self.write_snapshot(&snap, "update").await?;
+        }
+        Ok(self.info(&handle))
     }
 
     /// Checkpoint one component to disk now.

@@ -40,6 +40,11 @@ pub struct TriggerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MigrationLabels {
     /// `source` or `target`.
     pub role: &'static str,
@@ -70,6 +75,7 @@ pub struct Metrics {
     pub migration_downtime_seconds: Histogram,
     /// Page bytes sent by migrations from this node.
     pub migration_bytes: Counter,
+    pub updates: Family<OutcomeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -93,6 +99,7 @@ impl Default for Metrics {
             migrations: Family::default(),
             migration_downtime_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             migration_bytes: Counter::default(),
+            updates: Family::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -171,6 +178,11 @@ impl Default for Metrics {
             "Page bytes sent by migrations from this node",
             m.migration_bytes.clone(),
         );
+        r.register(
+            "updates",
+            "Live updates, by outcome (ok, rolled_back)",
+            m.updates.clone(),
+        );
         m
     }
 }
@@ -185,6 +197,10 @@ impl Metrics {
         self.migrations
             .get_or_create(&MigrationLabels { role, outcome })
             .inc();
+    }
+
+    pub fn update(&self, outcome: &'static str) {
+        self.updates.get_or_create(&OutcomeLabels { outcome }).inc();
     }
 
     /// Serve another subsystem's registry at `/metrics` too.

@@ -357,3 +357,67 @@ async fn a_source_killed_after_ready_leaves_the_target_serving() {
     );
     assert!(b.log().contains("taking over"), "{}", b.log());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_update_under_load_carries_the_state_and_a_broken_upgrade_rolls_back() {
+    let nodes = mesh(2, args);
+    let (a, d) = (&nodes[0], &nodes[1]);
+    until_full_views(&[a, d], Duration::from_secs(30)).await;
+    a.ok(&["deploy", &guest("counter"), "--name", "counter"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d.h1(Method::GET, "/c/counter/count", b"").await.status != 200 {
+        assert!(Instant::now() < deadline, "D never learnt of counter");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let (t1, t3) = (Arc::new(Tally::default()), Arc::new(Tally::default()));
+    let h1 = tokio::spawn(h1_load(a.addr(), 200, stop.clone(), t1.clone()));
+    let h3 = {
+        let (stop, t3) = (stop.clone(), t3.clone());
+        async move { h3_load(d, 200, stop, t3).await }
+    };
+    let updates = async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let out =
+            tokio::task::block_in_place(|| a.ok(&["update", "counter", &guest("counter-v2")]));
+        assert!(out.contains("version 2"), "{out}");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let err = tokio::task::block_in_place(|| {
+            a.fails(&["update", "counter", &guest("counter-v2-broken")])
+        });
+        assert!(err.contains("rolled back"), "{err}");
+        assert!(
+            err.contains("upgrade is broken on purpose") || err.contains("trap"),
+            "{err}"
+        );
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        stop.store(true, Ordering::Relaxed);
+        err
+    };
+    let (err, ()) = tokio::join!(updates, h3);
+    h1.await.unwrap();
+    let (ok1, ok3) = (t1.ok.load(Ordering::Relaxed), t3.ok.load(Ordering::Relaxed));
+    let failed = t1.failed.load(Ordering::Relaxed) + t3.failed.load(Ordering::Relaxed);
+    let count: u64 = a
+        .h1(Method::GET, "/c/counter/count", b"")
+        .await
+        .text()
+        .parse()
+        .unwrap();
+    eprintln!(
+        "live update under load: {ok1} h1 + {ok3} h3 increments, {failed} failed, final count {count}; rollback said: {err}"
+    );
+    assert_eq!(failed, 0);
+    assert_eq!(count, ok1 + ok3, "a request was lost or applied twice");
+    let v = a.h1(Method::GET, "/c/counter/version", b"").await.text();
+    assert_eq!(v, "2 (from layout 1)");
+    assert_eq!(a.metric("continuum_updates_total{outcome=\"ok\"}").await, 1);
+    assert_eq!(
+        a.metric("continuum_updates_total{outcome=\"rolled_back\"}")
+            .await,
+        1
+    );
+    // The new version is what comes back after a restart.
+    let ls = a.ok(&["ls", "--json"]);
+    assert!(ls.contains("\"version\": \"2\""), "{ls}");
+}

@@ -36,11 +36,7 @@ impl DeployArgs {
                 .to_string(),
         };
         crate::components::check_name(&name).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let version: String = self
-            .version
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric() || "._-+".contains(*c))
-            .collect();
+        let version = super::version_label(&self.version);
         let mut target = format!("/v1/components/{name}?version={version}");
         if let Some(peer) = &self.on {
             target.push_str(&format!("&on={peer}"));

@@ -12,6 +12,7 @@ mod node;
 mod restore;
 mod rm;
 mod status;
+mod update;
 
 use crate::client::{self, Reply};
 use crate::config::default_data_dir;
@@ -53,6 +54,8 @@ enum Command {
     Restore(restore::RestoreArgs),
     /// Move a running component to another node with its state, without dropping requests.
     Migrate(migrate::MigrateArgs),
+    /// Replace a running component by a new version that takes over its state, live.
+    Update(update::UpdateArgs),
     /// Remove a component and its saved state.
     Rm(rm::RmArgs),
     /// Make a swarm key: nodes started with the same --swarm-key form one swarm.
@@ -86,6 +89,7 @@ impl Cli {
                     Command::Restore(a) => a.run().await,
                     Command::Rm(a) => a.run().await,
                     Command::Migrate(a) => a.run().await,
+                    Command::Update(a) => a.run().await,
                     Command::Keygen(a) => a.run().await,
                     Command::Federate(a) => a.run().await,
                 }
@@ -180,6 +184,13 @@ impl ClientArgs {
         let reply = self.api(method, target, body).await?;
         serde_json::from_slice(&reply.body).context("the node's answer is not the JSON expected")
     }
+}
+
+/// A version label as it may travel in a query string.
+fn version_label(v: &str) -> String {
+    v.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || "._-".contains(*c))
+        .collect()
 }
 
 /// `12.3 MiB` and the like.

@@ -9,6 +9,7 @@
 //! POST   /v1/components/NAME/checkpoint[?module=true]   a snapshot (CBOR body)
 //! POST   /v1/restore[?name=NAME]              restore (body: a snapshot)
 //! POST   /v1/components/NAME/migrate          live migration (JSON: to = PEER_ID|auto, stop_and_copy); 202
+//! PUT    /v1/components/NAME/update[?version=V]   live update (body: the new module)
 //! GET    /v1/migrations[/ID]                  migrations from this node, their progress
 //! GET    /v1/federations                      federations this node knows
 //! POST   /v1/federations                      propose one (JSON: name, objective, require, min_members, lease_ms)
@@ -108,6 +109,16 @@ pub async fn handle(node: &Arc<Node>, rest: &str, req: Request<Bytes>) -> Respon
                     "invalid migration request (want {{\"to\": PEER_ID|\"auto\", \"stop_and_copy\": bool}}): {e}"
                 ))),
             }
+        }
+        (&Method::PUT | &Method::POST, ["components", name, "update"]) => {
+            let version = query("version");
+            node.components
+                .update(name, version.as_deref(), req.into_body().to_vec())
+                .await
+                .map(|info| {
+                    node.announce_components();
+                    json(StatusCode::OK, &info)
+                })
         }
         (&Method::GET, ["migrations"]) => Ok(json(StatusCode::OK, &node.migrations.list())),
         (&Method::GET, ["migrations", id]) => id

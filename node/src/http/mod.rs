@@ -186,14 +186,20 @@ pub const MAX_HOPS: u8 = 4;
 /// from another node. The answer names the node that served it in `x-continuum-host`.
 pub async fn serve(node: &Node, name: &str, req: GuestRequest, hops: u8) -> GuestResponse {
     let here = &node.peer_id;
-    let req = match node.components.get(name) {
-        Some(handle) => match handle.call(req).await {
+    let mut req = req;
+    // A live update replaces the component here while the request waits: it comes back and
+    // goes to the new version.
+    while let Some(handle) = node.components.get(name) {
+        match handle.call(req).await {
             Ok(Ok(r)) => return with_host(r, here),
             Ok(Err(e)) => {
                 return with_host(
                     GuestResponse::text(e.status(), format!("component {name}: {e}\n")),
                     here,
                 );
+            }
+            Err(Unavailable::Moved { to, req: back, .. }) if to == node.mesh.me() => {
+                req = *back;
             }
             Err(Unavailable::Moved { to, req, .. }) => {
                 return forward(node, to, name, *req, hops).await;
@@ -204,9 +210,8 @@ pub async fn serve(node: &Node, name: &str, req: GuestRequest, hops: u8) -> Gues
                     here,
                 );
             }
-        },
-        None => req,
-    };
+        }
+    }
     match locate(node, name).await {
         Some(host) => forward(node, host, name, req, hops).await,
         None => {

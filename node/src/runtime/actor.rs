@@ -38,6 +38,11 @@ pub enum Command {
         base: Vec<Vec<Digest>>,
         reply: oneshot::Sender<Result<FinalState, String>>,
     },
+    /// Live update: the state as the component hands it to its next version (layout, bytes);
+    /// frozen as by `Freeze` once it succeeds.
+    Handoff {
+        reply: oneshot::Sender<Result<(u32, Vec<u8>), String>>,
+    },
     Unfreeze,
     /// The component lives on `to` now: free the instance, and from here on answer every
     /// request with [`Answer::Moved`] until the last handle is dropped.
@@ -200,6 +205,12 @@ impl ComponentHandle {
 
     pub async fn freeze(&self, base: Vec<Vec<Digest>>) -> anyhow::Result<FinalState> {
         self.ask(move |reply| Command::Freeze { base, reply })
+            .await?
+            .map_err(|e| anyhow::anyhow!(e))
+    }
+
+    pub async fn handoff(&self) -> anyhow::Result<(u32, Vec<u8>)> {
+        self.ask(|reply| Command::Handoff { reply })
             .await?
             .map_err(|e| anyhow::anyhow!(e))
     }
@@ -382,6 +393,16 @@ fn run(inst: Instance, rx: Receiver<Command>, stats: &Stats, metrics: &Metrics) 
                 let result = match held {
                     Some(_) => Err("the component is frozen already".into()),
                     None => a.final_state(&base),
+                };
+                if result.is_ok() {
+                    held = Some(Vec::new());
+                }
+                let _ = reply.send(result);
+            }
+            Command::Handoff { reply } => {
+                let result = match held {
+                    Some(_) => Err("the component is frozen already".into()),
+                    None => a.inst.save_state().map_err(|e| format!("{e:#}")),
                 };
                 if result.is_ok() {
                     held = Some(Vec::new());

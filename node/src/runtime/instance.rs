@@ -53,6 +53,10 @@ pub struct Instance {
     handle: TypedFunc<(i32, i32), i64>,
     tick: Option<TypedFunc<i64, i32>>,
     on_restore: Option<TypedFunc<(), ()>>,
+    /// Live update: the old version hands its state over, the new one takes it.
+    save: Option<TypedFunc<(), i64>>,
+    upgrade: Option<TypedFunc<(i32, i32, i32), i64>>,
+    state_version: Option<TypedFunc<(), i32>>,
     /// WASI reactors' constructor: run on a fresh instance, never on a restored one.
     initialize: Option<TypedFunc<(), ()>>,
     module: Arc<LoadedModule>,
@@ -90,6 +94,11 @@ impl Instance {
             .map_err(abi)?;
         let tick = inst.get_typed_func(&mut store, "continuum_tick").ok();
         let on_restore = inst.get_typed_func(&mut store, "continuum_on_restore").ok();
+        let save = inst.get_typed_func(&mut store, "continuum_save").ok();
+        let upgrade = inst.get_typed_func(&mut store, "continuum_upgrade").ok();
+        let state_version = inst
+            .get_typed_func(&mut store, "continuum_state_version")
+            .ok();
         let initialize = inst.get_typed_func(&mut store, "_initialize").ok();
         let memory = inst
             .get_memory(&mut store, "memory")
@@ -103,6 +112,9 @@ impl Instance {
             handle,
             tick,
             on_restore,
+            save,
+            upgrade,
+            state_version,
             initialize,
             module,
             meta,
@@ -235,15 +247,54 @@ impl Instance {
             memory.write(&mut *s, ptr as u32 as usize, &bytes)?;
             handle.call(&mut *s, (ptr, len))
         })?;
+        let out = self.handed_out(packed)?;
+        abi::decode_response(out).map_err(|e| CallError::BadResponse(e.to_string()))
+    }
+
+    /// Bytes the component left at `packed` (ptr << 32 | len) for the host to copy.
+    fn handed_out(&self, packed: i64) -> Result<&[u8], CallError> {
         let (ptr, len) = ((packed as u64 >> 32) as usize, packed as u32 as usize);
-        let out = self
-            .memory
+        self.memory
             .data(&self.store)
             .get(ptr..ptr.saturating_add(len))
-            .ok_or_else(|| {
-                CallError::BadResponse("it lies outside the component's memory".into())
-            })?;
-        abi::decode_response(out).map_err(|e| CallError::BadResponse(e.to_string()))
+            .ok_or_else(|| CallError::BadResponse("it lies outside the component's memory".into()))
+    }
+
+    /// Live update, old side: the state layout and the state, as the component hands them
+    /// to its next version.
+    pub fn save_state(&mut self) -> Result<(u32, Vec<u8>)> {
+        let Some(save) = self.save.clone() else {
+            bail!("this version exports no continuum_save: built with an older SDK");
+        };
+        let layout = match self.state_version.clone() {
+            Some(f) => self.guarded(|s| f.call(s, ()))? as u32,
+            None => 1,
+        };
+        let packed = self.guarded(|s| save.call(s, ()))?;
+        if packed < 0 {
+            bail!("it does not hand over its state (its Component::save returns None)");
+        }
+        Ok((layout, self.handed_out(packed)?.to_vec()))
+    }
+
+    /// Live update, new side: take over the state `saved` in layout `from` (a fresh
+    /// instance). A trap or an error leaves this instance to be dropped.
+    pub fn upgrade(&mut self, from: u32, saved: &[u8]) -> Result<()> {
+        let Some(upgrade) = self.upgrade.clone() else {
+            bail!("the new version exports no continuum_upgrade");
+        };
+        let len = i32::try_from(saved.len()).context("the saved state is too large")?;
+        let (alloc, memory) = (self.alloc.clone(), self.memory);
+        let packed = self.guarded(|s| {
+            let ptr = alloc.call(&mut *s, len)?;
+            memory.write(&mut *s, ptr as u32 as usize, saved)?;
+            upgrade.call(&mut *s, (from as i32, ptr, len))
+        })?;
+        if packed != 0 {
+            let why = String::from_utf8_lossy(self.handed_out(packed)?).into_owned();
+            bail!("its upgrade refused the state: {why}");
+        }
+        Ok(())
     }
 
     /// Run the periodic task; returns when to run it next (`None`: never again).
