@@ -54,6 +54,7 @@ fn meta() -> ComponentMeta {
         version: "1".into(),
         abi: 1,
         epoch: 1,
+        ..Default::default()
     }
 }
 

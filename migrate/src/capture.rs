@@ -241,6 +241,7 @@ mod tests {
             version: "1".into(),
             abi: 1,
             epoch: 1,
+            ..Default::default()
         };
 
         let mut store = Store::new(&engine, ());

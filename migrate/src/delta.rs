@@ -224,6 +224,7 @@ mod tests {
             version: "1".into(),
             abi: 1,
             epoch: 1,
+            ..Default::default()
         };
         Snapshot::new(
             meta,

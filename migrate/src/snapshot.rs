@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 pub const FORMAT_VERSION: u32 = 1;
 
 /// What a snapshot says about the component it came from.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ComponentMeta {
     pub name: String,
@@ -27,6 +27,12 @@ pub struct ComponentMeta {
     /// component moves, so the newest host is known everywhere.
     #[serde(default)]
     pub epoch: u64,
+    /// The federation the component may only run within, if any.
+    #[serde(default)]
+    pub federation: Option<String>,
+    /// Labels every host of the component must carry.
+    #[serde(default)]
+    pub require: std::collections::BTreeMap<String, String>,
 }
 
 /// The value of one mutable global. Floats are kept as bits so that NaN payloads survive.
@@ -308,8 +314,18 @@ impl Snapshot {
             .bytes(self.meta.version.as_bytes())
             .u64(self.meta.abi as u64)
             .u64(self.meta.epoch)
-            .bytes(&self.module_digest)
-            .u64(self.memories.len() as u64);
+            .bytes(
+                self.meta
+                    .federation
+                    .as_deref()
+                    .unwrap_or_default()
+                    .as_bytes(),
+            )
+            .u64(self.meta.require.len() as u64);
+        for (k, v) in &self.meta.require {
+            f.bytes(k.as_bytes()).bytes(v.as_bytes());
+        }
+        f.bytes(&self.module_digest).u64(self.memories.len() as u64);
         for m in &self.memories {
             m.frame(&mut f);
         }
@@ -477,6 +493,7 @@ mod tests {
             version: "1".into(),
             abi: 1,
             epoch: 1,
+            ..Default::default()
         }
     }
 

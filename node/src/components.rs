@@ -61,6 +61,21 @@ pub struct ComponentInfo {
     pub calls: u64,
     pub failed_calls: u64,
     pub ticks: u64,
+    /// The federation it may only run within.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub federation: Option<String>,
+    /// Labels its host must carry.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub require: BTreeMap<String, String>,
+}
+
+/// Where a component may run, as the deployer set it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Bounds {
+    #[serde(default)]
+    pub federation: Option<String>,
+    #[serde(default)]
+    pub require: BTreeMap<String, String>,
 }
 
 pub struct Components {
@@ -172,6 +187,8 @@ impl Components {
             calls: h.stats.calls.load(Ordering::Relaxed),
             failed_calls: h.stats.failed_calls.load(Ordering::Relaxed),
             ticks: h.stats.ticks.load(Ordering::Relaxed),
+            federation: h.federation.clone(),
+            require: h.require.clone(),
         }
     }
 
@@ -300,6 +317,8 @@ impl Components {
             version: version.clone(),
             abi: continuum_guest::ABI_VERSION,
             epoch: old.stats.epoch.load(Ordering::Relaxed),
+            federation: old.federation.clone(),
+            require: old.require.clone(),
         };
         let saved_len = saved.len();
         let next = blocking(move || -> anyhow::Result<Instance> {
@@ -371,11 +390,14 @@ impl Components {
     }
 
     /// Deploy a new component from module bytes.
+    /// Deploy a new component from module bytes; `bounds` (federation, required labels) stay
+    /// with it wherever it moves.
     pub async fn deploy(
         &self,
         name: &str,
         version: &str,
         wasm: Vec<u8>,
+        bounds: Bounds,
     ) -> Result<ComponentInfo, ApiError> {
         check_name(name)?;
         let _op = self.ops.lock().await;
@@ -390,6 +412,8 @@ impl Components {
             version: version.to_string(),
             abi: continuum_guest::ABI_VERSION,
             epoch: 1,
+            federation: bounds.federation,
+            require: bounds.require,
         };
         let instance = blocking(move || -> anyhow::Result<Instance> {
             let module = rt.load(&wasm)?;

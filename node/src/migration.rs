@@ -104,9 +104,14 @@ impl Migrations {
 /// Fault injection for the tests: with `CONTINUUM_FAULT=POINT`, the process dies (SIGKILL,
 /// as `kill -9`) when a migration reaches POINT: `target:offer`, `target:pages`,
 /// `target:final` (on receipt), `target:ready` (restored, before answering), `source:switch`
-/// (on the target's Ready, before switching).
+/// (on the target's Ready, before switching). `source:bad-digest` does not kill: the source
+/// sends a wrong whole-state digest.
+fn faulty(point: &str) -> bool {
+    std::env::var("CONTINUUM_FAULT").is_ok_and(|f| f == point)
+}
+
 fn fault(point: &str) {
-    if std::env::var("CONTINUUM_FAULT").is_ok_and(|f| f == point) {
+    if faulty(point) {
         tracing::error!("fault injection: dying at {point}");
         // SAFETY: kill(2) on our own pid.
         unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
@@ -183,11 +188,18 @@ pub fn resolve_target(node: &Node, name: &str, to: &str) -> Result<PeerId, ApiEr
             .parse()
             .map_err(|e| ApiError::BadRequest(format!("invalid peer id {to:?}: {e}")));
     }
-    let memory = node
+    let handle = node
         .components
         .get(name)
-        .map_or(0, |h| h.stats.memory_bytes.load(Ordering::Relaxed));
+        .ok_or_else(|| ApiError::NotFound(format!("no component named {name} on this node")))?;
     let mesh = node.mesh.snapshot();
+    let members: Option<std::collections::BTreeSet<PeerId>> = handle.federation.as_ref().map(|f| {
+        mesh.federations
+            .iter()
+            .filter(|x| &x.name == f)
+            .flat_map(|x| x.members.iter().filter_map(|m| m.parse().ok()))
+            .collect()
+    });
     let candidates = mesh.peers.iter().filter_map(|p| {
         Some(continuum_gossip::Candidate {
             peer: p.peer_id.parse().ok()?,
@@ -199,9 +211,10 @@ pub fn resolve_target(node: &Node, name: &str, to: &str) -> Result<PeerId, ApiEr
         })
     });
     let need = continuum_gossip::Need {
-        memory,
+        require: handle.require.clone(),
+        memory: handle.stats.memory_bytes.load(Ordering::Relaxed),
+        within: members.as_ref(),
         exclude: vec![node.mesh.me()],
-        ..Default::default()
     };
     let placed = continuum_gossip::place(candidates, &need)
         .map_err(|e| ApiError::Conflict(format!("no target for {name}: {e}")))?;
@@ -244,8 +257,8 @@ async fn drive(
         module_digest: handle.digest,
         memory_bytes: handle.stats.memory_bytes.load(Ordering::Relaxed),
         epoch: handle.stats.epoch.load(Ordering::Relaxed),
-        federation: None,
-        require: BTreeMap::new(),
+        federation: handle.federation.clone(),
+        require: handle.require.clone(),
     };
     let cfg = SourceConfig {
         stop_and_copy,
@@ -308,11 +321,15 @@ async fn drive(
                         node.metrics.migration_bytes.inc_by(bytes);
                         migrations.update(id, |p| p.step = "frozen".into());
                         let pages = encode(f.round.pages).await;
+                        let mut digest = f.digest;
+                        if faulty("source:bad-digest") {
+                            digest[0] ^= 1;
+                        }
                         let last = ToTarget::Final {
                             id,
                             pages,
                             globals: f.globals,
-                            snapshot_digest: f.digest,
+                            snapshot_digest: digest,
                         };
                         exchange(&node, to, last).await
                     }
@@ -550,21 +567,11 @@ async fn decide(
             cap >> 20
         ));
     }
-    for (k, v) in &offer.require {
-        if node.config.labels.get(k) != Some(v) {
-            return Err(format!("this node lacks the label {k}={v}"));
-        }
-    }
-    if let Some(f) = &offer.federation {
-        let mesh = node.mesh.snapshot();
-        let fed = mesh.federations.iter().find(|x| &x.name == f);
-        let ok = fed.is_some_and(|x| x.member && x.members.contains(&from.to_string()));
-        if !ok {
-            return Err(format!(
-                "the component may only move within federation {f}, and this node and {from} are not both members"
-            ));
-        }
-    }
+    let bounds = crate::components::Bounds {
+        federation: offer.federation.clone(),
+        require: offer.require.clone(),
+    };
+    node.admit(&bounds, Some(&from))?;
     let rt = node.components.runtime().clone();
     let digest = offer.module_digest;
     Ok(
@@ -647,6 +654,8 @@ async fn apply(
                     version: offer.version.clone(),
                     abi: continuum_guest::ABI_VERSION,
                     epoch: offer.epoch + 1,
+                    federation: offer.federation.clone(),
+                    require: offer.require.clone(),
                 };
                 inst = Some(Instance::blank(&rt, module, meta).map_err(|e| format!("{e:#}"))?);
                 maps = vec![(0, Vec::new()); images.len()];

@@ -90,11 +90,44 @@ impl Node {
                     calls: 0,
                     failed_calls: 0,
                     ticks: 0,
+                    federation: None,
+                    require: Default::default(),
                 });
             }
         }
         list.sort_by(|a, b| a.name.cmp(&b.name));
         list
+    }
+
+    /// Whether this node may host a component bound by `b`, placed here by peer `from` (a
+    /// remote deployment or a migration) or by its own operator (`None`).
+    pub fn admit(
+        &self,
+        b: &crate::components::Bounds,
+        from: Option<&continuum_gossip::PeerId>,
+    ) -> Result<(), String> {
+        for (k, v) in &b.require {
+            if self.config.labels.get(k) != Some(v) {
+                return Err(format!("this node lacks the label {k}={v}"));
+            }
+        }
+        if let Some(f) = &b.federation {
+            let mesh = self.mesh.snapshot();
+            let Some(fed) = mesh.federations.iter().find(|x| &x.name == f) else {
+                return Err(format!("this node knows no federation {f}"));
+            };
+            if !fed.member {
+                return Err(format!("this node is not a member of federation {f}"));
+            }
+            if let Some(p) = from
+                && !fed.members.contains(&p.to_string())
+            {
+                return Err(format!(
+                    "{p} is not a member of federation {f}, so it may not place its components here"
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Tell the mesh which components this node hosts (after any change).
@@ -309,10 +342,18 @@ async fn answer_peer(node: &Arc<Node>, from: continuum_gossip::PeerId, request: 
         Request::Deploy {
             name,
             version,
+            bounds,
             wasm,
         } => {
             tracing::info!(%from, component = %name, "deployment requested by a peer");
-            match node.components.deploy(&name, &version, wasm).await {
+            if let Err(why) = node.admit(&bounds, Some(&from)) {
+                node.metrics.reject("deploy_refused");
+                return Reply::Refused {
+                    status: 403,
+                    message: format!("deployment of {name} refused: {why}"),
+                };
+            }
+            match node.components.deploy(&name, &version, wasm, bounds).await {
                 Ok(info) => {
                     node.announce_components();
                     Reply::Deployed(serde_json::to_vec(&info).unwrap_or_default())

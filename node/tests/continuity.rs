@@ -57,6 +57,7 @@ fn both_ways(wasm: &[u8], ops: &[Request], split: usize) -> (Vec<Response>, Vec<
         version: "1".into(),
         abi: 1,
         epoch: 1,
+        ..Default::default()
     };
     let rt = runtime();
     let module = rt.load(wasm).unwrap();

@@ -421,3 +421,132 @@ async fn live_update_under_load_carries_the_state_and_a_broken_upgrade_rolls_bac
     let ls = a.ok(&["ls", "--json"]);
     assert!(ls.contains("\"version\": \"2\""), "{ls}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_federated_component_only_moves_among_members_and_strangers_cannot_push() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = |name: &str| {
+        let path = tmp.path().join(name);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_continuum"))
+            .args(["keygen", "-o"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        path.to_string_lossy().into_owned()
+    };
+    let (ours, theirs) = (key("ours.key"), key("theirs.key"));
+    // Nodes 1-3 in zone a, node 4 in zone b, all with our key; node 5 a stranger with another.
+    let nodes = mesh(5, |i| {
+        let (zone, k) = match i {
+            1..=3 => ("zone=a", &ours),
+            4 => ("zone=b", &ours),
+            _ => ("zone=a", &theirs),
+        };
+        ["--label", zone, "--swarm-key", k, "--advert-expiry", "3s"]
+            .map(String::from)
+            .to_vec()
+    });
+    let (a, d, stranger) = (&nodes[0], &nodes[3], &nodes[4]);
+    let ours: Vec<&TestNode> = nodes[..4].iter().collect();
+    until_full_views(&ours, Duration::from_secs(30)).await;
+    a.ok(&[
+        "federate",
+        "create",
+        "--name",
+        "edge",
+        "--lease",
+        "30s",
+        "--require",
+        "zone=a",
+        "--min-members",
+        "2",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let list: Vec<serde_json::Value> =
+            serde_json::from_str(&a.ok(&["federate", "ls", "--json"])).unwrap();
+        if list
+            .iter()
+            .any(|f| f["name"] == "edge" && f["members"].as_array().unwrap().len() == 3)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "edge never had 3 members: {list:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    a.ok(&[
+        "deploy",
+        &guest("counter"),
+        "--name",
+        "counter",
+        "--federation",
+        "edge",
+    ]);
+    for _ in 0..3 {
+        a.h1(Method::POST, "/c/counter/incr", b"").await;
+    }
+
+    // Outside the federation: refused by the target, the component stays.
+    let err = a.fails(&["migrate", "counter", "--to", d.peer_id()]);
+    assert!(err.contains("not a member of federation edge"), "{err}");
+    assert_eq!(a.h1(Method::GET, "/c/counter/count", b"").await.text(), "3");
+    // `auto` only ever picks a member.
+    let p: serde_json::Value =
+        serde_json::from_str(&a.ok(&["migrate", "counter", "--to", "auto", "--json"])).unwrap();
+    let to = p["to"].as_str().unwrap();
+    assert!(
+        [nodes[1].peer_id(), nodes[2].peer_id()].contains(&to),
+        "auto picked {to}"
+    );
+    let r = d.h1(Method::GET, "/c/counter/count", b"").await;
+    assert_eq!((r.text(), host_of(&r)), ("3".to_string(), to.to_string()));
+
+    // A node outside the federation cannot deploy into it.
+    let err = d.fails(&[
+        "deploy",
+        &guest("kv"),
+        "--name",
+        "kv",
+        "--federation",
+        "edge",
+        "--on",
+        a.peer_id(),
+    ]);
+    assert!(err.contains("not a member of federation edge"), "{err}");
+    // Nor a node without our swarm key push a migration or a deployment.
+    stranger.ok(&["deploy", &guest("counter"), "--name", "intruder"]);
+    let err = stranger.fails(&["migrate", "intruder", "--to", a.peer_id()]);
+    assert!(err.contains("aborted"), "{err}");
+    let err = stranger.fails(&["deploy", &guest("kv"), "--on", a.peer_id()]);
+    assert!(!err.is_empty());
+    assert!(a.ok(&["ls"]).contains("counter") && !a.ok(&["ls"]).contains("intruder"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_whose_digest_does_not_match_is_refused() {
+    let a = TestNode::start_env(
+        &["--advert-expiry", "3s"],
+        &[("CONTINUUM_FAULT", "source:bad-digest")],
+    );
+    let b = TestNode::start(&["--advert-expiry", "3s", "--join", &a.p2p()]);
+    until_full_views(&[&a, &b], Duration::from_secs(30)).await;
+    a.ok(&["deploy", &guest("counter"), "--name", "counter"]);
+    a.h1(Method::POST, "/c/counter/incr", b"").await;
+    let err = a.fails(&["migrate", "counter", "--to", b.peer_id()]);
+    assert!(err.contains("does not match the source's digest"), "{err}");
+    let r = a.h1(Method::GET, "/c/counter/count", b"").await;
+    assert_eq!(
+        (r.text(), host_of(&r)),
+        ("1".to_string(), a.peer_id().to_string())
+    );
+    assert_eq!(
+        b.metric("continuum_rejected_total{reason=\"bad_migration\"}")
+            .await,
+        1
+    );
+    assert!(!b.ok(&["ls"]).contains("counter"));
+}

@@ -18,6 +18,12 @@ pub struct DeployArgs {
     /// Place it on this peer of the mesh instead of the node the command talks to.
     #[arg(long, value_name = "PEER_ID")]
     on: Option<String>,
+    /// Bind it to a federation: it only ever runs on (and moves among) its members.
+    #[arg(long, value_name = "F")]
+    federation: Option<String>,
+    /// A label every host must carry (repeatable), e.g. sensor=camera.
+    #[arg(long = "require", value_name = "KEY=VALUE", value_parser = super::node::parse_label)]
+    require: Vec<(String, String)>,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -36,10 +42,20 @@ impl DeployArgs {
                 .to_string(),
         };
         crate::components::check_name(&name).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let version = super::version_label(&self.version);
+        let version = super::query_value(&self.version);
         let mut target = format!("/v1/components/{name}?version={version}");
         if let Some(peer) = &self.on {
             target.push_str(&format!("&on={peer}"));
+        }
+        if let Some(f) = &self.federation {
+            target.push_str(&format!("&federation={}", super::query_value(f)));
+        }
+        for (k, v) in &self.require {
+            target.push_str(&format!(
+                "&require={}={}",
+                super::query_value(k),
+                super::query_value(v)
+            ));
         }
         let info: ComponentInfo = self
             .client

@@ -186,8 +186,8 @@ impl ClientArgs {
     }
 }
 
-/// A version label as it may travel in a query string.
-fn version_label(v: &str) -> String {
+/// A version, label or federation name as it may travel in a query string.
+fn query_value(v: &str) -> String {
     v.chars()
         .filter(|c| c.is_ascii_alphanumeric() || "._-".contains(*c))
         .collect()

@@ -24,7 +24,7 @@ impl UpdateArgs {
             .with_context(|| format!("reading {}", self.file.display()))?;
         let mut target = format!("/v1/components/{}/update", self.name);
         if let Some(v) = &self.version {
-            target.push_str(&format!("?version={}", super::version_label(v)));
+            target.push_str(&format!("?version={}", super::query_value(v)));
         }
         let info: ComponentInfo = self
             .client

@@ -18,7 +18,7 @@
 //! `PUT /v1/components/NAME?on=PEER_ID` deploys on another node of the mesh.
 //! ```
 
-use crate::components::{ApiError, ComponentInfo};
+use crate::components::{ApiError, Bounds, ComponentInfo};
 use crate::mesh::{FederationOp, MeshError};
 use crate::migration;
 use crate::node::Node;
@@ -39,12 +39,16 @@ pub async fn handle(node: &Arc<Node>, rest: &str, req: Request<Bytes>) -> Respon
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return r;
     }
-    let query = |key: &str| -> Option<String> {
-        req.uri().query()?.split('&').find_map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            (k == key).then(|| v.to_string())
-        })
+    let query_all = |key: &str| -> Vec<String> {
+        let q = req.uri().query().unwrap_or_default();
+        q.split('&')
+            .filter_map(|kv| {
+                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                (k == key).then(|| v.to_string())
+            })
+            .collect()
     };
+    let query = |key: &str| query_all(key).into_iter().next();
     let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
     let method = req.method().clone();
     let result = match (&method, segments.as_slice()) {
@@ -59,10 +63,31 @@ pub async fn handle(node: &Arc<Node>, rest: &str, req: Request<Bytes>) -> Respon
         (&Method::PUT | &Method::POST, ["components", name]) => {
             let version = query("version").unwrap_or_else(|| "1".into());
             let on = query("on").filter(|p| *p != node.peer_id);
+            let mut bounds = Bounds {
+                federation: query("federation").filter(|f| !f.is_empty()),
+                require: Default::default(),
+            };
+            for kv in query_all("require") {
+                match kv.split_once('=') {
+                    Some((k, v)) if !k.is_empty() => {
+                        bounds.require.insert(k.to_string(), v.to_string());
+                    }
+                    _ => {
+                        return error(&ApiError::BadRequest(format!(
+                            "invalid require={kv}: want KEY=VALUE"
+                        )));
+                    }
+                }
+            }
             let wasm = req.into_body().to_vec();
             match on {
-                Some(peer) => deploy_on(node, &peer, name, &version, wasm).await,
-                None => node.components.deploy(name, &version, wasm).await,
+                Some(peer) => deploy_on(node, &peer, name, &version, bounds, wasm).await,
+                None => match node.admit(&bounds, None) {
+                    Ok(()) => node.components.deploy(name, &version, wasm, bounds).await,
+                    Err(why) => Err(ApiError::Conflict(format!(
+                        "component {name} cannot run here: {why}"
+                    ))),
+                },
             }
             .map(|info| {
                 node.announce_components();
@@ -164,19 +189,21 @@ async fn deploy_on(
     peer: &str,
     name: &str,
     version: &str,
+    bounds: Bounds,
     wasm: Vec<u8>,
 ) -> Result<ComponentInfo, ApiError> {
     let peer: PeerId = peer
         .parse()
         .map_err(|e| ApiError::BadRequest(format!("invalid peer id {peer:?}: {e}")))?;
     node.mesh
-        .deploy(peer, name, version, wasm)
+        .deploy(peer, name, version, bounds, wasm)
         .await
         .map_err(|e| match e {
             MeshError::Refused(404, m) => ApiError::NotFound(m),
             MeshError::Refused(409, m) => ApiError::Conflict(m),
             MeshError::Refused(422, m) => ApiError::Unprocessable(m),
             MeshError::Refused(400, m) => ApiError::BadRequest(m),
+            MeshError::Refused(403, m) => ApiError::Conflict(m),
             e => ApiError::Internal(format!("deploying on {peer}: {e}")),
         })
 }

@@ -237,11 +237,13 @@ impl Mesh {
         peer: PeerId,
         name: &str,
         version: &str,
+        bounds: crate::components::Bounds,
         wasm: Vec<u8>,
     ) -> Result<ComponentInfo, MeshError> {
         let request = rpc::Request::Deploy {
             name: name.to_string(),
             version: version.to_string(),
+            bounds,
             wasm,
         };
         match self.request(peer, request).await? {

@@ -36,6 +36,8 @@ pub enum Request {
     Deploy {
         name: String,
         version: String,
+        #[serde(default)]
+        bounds: crate::components::Bounds,
         #[serde(with = "serde_bytes")]
         wasm: Vec<u8>,
     },

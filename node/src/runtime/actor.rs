@@ -111,6 +111,9 @@ pub struct ComponentHandle {
     pub version: String,
     pub digest: Digest,
     pub module_size: usize,
+    /// Where it may run: within this federation, on nodes with these labels.
+    pub federation: Option<String>,
+    pub require: std::collections::BTreeMap<String, String>,
     pub stats: Arc<Stats>,
     tx: SyncSender<Command>,
 }
@@ -134,6 +137,8 @@ impl ComponentHandle {
             version: meta.version.clone(),
             digest: inst.module().digest,
             module_size: inst.module().size,
+            federation: meta.federation.clone(),
+            require: meta.require.clone(),
             stats: stats.clone(),
             tx,
         });
