@@ -22,6 +22,28 @@ pub enum CaptureError {
     },
 }
 
+/// Kernel write tracking of an instance's memories (see [`StateHandles::track`]).
+pub struct Tracking {
+    #[cfg(target_os = "linux")]
+    trackers: Vec<crate::WriteTracker>,
+}
+
+impl Tracking {
+    /// Pages of memory `i` written since the last look; `None` if the kernel failed us (the
+    /// caller then hashes every page).
+    fn written(&mut self, i: usize, len: usize) -> Option<Vec<u32>> {
+        #[cfg(target_os = "linux")]
+        {
+            self.trackers.get_mut(i)?.take_written(len).ok()
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = (i, len);
+            None
+        }
+    }
+}
+
 /// The exported state of one instance, found once and reused for every checkpoint.
 #[derive(Clone, Debug)]
 pub struct StateHandles {
@@ -141,18 +163,45 @@ impl StateHandles {
         Ok(Snapshot::new(meta, module_digest, memories, globals))
     }
 
+    /// Start recording writes to every memory with the kernel's help, so that later rounds
+    /// only look at written pages. Fails where the kernel cannot (then every round hashes
+    /// every page).
+    pub fn track(&self, store: impl AsContext) -> std::io::Result<Tracking> {
+        #[cfg(target_os = "linux")]
+        {
+            let trackers = self
+                .memories
+                .iter()
+                .map(|m| crate::WriteTracker::new(m.data_ptr(&store), m.data_size(&store)))
+                .collect::<std::io::Result<_>>()?;
+            Ok(Tracking { trackers })
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = store;
+            Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
+        }
+    }
+
     /// The pages of every memory that changed since `base` (a digest map per memory), with the
-    /// new digest maps: one pre-copy round.
+    /// new digest maps: one pre-copy round. With `tracking` (started before `base` was taken)
+    /// only the pages written since are hashed; without, every page is.
     pub fn capture_changed(
         &self,
         store: impl AsContext,
         base: &[Vec<Digest>],
+        mut tracking: Option<&mut Tracking>,
     ) -> (Vec<MemoryDelta>, Vec<Vec<Digest>>) {
         self.memories
             .iter()
             .enumerate()
             .map(|(i, m)| {
-                MemoryImage::changed_since(m.data(&store), base.get(i).map_or(&[], |v| v))
+                let mem = m.data(&store);
+                let base = base.get(i).map_or(&[][..], |v| v);
+                match tracking.as_mut().and_then(|t| t.written(i, mem.len())) {
+                    Some(written) => MemoryImage::changed_among(mem, base, written),
+                    None => MemoryImage::changed_since(mem, base),
+                }
             })
             .unzip()
     }

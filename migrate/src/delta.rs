@@ -40,6 +40,38 @@ impl MemoryImage {
         (MemoryImage::select(mem, &now, changed), now)
     }
 
+    /// Like [`Self::changed_since`], but only the `candidates` (pages written since `base`
+    /// was taken, as the kernel reported them) are hashed; the others are known unchanged.
+    pub fn changed_among(
+        mem: &[u8],
+        base: &[Digest],
+        candidates: Vec<u32>,
+    ) -> (MemoryDelta, Vec<Digest>) {
+        use rayon::prelude::*;
+        let pages = mem.len() / PAGE_SIZE;
+        let mut map = base.to_vec();
+        map.resize(pages, *ZERO_PAGE_DIGEST);
+        let hashed: Vec<(u32, Digest)> = candidates
+            .par_iter()
+            .with_min_len(64)
+            .filter(|&&i| (i as usize) < pages)
+            .map(|&i| {
+                let page = &mem[i as usize * PAGE_SIZE..][..PAGE_SIZE];
+                (i, *blake3::hash(page).as_bytes())
+            })
+            .collect();
+        let mut changed = Vec::with_capacity(hashed.len());
+        for (i, d) in hashed {
+            if map[i as usize] != d {
+                map[i as usize] = d;
+                changed.push(i);
+            }
+        }
+        changed.sort_unstable();
+        changed.dedup();
+        (MemoryImage::select(mem, &map, changed), map)
+    }
+
     /// Write only the listed pages into `mem` (which must be `size` bytes long already).
     pub fn write_pages_into(&self, mem: &mut [u8]) {
         self.write_into(mem, 0);

@@ -11,6 +11,8 @@
 //! snapshot is refused before it touches an instance).
 
 mod delta;
+#[cfg(target_os = "linux")]
+mod dirty;
 mod handshake;
 mod hash;
 mod prefault;
@@ -22,6 +24,8 @@ mod capture;
 mod instrument;
 
 pub use delta::{Delta, MemoryDelta, decode_pages, encode_pages};
+#[cfg(target_os = "linux")]
+pub use dirty::WriteTracker;
 pub use handshake::{
     MigrationId, Offer, Outcome, Report, Source, SourceAction, SourceConfig, Target, TargetAction,
     ToSource, ToTarget,
@@ -30,7 +34,7 @@ pub use hash::{Digest, PAGE_SIZE, ZERO_PAGE_DIGEST, digest_hex, page_digests};
 pub use snapshot::{ComponentMeta, FORMAT_VERSION, MemoryImage, Snapshot, SnapshotError, Value};
 
 #[cfg(feature = "runtime")]
-pub use capture::{CaptureError, StateHandles};
+pub use capture::{CaptureError, StateHandles, Tracking};
 #[cfg(feature = "runtime")]
 pub use instrument::{
     EXPORT_GLOBAL_PREFIX, EXPORT_MEMORY_PREFIX, EXPORT_START, InstrumentError, instrument,

@@ -28,10 +28,10 @@ pub struct ComponentMeta {
     #[serde(default)]
     pub epoch: u64,
     /// The federation the component may only run within, if any.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub federation: Option<String>,
     /// Labels every host of the component must carry.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub require: std::collections::BTreeMap<String, String>,
 }
 

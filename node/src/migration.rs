@@ -355,6 +355,10 @@ async fn drive(
                 continue;
             }
             SourceAction::Finished(result) => {
+                if result.is_err() && !src.is_committed() {
+                    // Also ends write tracking if it never froze.
+                    handle.unfreeze().await;
+                }
                 finished(&node, id, src.is_committed(), result);
                 continue;
             }

@@ -548,5 +548,6 @@ async fn a_state_whose_digest_does_not_match_is_refused() {
             .await,
         1
     );
-    assert!(!b.ok(&["ls"]).contains("counter"));
+    let ls: Vec<serde_json::Value> = serde_json::from_str(&b.ok(&["ls", "--json"])).unwrap();
+    assert!(ls.iter().all(|c| c["host"] != b.peer_id()), "{ls:?}");
 }

@@ -7,7 +7,7 @@ use super::now_ms;
 use crate::metrics::{CallLabels, Metrics};
 use continuum_gossip::PeerId;
 use continuum_guest::{Request, Response};
-use continuum_migrate::{Digest, MemoryDelta, Snapshot, Value};
+use continuum_migrate::{Digest, MemoryDelta, Snapshot, Tracking, Value};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use std::sync::Arc;
@@ -248,6 +248,8 @@ struct Actor<'a> {
     calls_ok: Counter,
     /// Something ran since the last checkpoint.
     dirty: bool,
+    /// Kernel write tracking during a migration's pre-copy rounds.
+    tracking: Option<Tracking>,
 }
 
 impl Actor<'_> {
@@ -283,8 +285,25 @@ impl Actor<'_> {
         self.inst.checkpoint().map_err(|e| e.to_string())
     }
 
-    fn round(&self, base: &[Vec<Digest>]) -> Round {
-        let (pages, maps) = self.inst.capture_round(base);
+    /// A round of pages changed since `base`. The first round of a migration (empty `base`)
+    /// starts write tracking, so that the later ones, the freeze above all, look only at
+    /// pages written since.
+    fn round(&mut self, base: &[Vec<Digest>]) -> Round {
+        let tracking = if base.is_empty() {
+            // Track first, then look at every page: a write in between shows up twice, never
+            // not at all.
+            self.tracking = match self.inst.track() {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    tracing::info!("no kernel write tracking ({e}): every round hashes every page");
+                    None
+                }
+            };
+            None
+        } else {
+            self.tracking.as_mut()
+        };
+        let (pages, maps) = self.inst.capture_round(base, tracking);
         Round { pages, maps }
     }
 
@@ -324,6 +343,7 @@ fn run(inst: Instance, rx: Receiver<Command>, stats: &Stats, metrics: &Metrics) 
         metrics,
         name,
         dirty: false,
+        tracking: None,
     };
     let ticks_ok = a.failures(&metrics.ticks, "ok");
     // Requests held while frozen for a migration (`None`: not frozen).
@@ -415,6 +435,7 @@ fn run(inst: Instance, rx: Receiver<Command>, stats: &Stats, metrics: &Metrics) 
                 let _ = reply.send(result);
             }
             Command::Unfreeze => {
+                a.tracking = None;
                 for (req, reply) in held.take().unwrap_or_default() {
                     a.serve(req, reply);
                 }

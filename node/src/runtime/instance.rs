@@ -6,7 +6,8 @@ use super::{LoadedModule, Runtime};
 use anyhow::{Context, Result, bail};
 use continuum_guest::{Request, Response, abi};
 use continuum_migrate::{
-    CaptureError, ComponentMeta, Digest, MemoryDelta, Snapshot, StateHandles, Value, digest_hex,
+    CaptureError, ComponentMeta, Digest, MemoryDelta, Snapshot, StateHandles, Tracking, Value,
+    digest_hex,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -183,8 +184,17 @@ impl Instance {
 
     /// The pages changed since `base` (a digest map per memory) and the new maps: one
     /// pre-copy round, taken between calls.
-    pub fn capture_round(&self, base: &[Vec<Digest>]) -> (Vec<MemoryDelta>, Vec<Vec<Digest>>) {
-        self.state.capture_changed(&self.store, base)
+    pub fn capture_round(
+        &self,
+        base: &[Vec<Digest>],
+        tracking: Option<&mut Tracking>,
+    ) -> (Vec<MemoryDelta>, Vec<Vec<Digest>>) {
+        self.state.capture_changed(&self.store, base, tracking)
+    }
+
+    /// Start kernel write tracking of the memories, for the rounds that follow.
+    pub fn track(&self) -> std::io::Result<Tracking> {
+        self.state.track(&self.store)
     }
 
     pub fn globals(&mut self) -> Result<Vec<Value>, CaptureError> {
