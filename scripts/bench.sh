@@ -2,17 +2,20 @@
 # Benchmarks behind BENCHMARKS.md. All on 127.0.0.1, every load bounded in time; prints a
 # summary to paste into BENCHMARKS.md.
 #
-#   scripts/bench.sh [node] [snapshot] [mesh]     (default: all three)
+#   scripts/bench.sh [node] [snapshot] [mesh] [migrate]     (default: all four)
 #
 # node:     idle RSS, stripped binary size, requests/s and latency over HTTP/1.1 (wrk) and
 #           HTTP/3 (our h3load), the tick gap of sensor-filter under that load
 # snapshot: checkpoint, restore, decode and delta costs (criterion)
 # mesh:     time to full view for 5, 20 and 50 nodes, idle gossip traffic per node, extra
 #           latency of a request routed through another node
+# migrate:  downtime, total time and request latency of live migrations between two nodes,
+#           for 1, 16, 64 MiB of state rewritten at 0, 1, 10 % per 100 ms, pre-copy and
+#           stop-and-copy (our migbench)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${BENCH_SECS:-10}
-SECTIONS=${*:-node snapshot mesh}
+SECTIONS=${*:-node snapshot mesh migrate}
 want() { [[ " $SECTIONS " == *" $1 "* ]]; }
 
 for tool in wrk curl; do
@@ -22,7 +25,7 @@ for tool in wrk curl; do
     fi
 done
 scripts/build-guests.sh >/dev/null
-cargo build --release --quiet -p continuum --bin continuum --example h3load
+cargo build --release --quiet -p continuum --bin continuum --example h3load --example migbench
 BIN=$PWD/target/release/continuum
 H3LOAD=$PWD/target/release/examples/h3load
 
@@ -113,6 +116,17 @@ note "- HTTP/3, 1 request at a time, direct: $("$H3LOAD" --data-dir "$SW/node1" 
 note "- HTTP/3, 1 request at a time, routed: $("$H3LOAD" --data-dir "$SW/node2" --secs "$SECS" --conns 1 --streams 1 /c/counter/incr | sed 's/^h3: //')"
 wrk -t1 -c32 -d"${SECS}s" --latency -s "$WORK/post.lua" "http://127.0.0.1:7072/c/counter/incr" >"$WORK/route-load.txt"
 note "- HTTP/1.1 through another node, 32 connections: $(awk '/Requests\/sec/ {printf "%.0f req/s", $2}' "$WORK/route-load.txt"), p50 $(awk '$1=="50%" {print $2}' "$WORK/route-load.txt"), p99 $(awk '$1=="99%" {print $2}' "$WORK/route-load.txt")"
+scripts/swarm.sh stop --dir "$SW" >/dev/null
+fi
+
+if want migrate; then
+export CONTINUUM_BIN=$BIN
+SW=$WORK/swarm
+echo "==> live migration (migbench)"
+scripts/swarm.sh start 2 --dir "$SW" -- --checkpoint-every 1h >/dev/null
+note "- live migration between two nodes on loopback, 5 migrations per row (downtime: freeze to the target's Ready; requests: GET every 2 ms through the first node during the migrations):"
+echo >>"$SUMMARY"
+target/release/examples/migbench --a "$SW/node1" --b "$SW/node2" | tee -a "$SUMMARY"
 scripts/swarm.sh stop --dir "$SW" >/dev/null
 fi
 

@@ -234,7 +234,12 @@ impl Components {
     /// The component left for `to` at `epoch`: requests still coming here follow it, the
     /// requests its thread holds go there, and its saved state here is deleted (the target
     /// holds the only copy from now on).
-    pub async fn moved(&self, handle: &Arc<ComponentHandle>, to: PeerId, epoch: u64) {
+    pub async fn moved(
+        &self,
+        handle: &Arc<ComponentHandle>,
+        to: PeerId,
+        epoch: u64,
+    ) -> Vec<std::time::Duration> {
         let name = handle.name.clone();
         self.moved
             .write()
@@ -247,11 +252,12 @@ impl Components {
             }
         }
         self.metrics.components.set(self.len() as i64);
-        handle.moved(to).await;
+        let held = handle.moved(to).await;
         // After the switch, not before: requests are held until it. Once out of the map no new
         // snapshot of it is written; one being written finishes before the lock is ours.
         let _op = self.ops.lock().await;
         let _ = std::fs::remove_file(self.dir.snapshot(&name));
+        held
     }
 
     /// Drop a staged component that never became this node's (a migration that failed

@@ -73,6 +73,8 @@ pub struct Metrics {
     pub migrations: Family<MigrationLabels, Counter>,
     /// Freeze to the target's Ready, as the source measured it.
     pub migration_downtime_seconds: Histogram,
+    /// How long requests held by a migration's freeze waited.
+    pub migration_held_seconds: Histogram,
     /// Page bytes sent by migrations from this node.
     pub migration_bytes: Counter,
     pub updates: Family<OutcomeLabels, Counter>,
@@ -98,6 +100,7 @@ impl Default for Metrics {
             forwarded: Family::default(),
             migrations: Family::default(),
             migration_downtime_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            migration_held_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             migration_bytes: Counter::default(),
             updates: Family::default(),
         };
@@ -172,6 +175,11 @@ impl Default for Metrics {
             "migration_downtime_seconds",
             "Time requests were held during a migration (freeze to ready)",
             m.migration_downtime_seconds.clone(),
+        );
+        r.register(
+            "migration_held_seconds",
+            "How long requests held by a migration's freeze waited",
+            m.migration_held_seconds.clone(),
         );
         r.register(
             "migration_bytes",

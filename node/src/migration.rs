@@ -48,6 +48,9 @@ pub struct Progress {
     pub finished: bool,
     pub report: Option<Report>,
     pub error: Option<String>,
+    /// How long each request held by the freeze waited before going to the target, ms.
+    #[serde(default)]
+    pub held_ms: Vec<f64>,
 }
 
 /// A migration to this node, between the offer and the end.
@@ -160,6 +163,7 @@ pub async fn start(
         finished: false,
         report: None,
         error: None,
+        held_ms: Vec::new(),
     };
     {
         let mut out = node.migrations.outgoing.lock().unwrap();
@@ -341,11 +345,15 @@ async fn drive(
             }
             SourceAction::Switch { epoch } => {
                 fault("source:switch");
-                node.components.moved(&handle, to, epoch).await;
+                let held = node.components.moved(&handle, to, epoch).await;
                 node.announce_components();
+                for w in &held {
+                    node.metrics.migration_held_seconds.observe(w.as_secs_f64());
+                }
                 migrations.update(id, |p| {
                     p.step = "switched".into();
                     p.outcome = Outcome::Committed { epoch };
+                    p.held_ms = held.iter().map(|w| w.as_secs_f64() * 1000.0).collect();
                 });
                 tracing::info!(epoch, "switched: the component is the target's");
                 continue;

@@ -46,8 +46,10 @@ pub enum Command {
     Unfreeze,
     /// The component lives on `to` now: free the instance, and from here on answer every
     /// request with [`Answer::Moved`] until the last handle is dropped.
+    /// Answers how long each held request waited.
     Moved {
         to: PeerId,
+        reply: oneshot::Sender<Vec<Duration>>,
     },
     /// Finish what is queued before this, optionally take a last checkpoint, then end the
     /// thread. Requests queued after it are refused, so none is acknowledged and then lost.
@@ -224,8 +226,11 @@ impl ComponentHandle {
         let _ = self.tell(Command::Unfreeze).await;
     }
 
-    pub async fn moved(&self, to: PeerId) {
-        let _ = self.tell(Command::Moved { to }).await;
+    /// Hand the component over to `to`; how long each request held by the freeze waited.
+    pub async fn moved(&self, to: PeerId) -> Vec<Duration> {
+        self.ask(move |reply| Command::Moved { to, reply })
+            .await
+            .unwrap_or_default()
     }
 
     /// Stop the thread after the commands queued before this one; with `checkpoint`, return
@@ -347,7 +352,7 @@ fn run(inst: Instance, rx: Receiver<Command>, stats: &Stats, metrics: &Metrics) 
     };
     let ticks_ok = a.failures(&metrics.ticks, "ok");
     // Requests held while frozen for a migration (`None`: not frozen).
-    let mut held: Option<Vec<(Request, oneshot::Sender<Answer>)>> = None;
+    let mut held: Option<Vec<(Request, oneshot::Sender<Answer>, Instant)>> = None;
 
     let moved_to = loop {
         // Frozen, the component runs nothing: its state is on its way elsewhere.
@@ -388,7 +393,7 @@ fn run(inst: Instance, rx: Receiver<Command>, stats: &Stats, metrics: &Metrics) 
         };
         match cmd {
             Command::Call { req, reply } => match &mut held {
-                Some(held) => held.push((req, reply)),
+                Some(held) => held.push((req, reply, Instant::now())),
                 None => a.serve(req, reply),
             },
             Command::Checkpoint {
@@ -436,14 +441,17 @@ fn run(inst: Instance, rx: Receiver<Command>, stats: &Stats, metrics: &Metrics) 
             }
             Command::Unfreeze => {
                 a.tracking = None;
-                for (req, reply) in held.take().unwrap_or_default() {
+                for (req, reply, _) in held.take().unwrap_or_default() {
                     a.serve(req, reply);
                 }
             }
-            Command::Moved { to } => {
-                for (req, reply) in held.take().unwrap_or_default() {
-                    let _ = reply.send(Answer::Moved(to, req));
+            Command::Moved { to, reply } => {
+                let mut waited = Vec::new();
+                for (req, r, since) in held.take().unwrap_or_default() {
+                    waited.push(since.elapsed());
+                    let _ = r.send(Answer::Moved(to, req));
                 }
+                let _ = reply.send(waited);
                 break Some(to);
             }
             Command::Stop { checkpoint, reply } => {
