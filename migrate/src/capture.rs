@@ -163,6 +163,20 @@ impl StateHandles {
         Ok(Snapshot::new(meta, module_digest, memories, globals))
     }
 
+    /// A plain copy of every memory: the cheapest way to take the state off the instance when
+    /// the hashing can happen elsewhere, later.
+    pub fn copy_memories(&self, store: impl AsContext) -> Vec<Vec<u8>> {
+        self.memories
+            .iter()
+            .map(|m| {
+                let mem = m.data(&store);
+                let mut copy = crate::prefault::zeroed(mem.len());
+                copy.copy_from_slice(mem);
+                copy
+            })
+            .collect()
+    }
+
     /// Start recording writes to every memory with the kernel's help, so that later rounds
     /// only look at written pages. Fails where the kernel cannot (then every round hashes
     /// every page).

@@ -30,7 +30,7 @@ pub enum Command {
     /// new maps. The component goes on serving.
     Round {
         base: Vec<Vec<Digest>>,
-        reply: oneshot::Sender<Result<Round, String>>,
+        reply: oneshot::Sender<Result<Captured, String>>,
     },
     /// Capture the last changed pages and the globals, then hold every request until
     /// `Unfreeze` (serve them here) or `Moved` (hand them back to be sent to the new host).
@@ -64,6 +64,14 @@ pub enum Answer {
     Done(Result<Response, CallError>),
     /// Not run here: the component moved to this peer; send the request there.
     Moved(PeerId, Request),
+}
+
+/// What the component thread hands out for a round.
+pub enum Captured {
+    Pages(Round),
+    /// The first round: a plain copy of each memory, to be hashed off the component's thread
+    /// (which goes back to serving after a memcpy rather than after hashing everything).
+    Whole(Vec<Vec<u8>>),
 }
 
 /// One pre-copy round.
@@ -205,9 +213,21 @@ impl ComponentHandle {
     }
 
     pub async fn round(&self, base: Vec<Vec<Digest>>) -> anyhow::Result<Round> {
-        self.ask(move |reply| Command::Round { base, reply })
+        let captured = self
+            .ask(move |reply| Command::Round { base, reply })
             .await?
-            .map_err(|e| anyhow::anyhow!(e))
+            .map_err(|e| anyhow::anyhow!(e))?;
+        match captured {
+            Captured::Pages(round) => Ok(round),
+            Captured::Whole(copies) => Ok(tokio::task::spawn_blocking(move || {
+                let (pages, maps) = copies
+                    .iter()
+                    .map(|m| MemoryDelta::changed_since(m, &[]))
+                    .unzip();
+                Round { pages, maps }
+            })
+            .await?),
+        }
     }
 
     pub async fn freeze(&self, base: Vec<Vec<Digest>>) -> anyhow::Result<FinalState> {
@@ -290,20 +310,27 @@ impl Actor<'_> {
         self.inst.checkpoint().map_err(|e| e.to_string())
     }
 
-    /// A round of pages changed since `base`. The first round of a migration (empty `base`)
-    /// starts write tracking, so that the later ones, the freeze above all, look only at
-    /// pages written since.
-    fn round(&mut self, base: &[Vec<Digest>]) -> Round {
+    /// A round: the first of a migration (empty `base`) starts write tracking, so that the
+    /// later ones, the freeze above all, look only at pages written since, and copies the
+    /// memories out whole; the later ones carry the pages changed since `base`.
+    fn round(&mut self, base: &[Vec<Digest>]) -> Captured {
+        if !base.is_empty() {
+            return Captured::Pages(self.pages_since(base));
+        }
+        // Track first, then copy: a write in between shows up twice, never not at all.
+        self.tracking = match self.inst.track() {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::info!("no kernel write tracking ({e}): every round hashes every page");
+                None
+            }
+        };
+        Captured::Whole(self.inst.copy_memories())
+    }
+
+    /// The pages changed since `base` (every page when `base` is empty).
+    fn pages_since(&mut self, base: &[Vec<Digest>]) -> Round {
         let tracking = if base.is_empty() {
-            // Track first, then look at every page: a write in between shows up twice, never
-            // not at all.
-            self.tracking = match self.inst.track() {
-                Ok(t) => Some(t),
-                Err(e) => {
-                    tracing::info!("no kernel write tracking ({e}): every round hashes every page");
-                    None
-                }
-            };
             None
         } else {
             self.tracking.as_mut()
@@ -313,7 +340,7 @@ impl Actor<'_> {
     }
 
     fn final_state(&mut self, base: &[Vec<Digest>]) -> Result<FinalState, String> {
-        let round = self.round(base);
+        let round = self.pages_since(base);
         let globals = self.inst.globals().map_err(|e| e.to_string())?;
         let mut meta = self.inst.meta().clone();
         meta.epoch = self.stats.epoch.load(Ordering::Relaxed);

@@ -192,6 +192,11 @@ impl Instance {
         self.state.capture_changed(&self.store, base, tracking)
     }
 
+    /// A plain copy of every memory.
+    pub fn copy_memories(&self) -> Vec<Vec<u8>> {
+        self.state.copy_memories(&self.store)
+    }
+
     /// Start kernel write tracking of the memories, for the rounds that follow.
     pub fn track(&self) -> std::io::Result<Tracking> {
         self.state.track(&self.store)
