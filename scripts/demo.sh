@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The main demo, on one machine: a mesh of three equal nodes on 127.0.0.1, closed by a swarm
 # key. A stateful component deployed on one node answers through the others (HTTP/3 and
-# HTTP/1.1), a second is placed on a remote node, a federation forms from the nodes' labels,
-# and a checkpoint of the component restores elsewhere. Everything it starts, it stops.
+# HTTP/1.1), a second is placed on a remote node, the first moves live from node to node while
+# a client keeps calling it (no request lost), it is updated live to a version with another
+# state layout (and a broken version rolls back), a federation forms from the nodes' labels, and
+# a checkpoint restores elsewhere. Everything it starts, it stops.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,6 +29,7 @@ on() {
     "$BIN" "$@" --node "http://127.0.0.1:$((BASE + i))" --data-dir "$WORK/swarm/node$i"
 }
 BASE=${CONTINUUM_BASE_PORT:-7070}
+peer() { sed -n 's/.*"peer_id": "\([^"]*\)".*/\1/p' "$WORK/swarm/node$1/node.json"; }
 
 step "make a swarm key and start three nodes (node 1 is the others' bootstrap peer)"
 "$BIN" keygen -o "$WORK/swarm.key"
@@ -45,19 +48,40 @@ on 2 call counter /incr -X POST
 on 1 call counter /count
 
 step "place a key-value store on node 3 from node 1, and use it from node 2"
-on 1 deploy target/guests/kv.wasm --name kv --on "$(sed -n 's/.*"peer_id": "\([^"]*\)".*/\1/p' "$WORK/swarm/node3/node.json")"
+on 1 deploy target/guests/kv.wasm --name kv --on "$(peer 3)"
 sleep 0.3
 on 2 call kv /k/greeting -X PUT -d "hello from node 2"
 on 1 call kv /k/greeting
 on 2 ls
+
+step "move the counter live, node 1 -> node 3 -> node 2, while a client sends 500 increments through node 2"
+for _ in $(seq 500); do
+    curl -s -o /dev/null -w '%{http_code}\n' -X POST "http://127.0.0.1:$((BASE + 2))/c/counter/incr"
+done >"$WORK/codes" &
+LOAD=$!
+sleep 0.2
+on 1 migrate counter --to "$(peer 3)"
+on 3 migrate counter --to "$(peer 2)"
+wait $LOAD
+echo "client: $(grep -c '^200$' "$WORK/codes") of 500 increments answered 200, $(grep -vc '^200$' "$WORK/codes" || true) failed"
+echo "the count should be 3 + 500:"
+on 1 call counter /count
+on 1 ls
+
+step "update the counter live to v2 (another state layout), then try a broken v3: it rolls back"
+on 2 update counter target/guests/counter-v2.wasm
+on 1 call counter /version
+on 2 update counter target/guests/counter-v2-broken.wasm || echo "(refused, as it should be)"
+echo "still 503, at version 2:"
+on 1 call counter /count
 
 step "a temporary federation of the zone=a nodes (lease 30 s, renewed while its owner keeps it)"
 on 1 federate create --name zone-a --lease 30s --require zone=a --objective "demo"
 sleep 0.5
 on 3 federate ls
 
-step "checkpoint the counter on node 1 and restore it on node 3 under another name"
-on 1 checkpoint counter -o "$WORK/counter.ckpt"
+step "checkpoint the counter on node 2 (its host now) and restore it on node 3 under another name"
+on 2 checkpoint counter -o "$WORK/counter.ckpt"
 on 3 restore "$WORK/counter.ckpt" --name counter-copy
 on 2 call counter-copy /count
 on 2 status
