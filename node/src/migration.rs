@@ -107,8 +107,9 @@ impl Migrations {
 /// Fault injection for the tests: with `CONTINUUM_FAULT=POINT`, the process dies (SIGKILL,
 /// as `kill -9`) when a migration reaches POINT: `target:offer`, `target:pages`,
 /// `target:final` (on receipt), `target:ready` (restored, before answering), `source:switch`
-/// (on the target's Ready, before switching). `source:bad-digest` does not kill: the source
-/// sends a wrong whole-state digest.
+/// (on the target's Ready, before switching). Two do not kill: with `source:bad-digest` the
+/// source sends a wrong whole-state digest; with `target:cut` the target cuts its connections
+/// to the source on the first round it receives (once per process).
 fn faulty(point: &str) -> bool {
     std::env::var("CONTINUUM_FAULT").is_ok_and(|f| f == point)
 }
@@ -428,6 +429,15 @@ pub fn outcome(node: &Node, id: MigrationId) -> Option<Outcome> {
 /// The target side: answer one message of a migration to this node.
 pub async fn on_message(node: &Arc<Node>, from: PeerId, msg: ToTarget) -> ToSource {
     let id = msg.id();
+    static CUT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if matches!(msg, ToTarget::Pages { .. })
+        && faulty("target:cut")
+        && !CUT.swap(true, Ordering::Relaxed)
+    {
+        tracing::error!("fault injection: cutting the connection to {from}");
+        node.mesh.disconnect(from);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
     match &msg {
         ToTarget::Offer(_) => fault("target:offer"),
         ToTarget::Pages { .. } => fault("target:pages"),

@@ -467,6 +467,9 @@ impl Driver {
                 request,
                 reply,
             } => self.send(peer, &request, Pending::Call(reply)),
+            Command::Disconnect(peer) => {
+                let _ = self.swarm.disconnect_peer_id(peer);
+            }
             Command::SetComponents(components) => {
                 self.local.components = components;
                 self.gossip.set_local(now, self.local.clone());

@@ -103,6 +103,8 @@ pub(crate) enum Command {
         reply: oneshot::Sender<Result<rpc::Reply, MeshError>>,
     },
     SetComponents(Vec<continuum_gossip::Hosted>),
+    /// Close every connection to a peer (fault injection for the tests).
+    Disconnect(PeerId),
     Federate(FederationOp, oneshot::Sender<Result<(), String>>),
     Respond {
         channel: libp2p::request_response::ResponseChannel<rpc::Envelope>,
@@ -251,6 +253,11 @@ impl Mesh {
                 .map_err(|e| MeshError::Refused(502, format!("bad answer from {peer}: {e}"))),
             other => Err(unexpected(peer, &other)),
         }
+    }
+
+    /// Close every connection to `peer` at once, as a cut cable would.
+    pub fn disconnect(&self, peer: PeerId) {
+        let _ = self.cmd.send(Command::Disconnect(peer));
     }
 
     /// Tell the mesh which components this node hosts now.
