@@ -231,9 +231,9 @@ impl Components {
         Ok(handle)
     }
 
-    /// The component left for `to` at `epoch`: requests still coming here follow it, the
-    /// requests its thread holds go there, and its saved state here is deleted (the target
-    /// holds the only copy from now on).
+    /// The component left for `to` at `epoch`: requests still coming here follow it, and the
+    /// requests its thread holds go there. Its saved state here stays until the target
+    /// confirms it saved its own ([`Self::forget`]).
     pub async fn moved(
         &self,
         handle: &Arc<ComponentHandle>,
@@ -252,12 +252,15 @@ impl Components {
             }
         }
         self.metrics.components.set(self.len() as i64);
-        let held = handle.moved(to).await;
-        // After the switch, not before: requests are held until it. Once out of the map no new
-        // snapshot of it is written; one being written finishes before the lock is ours.
+        handle.moved(to).await
+    }
+
+    /// Delete the saved state of a component that moved away (unless it is back meanwhile).
+    pub async fn forget(&self, name: &str) {
         let _op = self.ops.lock().await;
-        let _ = std::fs::remove_file(self.dir.snapshot(&name));
-        held
+        if self.get(name).is_none() {
+            let _ = std::fs::remove_file(self.dir.snapshot(name));
+        }
     }
 
     /// Drop a staged component that never became this node's (a migration that failed

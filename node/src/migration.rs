@@ -368,6 +368,10 @@ async fn drive(
                     // Also ends write tracking if it never froze.
                     handle.unfreeze().await;
                 }
+                if result.is_ok() {
+                    // The target saved the component before it confirmed.
+                    node.components.forget(&handle.name).await;
+                }
                 finished(&node, id, src.is_committed(), result);
                 continue;
             }
@@ -419,6 +423,16 @@ fn finished(node: &Node, id: MigrationId, committed: bool, result: Result<Report
             }
         }
     });
+}
+
+/// Whether a migration of `name` from this node is under way.
+pub fn leaving(node: &Node, name: &str) -> bool {
+    node.migrations
+        .outgoing
+        .lock()
+        .unwrap()
+        .values()
+        .any(|p| p.name == name && !p.finished)
 }
 
 /// How a migration from here stands, for a target that asks (`None`: unknown here).

@@ -130,6 +130,17 @@ impl Node {
         Ok(())
     }
 
+    /// A name is one component in the whole mesh: refuse one that another node hosts.
+    pub fn name_free(&self, name: &str) -> Result<(), String> {
+        match self.mesh.locate(name) {
+            Some(l) if l.host != self.mesh.me() => Err(format!(
+                "component {name} runs on {} already; names are unique in the mesh",
+                l.host
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Tell the mesh which components this node hosts (after any change).
     pub fn announce_components(&self) {
         self.mesh.set_components(self.components.hosted());
@@ -282,6 +293,7 @@ async fn run_node(config: NodeConfig, dir: DataDir, key: libp2p::identity::Keypa
         tokio::spawn(http::h1::serve(tcp, node.clone()).in_current_span()),
         tokio::spawn(http::h3::serve(udp.clone(), node.clone()).in_current_span()),
         tokio::spawn(periodic_checkpoints(node.clone()).in_current_span()),
+        tokio::spawn(drop_stale_copies(node.clone()).in_current_span()),
     ];
     dir.write_node_json(&info)?;
     tracing::info!(http = %info.http, "node ready: HTTP/1.1 on TCP and HTTP/3 on UDP {addr}");
@@ -346,6 +358,12 @@ async fn answer_peer(node: &Arc<Node>, from: continuum_gossip::PeerId, request: 
             wasm,
         } => {
             tracing::info!(%from, component = %name, "deployment requested by a peer");
+            if let Err(why) = node.name_free(&name) {
+                return Reply::Refused {
+                    status: 409,
+                    message: why,
+                };
+            }
             if let Err(why) = node.admit(&bounds, Some(&from)) {
                 node.metrics.reject("deploy_refused");
                 return Reply::Refused {
@@ -376,6 +394,38 @@ async fn answer_peer(node: &Arc<Node>, from: continuum_gossip::PeerId, request: 
         },
         // The driver answers syncs itself.
         Request::Sync(_) => Reply::Synced,
+    }
+}
+
+/// A node that comes back from a crash may hold a copy of a component that moved on while it
+/// was gone (it died between the switch and the target's confirmation). The mesh knows the
+/// newer location by its higher epoch: the stale copy is dropped, and requests follow the
+/// component.
+async fn drop_stale_copies(node: Arc<Node>) {
+    let mut timer = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        timer.tick().await;
+        for c in node.components.list() {
+            let newer = node
+                .mesh
+                .locate(&c.name)
+                .filter(|l| l.host != node.mesh.me() && l.epoch > c.epoch);
+            if let Some(l) = newer
+                && !crate::migration::leaving(&node, &c.name)
+            {
+                tracing::warn!(
+                    component = %c.name,
+                    epoch = c.epoch,
+                    "a newer copy runs on {} (epoch {}): dropping this stale one",
+                    l.host,
+                    l.epoch
+                );
+                if node.components.remove(&c.name).await.is_ok() {
+                    node.metrics.reject("stale_copy");
+                    node.announce_components();
+                }
+            }
+        }
     }
 }
 

@@ -146,6 +146,9 @@ async fn counter_kv_and_sensor_filter_move_with_exact_state() {
             .await
             >= 2
     );
+    // A name is one component in the whole mesh.
+    let err = a.fails(&["deploy", &guest("counter"), "--name", "counter"]);
+    assert!(err.contains("names are unique in the mesh"), "{err}");
 }
 
 /// Counts of one client's requests.
@@ -356,6 +359,34 @@ async fn a_source_killed_after_ready_leaves_the_target_serving() {
         started.elapsed()
     );
     assert!(b.log().contains("taking over"), "{}", b.log());
+
+    // The source comes back with the copy it had on disk, at the old epoch: it sees the
+    // newer one and drops its own, and requests through it reach the target.
+    let mut again = common.to_vec();
+    let join_b = b.p2p();
+    again.extend(["--join", &join_b]);
+    let back = TestNode::start_in(&a.dir, &again);
+    let started = Instant::now();
+    loop {
+        let r = back.h1(Method::GET, "/c/counter/count", b"").await;
+        if r.status == 200 && host_of(&r) == b.peer_id() {
+            assert_eq!(r.text(), "7");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the stale copy stayed: {} {}\n{}",
+            r.status,
+            r.text(),
+            back.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        back.log().contains("dropping this stale one"),
+        "{}",
+        back.log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -80,6 +80,9 @@ pub async fn handle(node: &Arc<Node>, rest: &str, req: Request<Bytes>) -> Respon
                 }
             }
             let wasm = req.into_body().to_vec();
+            if let Err(why) = node.name_free(name) {
+                return error(&ApiError::Conflict(why));
+            }
             match on {
                 Some(peer) => deploy_on(node, &peer, name, &version, bounds, wasm).await,
                 None => match node.admit(&bounds, None) {
