@@ -1,7 +1,7 @@
 //! The mesh: real nodes on loopback that find each other through one bootstrap peer, gossip
 //! their resources, route requests by component name, and form federations.
 
-use crate::support::{TestNode, guest};
+use crate::support::{TestNode, guest, keygen};
 use http::Method;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -234,17 +234,7 @@ async fn a_federation_takes_the_matching_nodes_and_dissolves_without_renewal() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_with_different_swarm_keys_never_see_or_route_for_each_other() {
     let tmp = tempfile::tempdir().unwrap();
-    let key = |name: &str| {
-        let path = tmp.path().join(name);
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_continuum"))
-            .args(["keygen", "-o"])
-            .arg(&path)
-            .output()
-            .unwrap();
-        assert!(out.status.success());
-        path.to_string_lossy().into_owned()
-    };
-    let (a, b) = (key("a.key"), key("b.key"));
+    let (a, b) = (keygen(tmp.path(), "a.key"), keygen(tmp.path(), "b.key"));
     let keyed = |k: &str| {
         vec![
             "--swarm-key".to_string(),

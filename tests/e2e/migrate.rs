@@ -2,7 +2,7 @@
 //! component, and under load no request fails, is lost or is applied twice.
 
 use crate::mesh::{mesh, until_full_views};
-use crate::support::{TestNode, guest};
+use crate::support::{TestNode, guest, keygen};
 use bytes::Bytes;
 use http::Method;
 use std::sync::Arc;
@@ -190,6 +190,33 @@ async fn h1_load(node: std::net::SocketAddr, rate: u64, stop: Arc<AtomicBool>, t
     }
 }
 
+/// [`h1_load`] in the background, at [`RATE`].
+struct Background {
+    stop: Arc<AtomicBool>,
+    tally: Arc<Tally>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Background {
+    fn start(node: &TestNode) -> Background {
+        let (stop, tally) = (Arc::new(AtomicBool::new(false)), Arc::new(Tally::default()));
+        let task = tokio::spawn(h1_load(node.addr(), RATE, stop.clone(), tally.clone()));
+        Background { stop, tally, task }
+    }
+
+    /// Stop; the increments that succeeded (every one must have).
+    async fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap();
+        assert_eq!(
+            self.tally.failed.load(Ordering::Relaxed),
+            0,
+            "a request failed"
+        );
+        self.tally.ok.load(Ordering::Relaxed)
+    }
+}
+
 /// The same over one HTTP/3 connection.
 async fn h3_load(node: &TestNode, rate: u64, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
     let mut h3 = node.h3().await;
@@ -210,31 +237,68 @@ async fn h3_load(node: &TestNode, rate: u64, stop: Arc<AtomicBool>, tally: Arc<T
     h3.close().await;
 }
 
+/// How long the load runs, and each client's rate: 400 requests/s in all.
+const LOAD: Duration = Duration::from_secs(30);
+const RATE: u64 = 200;
+
+/// Deploy `counter` on `entry`, wait until `via` routes to it, then run `work` (given the
+/// start time) while two clients send increments for [`LOAD`]: over a kept-alive HTTP/1.1
+/// connection to `entry`, and over HTTP/3 through `via`. Checks that no request failed and
+/// that the count is exactly the increments that succeeded; returns what `work` returned and
+/// the increments (HTTP/1.1, HTTP/3).
+async fn under_load<T, F: std::future::Future<Output = T>>(
+    entry: &TestNode,
+    via: &TestNode,
+    work: impl FnOnce(Instant) -> F,
+) -> (T, u64, u64) {
+    entry.ok(&["deploy", &guest("counter"), "--name", "counter"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while via.h1(Method::GET, "/c/counter/count", b"").await.status != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the second node never learnt of counter"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (stop, t3) = (Arc::new(AtomicBool::new(false)), Arc::new(Tally::default()));
+    let started = Instant::now();
+    let h1 = Background::start(entry);
+    let h3 = h3_load(via, RATE, stop.clone(), t3.clone());
+    let work = async {
+        let out = work(started).await;
+        tokio::time::sleep(LOAD.saturating_sub(started.elapsed())).await;
+        stop.store(true, Ordering::Relaxed);
+        out
+    };
+    let (out, ()) = tokio::join!(work, h3);
+    let ok1 = h1.stop().await;
+    let elapsed = started.elapsed();
+    let (ok3, failed) = (
+        t3.ok.load(Ordering::Relaxed),
+        t3.failed.load(Ordering::Relaxed),
+    );
+    let count: u64 = entry
+        .h1(Method::GET, "/c/counter/count", b"")
+        .await
+        .text()
+        .parse()
+        .unwrap();
+    eprintln!(
+        "under load: {ok1} h1 + {ok3} h3 increments in {elapsed:.1?} ({:.0} requests/s), {failed} failed, final count {count}",
+        (ok1 + ok3) as f64 / elapsed.as_secs_f64()
+    );
+    assert_eq!(failed, 0);
+    assert_eq!(count, ok1 + ok3, "a request was lost or applied twice");
+    (out, ok1, ok3)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_request_lost_or_applied_twice_while_counter_moves_ten_times_under_load() {
-    const LOAD: Duration = Duration::from_secs(30);
     const MIGRATIONS: usize = 10;
-    const RATE: u64 = 200; // per client: 400 requests/s in all
     let nodes = mesh(4, args);
     let (a, b, c, d) = (&nodes[0], &nodes[1], &nodes[2], &nodes[3]);
     until_full_views(&[a, b, c, d], Duration::from_secs(30)).await;
-    a.ok(&["deploy", &guest("counter"), "--name", "counter"]);
-    // D must know where counter is before its client starts.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while d.h1(Method::GET, "/c/counter/count", b"").await.status != 200 {
-        assert!(Instant::now() < deadline, "D never learnt of counter");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let (t1, t3) = (Arc::new(Tally::default()), Arc::new(Tally::default()));
-    let started = Instant::now();
-    let h1 = tokio::spawn(h1_load(a.addr(), RATE, stop.clone(), t1.clone()));
-    let h3 = {
-        let (stop, t3) = (stop.clone(), t3.clone());
-        async move { h3_load(d, RATE, stop, t3).await }
-    };
-    let migrations = async {
+    let (downtimes, _, _) = under_load(a, d, |started| async move {
         let ring = [a, b, c];
         let mut downtimes = Vec::new();
         for i in 0..MIGRATIONS {
@@ -245,28 +309,12 @@ async fn no_request_lost_or_applied_twice_while_counter_moves_ten_times_under_lo
             let p = tokio::task::block_in_place(|| migrate(from, "counter", to, &[]));
             downtimes.push(p["report"]["downtime_ms"].as_u64().unwrap());
         }
-        tokio::time::sleep(LOAD.saturating_sub(started.elapsed())).await;
-        stop.store(true, Ordering::Relaxed);
         downtimes
-    };
-    let (downtimes, ()) = tokio::join!(migrations, h3);
-    h1.await.unwrap();
-    let elapsed = started.elapsed();
-
-    let (ok1, ok3) = (t1.ok.load(Ordering::Relaxed), t3.ok.load(Ordering::Relaxed));
-    let failed = t1.failed.load(Ordering::Relaxed) + t3.failed.load(Ordering::Relaxed);
-    let count: u64 = a
-        .h1(Method::GET, "/c/counter/count", b"")
-        .await
-        .text()
-        .parse()
-        .unwrap();
+    })
+    .await;
     eprintln!(
-        "{MIGRATIONS} migrations under load: {ok1} h1 + {ok3} h3 increments in {elapsed:.1?} ({:.0} requests/s), {failed} failed, downtimes {downtimes:?} ms, final count {count}",
-        (ok1 + ok3) as f64 / elapsed.as_secs_f64()
+        "{MIGRATIONS} migrations A -> B -> C -> A ... under that load, downtimes {downtimes:?} ms"
     );
-    assert_eq!(failed, 0);
-    assert_eq!(count, ok1 + ok3, "a request was lost or applied twice");
     // It made the whole round three times and a bit: A -> B -> C -> A ... -> B.
     let r = c.h1(Method::GET, "/c/counter/count", b"").await;
     assert_eq!(host_of(&r), b.peer_id());
@@ -290,23 +338,15 @@ async fn a_target_killed_at_any_step_leaves_the_component_serving_at_the_source(
         );
         until_full_views(&[&a, &b], Duration::from_secs(30)).await;
         a.ok(&["deploy", &guest("counter"), "--name", "counter"]);
-        let stop = Arc::new(AtomicBool::new(false));
-        let tally = Arc::new(Tally::default());
-        let load = tokio::spawn(h1_load(a.addr(), 200, stop.clone(), tally.clone()));
+        let load = Background::start(&a);
         tokio::time::sleep(Duration::from_millis(300)).await;
         let err =
             tokio::task::block_in_place(|| a.fails(&["migrate", "counter", "--to", b.peer_id()]));
         assert!(err.contains("aborted"), "{point}: {err}");
         tokio::time::sleep(Duration::from_millis(300)).await;
-        stop.store(true, Ordering::Relaxed);
-        load.await.unwrap();
-        let (ok, failed) = (
-            tally.ok.load(Ordering::Relaxed),
-            tally.failed.load(Ordering::Relaxed),
-        );
+        let ok = load.stop().await;
         let r = a.h1(Method::GET, "/c/counter/count", b"").await;
         eprintln!("target killed at {point}: {err}; {ok} requests served meanwhile");
-        assert_eq!(failed, 0, "{point}");
         assert_eq!(
             (r.text(), host_of(&r)),
             (ok.to_string(), a.peer_id().to_string()),
@@ -394,54 +434,18 @@ async fn live_update_under_load_carries_the_state_and_a_broken_upgrade_rolls_bac
     let nodes = mesh(2, args);
     let (a, d) = (&nodes[0], &nodes[1]);
     until_full_views(&[a, d], Duration::from_secs(30)).await;
-    a.ok(&["deploy", &guest("counter"), "--name", "counter"]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while d.h1(Method::GET, "/c/counter/count", b"").await.status != 200 {
-        assert!(Instant::now() < deadline, "D never learnt of counter");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let stop = Arc::new(AtomicBool::new(false));
-    let (t1, t3) = (Arc::new(Tally::default()), Arc::new(Tally::default()));
-    let h1 = tokio::spawn(h1_load(a.addr(), 200, stop.clone(), t1.clone()));
-    let h3 = {
-        let (stop, t3) = (stop.clone(), t3.clone());
-        async move { h3_load(d, 200, stop, t3).await }
-    };
-    let started = Instant::now();
-    let updates = async {
+    let (err, _, _) = under_load(a, d, |_| async {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let out =
             tokio::task::block_in_place(|| a.ok(&["update", "counter", &guest("counter-v2")]));
         assert!(out.contains("version 2"), "{out}");
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        let err = tokio::task::block_in_place(|| {
-            a.fails(&["update", "counter", &guest("counter-v2-broken")])
-        });
-        assert!(err.contains("rolled back"), "{err}");
-        assert!(
-            err.contains("upgrade is broken on purpose") || err.contains("trap"),
-            "{err}"
-        );
-        // The load runs 30 s in all, as for the migrations.
-        tokio::time::sleep(Duration::from_secs(30).saturating_sub(started.elapsed())).await;
-        stop.store(true, Ordering::Relaxed);
-        err
-    };
-    let (err, ()) = tokio::join!(updates, h3);
-    h1.await.unwrap();
-    let (ok1, ok3) = (t1.ok.load(Ordering::Relaxed), t3.ok.load(Ordering::Relaxed));
-    let failed = t1.failed.load(Ordering::Relaxed) + t3.failed.load(Ordering::Relaxed);
-    let count: u64 = a
-        .h1(Method::GET, "/c/counter/count", b"")
-        .await
-        .text()
-        .parse()
-        .unwrap();
-    eprintln!(
-        "live update under load: {ok1} h1 + {ok3} h3 increments, {failed} failed, final count {count}; rollback said: {err}"
-    );
-    assert_eq!(failed, 0);
-    assert_eq!(count, ok1 + ok3, "a request was lost or applied twice");
+        tokio::task::block_in_place(|| a.fails(&["update", "counter", &guest("counter-v2-broken")]))
+    })
+    .await;
+    eprintln!("live update under that load; the broken one said: {err}");
+    assert!(err.contains("rolled back"), "{err}");
+    assert!(err.contains("trap"), "{err}");
     let v = a.h1(Method::GET, "/c/counter/version", b"").await.text();
     assert_eq!(v, "2 (from layout 1)");
     assert_eq!(a.metric("continuum_updates_total{outcome=\"ok\"}").await, 1);
@@ -458,17 +462,10 @@ async fn live_update_under_load_carries_the_state_and_a_broken_upgrade_rolls_bac
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_federated_component_only_moves_among_members_and_strangers_cannot_push() {
     let tmp = tempfile::tempdir().unwrap();
-    let key = |name: &str| {
-        let path = tmp.path().join(name);
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_continuum"))
-            .args(["keygen", "-o"])
-            .arg(&path)
-            .output()
-            .unwrap();
-        assert!(out.status.success());
-        path.to_string_lossy().into_owned()
-    };
-    let (ours, theirs) = (key("ours.key"), key("theirs.key"));
+    let (ours, theirs) = (
+        keygen(tmp.path(), "ours.key"),
+        keygen(tmp.path(), "theirs.key"),
+    );
     // Nodes 1-3 in zone a, node 4 in zone b, all with our key; node 5 a stranger with another.
     let nodes = mesh(5, |i| {
         let (zone, k) = match i {
@@ -594,9 +591,7 @@ async fn a_connection_cut_mid_transfer_aborts_then_a_retry_moves_it() {
     );
     until_full_views(&[&a, &b], Duration::from_secs(30)).await;
     a.ok(&["deploy", &guest("counter"), "--name", "counter"]);
-    let stop = Arc::new(AtomicBool::new(false));
-    let tally = Arc::new(Tally::default());
-    let load = tokio::spawn(h1_load(a.addr(), 200, stop.clone(), tally.clone()));
+    let load = Background::start(&a);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let err = tokio::task::block_in_place(|| a.fails(&["migrate", "counter", "--to", b.peer_id()]));
     assert!(err.contains("aborted"), "{err}");
@@ -604,18 +599,12 @@ async fn a_connection_cut_mid_transfer_aborts_then_a_retry_moves_it() {
     // The cut was once: the next attempt goes through.
     let p = tokio::task::block_in_place(|| migrate(&a, "counter", &b, &[]));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::Relaxed);
-    load.await.unwrap();
-    let (ok, failed) = (
-        tally.ok.load(Ordering::Relaxed),
-        tally.failed.load(Ordering::Relaxed),
-    );
+    let ok = load.stop().await;
     let r = a.h1(Method::GET, "/c/counter/count", b"").await;
     eprintln!(
-        "cut mid-transfer: {err}; then moved in {} ms; {ok} requests, {failed} failed",
+        "cut mid-transfer: {err}; then moved in {} ms; {ok} requests, none failed",
         p["report"]["total_ms"]
     );
-    assert_eq!(failed, 0);
     assert_eq!(
         (r.text(), host_of(&r)),
         (ok.to_string(), b.peer_id().to_string())

@@ -20,6 +20,22 @@ pub fn guest(name: &str) -> String {
     path.to_string_lossy().into_owned()
 }
 
+/// A fresh swarm key file in `dir` (`continuum keygen`); its path.
+pub fn keygen(dir: &Path, name: &str) -> String {
+    let path = dir.join(name);
+    let out = Command::new(env!("CARGO_BIN_EXE_continuum"))
+        .args(["keygen", "-o"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    path.to_string_lossy().into_owned()
+}
+
 /// A `continuum node` process with its own data directory; killed when dropped.
 pub struct TestNode {
     pub dir: PathBuf,

@@ -61,17 +61,14 @@ impl DeployArgs {
             .client
             .api_json(Method::PUT, &target, wasm.into())
             .await?;
-        if self.client.json {
-            println!("{}", serde_json::to_string_pretty(&info)?);
-        } else {
-            println!(
+        self.client.show(&info, || {
+            format!(
                 "deployed {} (module {}, {}) on {}",
                 info.name,
                 &info.digest[..12],
                 human_bytes(info.module_bytes),
                 info.host
-            );
-        }
-        Ok(())
+            )
+        })
     }
 }

@@ -175,6 +175,16 @@ impl ClientArgs {
         Ok(reply)
     }
 
+    /// Print `value` as JSON with `--json`, else the human line.
+    fn show(&self, value: &impl serde::Serialize, line: impl FnOnce() -> String) -> Result<()> {
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(value)?);
+        } else {
+            println!("{}", line());
+        }
+        Ok(())
+    }
+
     async fn api_json<T: serde::de::DeserializeOwned>(
         &self,
         method: Method,

@@ -31,16 +31,13 @@ impl RestoreArgs {
             .client
             .api_json(Method::POST, &target, bytes.into())
             .await?;
-        if self.client.json {
-            println!("{}", serde_json::to_string_pretty(&info)?);
-        } else {
-            println!(
+        self.client.show(&info, || {
+            format!(
                 "restored {} ({} of memory) on {}",
                 info.name,
                 human_bytes(info.memory_bytes),
                 info.host
-            );
-        }
-        Ok(())
+            )
+        })
     }
 }

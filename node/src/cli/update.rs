@@ -30,17 +30,14 @@ impl UpdateArgs {
             .client
             .api_json(Method::PUT, &target, wasm.into())
             .await?;
-        if self.client.json {
-            println!("{}", serde_json::to_string_pretty(&info)?);
-        } else {
-            println!(
+        self.client.show(&info, || {
+            format!(
                 "updated {} to version {} (module {}) on {}",
                 info.name,
                 info.version,
                 &info.digest[..12],
                 info.host
-            );
-        }
-        Ok(())
+            )
+        })
     }
 }
