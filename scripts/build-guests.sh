@@ -17,6 +17,6 @@ cargo build --quiet --profile guest --target wasm32-wasip1 "${args[@]}"
 
 mkdir -p target/guests
 for n in "${names[@]}"; do
-    cp "target/wasm32-wasip1/guest/${n//-/_}.wasm" "target/guests/$n.wasm"
+    cp "${CARGO_TARGET_DIR:-target}/wasm32-wasip1/guest/${n//-/_}.wasm" "target/guests/$n.wasm"
 done
 ls -l target/guests/*.wasm | awk '{print "built", $NF, $5, "bytes"}'
