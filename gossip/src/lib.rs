@@ -11,6 +11,7 @@ mod federation;
 mod gossip;
 mod membership;
 mod placement;
+mod policy;
 mod wire;
 
 pub use advert::{Hosted, ResourceAdvert, Resources};
@@ -20,6 +21,7 @@ pub use federation::{
 pub use gossip::{Config, Event, Gossip, Location, Output};
 pub use membership::{Heard, PeerInfo, View};
 pub use placement::{Candidate, Need, Placement, place};
+pub use policy::{Decision, PeerLoad, Placed, Placer, Policy, PolicyConfig};
 pub use wire::{
     Body, Known, MAX_DIRECT_BYTES, MAX_GOSSIP_BYTES, Message, Opened, Reject, SwarmKey, SyncEntry,
     open, seal,

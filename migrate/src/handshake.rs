@@ -53,6 +53,9 @@ pub struct Offer {
     pub federation: Option<String>,
     /// Labels the host must carry.
     pub require: BTreeMap<String, String>,
+    /// Its placement policy, which travels with it.
+    #[serde(default)]
+    pub policy: String,
 }
 
 /// Source to target.

@@ -33,6 +33,9 @@ pub struct ComponentMeta {
     /// Labels every host of the component must carry.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub require: std::collections::BTreeMap<String, String>,
+    /// How it chooses where to run (`pinned`, `follow-traffic`, `balance`; empty: pinned).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub policy: String,
 }
 
 /// The value of one mutable global. Floats are kept as bits so that NaN payloads survive.
@@ -312,18 +315,20 @@ impl Snapshot {
         f.u64(self.format as u64)
             .bytes(self.meta.name.as_bytes())
             .bytes(self.meta.version.as_bytes())
-            .u64(self.meta.abi as u64)
-            .u64(self.meta.epoch)
-            .bytes(
-                self.meta
-                    .federation
-                    .as_deref()
-                    .unwrap_or_default()
-                    .as_bytes(),
-            )
-            .u64(self.meta.require.len() as u64);
-        for (k, v) in &self.meta.require {
-            f.bytes(k.as_bytes()).bytes(v.as_bytes());
+            .u64(self.meta.abi as u64);
+        // Fields added since the first snapshots are framed only when set, so that a snapshot
+        // written before them keeps its digest.
+        let m = &self.meta;
+        if m.epoch != 0 {
+            f.u64(m.epoch);
+        }
+        if m.federation.is_some() || !m.require.is_empty() || !m.policy.is_empty() {
+            f.bytes(m.federation.as_deref().unwrap_or_default().as_bytes())
+                .u64(m.require.len() as u64);
+            for (k, v) in &m.require {
+                f.bytes(k.as_bytes()).bytes(v.as_bytes());
+            }
+            f.bytes(m.policy.as_bytes());
         }
         f.bytes(&self.module_digest).u64(self.memories.len() as u64);
         for m in &self.memories {

@@ -48,6 +48,7 @@ fn offer() -> Offer {
         epoch: 3,
         federation: None,
         require: BTreeMap::new(),
+        policy: String::new(),
     }
 }
 

@@ -4,7 +4,7 @@
 use crate::datadir::{DataDir, write_atomic};
 use crate::metrics::{Metrics, TriggerLabels};
 use crate::runtime::{ComponentHandle, Instance, Runtime};
-use continuum_gossip::PeerId;
+use continuum_gossip::{PeerId, Policy};
 use continuum_migrate::{ComponentMeta, Snapshot, digest_hex};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -67,6 +67,8 @@ pub struct ComponentInfo {
     /// Labels its host must carry.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub require: BTreeMap<String, String>,
+    #[serde(default)]
+    pub policy: Policy,
 }
 
 /// Where a component may run, as the deployer set it.
@@ -76,6 +78,9 @@ pub struct Bounds {
     pub federation: Option<String>,
     #[serde(default)]
     pub require: BTreeMap<String, String>,
+    /// Whether (and why) it moves on its own.
+    #[serde(default)]
+    pub policy: Policy,
 }
 
 pub struct Components {
@@ -152,6 +157,10 @@ impl Components {
         self.len() == 0
     }
 
+    pub fn handles(&self) -> Vec<Arc<ComponentHandle>> {
+        self.map.read().unwrap().values().cloned().collect()
+    }
+
     pub fn list(&self) -> Vec<ComponentInfo> {
         self.map
             .read()
@@ -189,6 +198,7 @@ impl Components {
             ticks: h.stats.ticks.load(Ordering::Relaxed),
             federation: h.federation.clone(),
             require: h.require.clone(),
+            policy: h.policy,
         }
     }
 
@@ -328,6 +338,7 @@ impl Components {
             epoch: old.stats.epoch.load(Ordering::Relaxed),
             federation: old.federation.clone(),
             require: old.require.clone(),
+            policy: old.policy.name().to_string(),
         };
         let saved_len = saved.len();
         let next = blocking(move || -> anyhow::Result<Instance> {
@@ -423,6 +434,7 @@ impl Components {
             epoch: 1,
             federation: bounds.federation,
             require: bounds.require,
+            policy: bounds.policy.name().to_string(),
         };
         let instance = blocking(move || -> anyhow::Result<Instance> {
             let module = rt.load(&wasm)?;

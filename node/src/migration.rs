@@ -198,23 +198,8 @@ pub fn resolve_target(node: &Node, name: &str, to: &str) -> Result<PeerId, ApiEr
         .get(name)
         .ok_or_else(|| ApiError::NotFound(format!("no component named {name} on this node")))?;
     let mesh = node.mesh.snapshot();
-    let members: Option<std::collections::BTreeSet<PeerId>> = handle.federation.as_ref().map(|f| {
-        mesh.federations
-            .iter()
-            .filter(|x| &x.name == f)
-            .flat_map(|x| x.members.iter().filter_map(|m| m.parse().ok()))
-            .collect()
-    });
-    let candidates = mesh.peers.iter().filter_map(|p| {
-        Some(continuum_gossip::Candidate {
-            peer: p.peer_id.parse().ok()?,
-            load: p.load,
-            slots: p.slots,
-            mem_free: p.mem_free,
-            components: p.components.len(),
-            labels: &p.labels,
-        })
-    });
+    let members = handle.federation.as_ref().map(|f| mesh.members(f));
+    let candidates = mesh.peers.iter().filter_map(|p| p.candidate());
     let need = continuum_gossip::Need {
         require: handle.require.clone(),
         memory: handle.stats.memory_bytes.load(Ordering::Relaxed),
@@ -264,6 +249,7 @@ async fn drive(
         epoch: handle.stats.epoch.load(Ordering::Relaxed),
         federation: handle.federation.clone(),
         require: handle.require.clone(),
+        policy: handle.policy.name().to_string(),
     };
     let cfg = SourceConfig {
         stop_and_copy,
@@ -606,6 +592,7 @@ async fn decide(
     let bounds = crate::components::Bounds {
         federation: offer.federation.clone(),
         require: offer.require.clone(),
+        policy: Default::default(),
     };
     node.admit(&bounds, Some(&from))?;
     let rt = node.components.runtime().clone();
@@ -692,6 +679,7 @@ async fn apply(
                     epoch: offer.epoch + 1,
                     federation: offer.federation.clone(),
                     require: offer.require.clone(),
+                    policy: offer.policy.clone(),
                 };
                 inst = Some(Instance::blank(&rt, module, meta).map_err(|e| format!("{e:#}"))?);
                 maps = vec![(0, Vec::new()); images.len()];
@@ -734,6 +722,8 @@ async fn become_host(node: &Node, handle: Option<Arc<ComponentHandle>>, epoch: u
     let Some(h) = handle else { return };
     h.stats.epoch.store(epoch, Ordering::Relaxed);
     node.announce_components();
+    // It just arrived: its policy waits out a cool-down here before moving it again.
+    node.placer.lock().unwrap().settle(now(node), &h.name);
     node.metrics.migration("target", "ok");
     tracing::info!(component = %h.name, epoch, "hosting the migrated component");
     if let Err(e) = node.components.save(&h.name, "migration").await {

@@ -26,6 +26,9 @@ pub struct Node {
     pub token: String,
     pub components: Components,
     pub migrations: crate::migration::Migrations,
+    /// The placement policies' state, and their latest decisions (for `status`).
+    pub placer: std::sync::Mutex<continuum_gossip::Placer>,
+    pub decisions: std::sync::Mutex<std::collections::VecDeque<continuum_gossip::Decision>>,
     pub metrics: Arc<Metrics>,
     pub info: NodeInfo,
     pub h3_port: u16,
@@ -51,6 +54,9 @@ pub struct Status {
     pub swarm_key: Option<String>,
     pub peers: Vec<crate::mesh::PeerStatus>,
     pub federations: Vec<crate::mesh::FederationStatus>,
+    /// The latest placement decisions taken here, with their reasons.
+    #[serde(default)]
+    pub decisions: Vec<continuum_gossip::Decision>,
 }
 
 impl Node {
@@ -71,6 +77,7 @@ impl Node {
             swarm_key: self.swarm_key.clone(),
             peers: mesh.peers.clone(),
             federations: mesh.federations.clone(),
+            decisions: self.decisions.lock().unwrap().iter().cloned().collect(),
         }
     }
 
@@ -92,6 +99,7 @@ impl Node {
                     ticks: 0,
                     federation: None,
                     require: Default::default(),
+                    policy: Default::default(),
                 });
             }
         }
@@ -280,6 +288,8 @@ async fn run_node(config: NodeConfig, dir: DataDir, key: libp2p::identity::Keypa
         token,
         components,
         migrations: Default::default(),
+        placer: std::sync::Mutex::new(continuum_gossip::Placer::new(Default::default())),
+        decisions: Default::default(),
         metrics,
         info: info.clone(),
         h3_port: addr.port(),
@@ -294,6 +304,7 @@ async fn run_node(config: NodeConfig, dir: DataDir, key: libp2p::identity::Keypa
         tokio::spawn(http::h3::serve(udp.clone(), node.clone()).in_current_span()),
         tokio::spawn(periodic_checkpoints(node.clone()).in_current_span()),
         tokio::spawn(drop_stale_copies(node.clone()).in_current_span()),
+        tokio::spawn(place_components(node.clone()).in_current_span()),
     ];
     dir.write_node_json(&info)?;
     tracing::info!(http = %info.http, "node ready: HTTP/1.1 on TCP and HTTP/3 on UDP {addr}");
@@ -335,15 +346,17 @@ async fn answer_peer(node: &Arc<Node>, from: continuum_gossip::PeerId, request: 
         Request::Forward {
             name,
             hops,
+            entry,
             request,
         } => {
+            let entry = entry.and_then(|e| e.parse().ok()).unwrap_or(from);
             node.metrics
                 .forwarded
                 .get_or_create(&crate::metrics::DirectionLabels { direction: "in" })
                 .inc();
             match continuum_guest::abi::decode_request(&request) {
                 Ok(req) => Reply::Forwarded(continuum_guest::abi::encode_response(
-                    &http::serve(node, &name, req, hops).await,
+                    &http::serve(node, &name, req, hops, entry).await,
                 )),
                 Err(e) => Reply::Refused {
                     status: 400,
@@ -394,6 +407,81 @@ async fn answer_peer(node: &Arc<Node>, from: continuum_gossip::PeerId, request: 
         },
         // The driver answers syncs itself.
         Request::Sync(_) => Reply::Synced,
+    }
+}
+
+/// The placement policies, every second: a component whose policy is not `pinned` may be
+/// proposed a move, which this node starts as a migration (the target may refuse it). Every
+/// decision is logged with its reason and kept for `status`.
+async fn place_components(node: Arc<Node>) {
+    const KEEP: usize = 32;
+    let mut timer = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        timer.tick().await;
+        let handles: Vec<_> = node
+            .components
+            .handles()
+            .into_iter()
+            .filter(|h| {
+                h.policy != continuum_gossip::Policy::Pinned
+                    && !crate::migration::leaving(&node, &h.name)
+            })
+            .collect();
+        if handles.is_empty() {
+            continue;
+        }
+        let mesh = node.mesh.snapshot();
+        let members: Vec<_> = handles
+            .iter()
+            .map(|h| h.federation.as_ref().map(|f| mesh.members(f)))
+            .collect();
+        let placed: Vec<_> = handles
+            .iter()
+            .zip(&members)
+            .map(|(h, within)| continuum_gossip::Placed {
+                name: &h.name,
+                policy: h.policy,
+                require: &h.require,
+                within: within.as_ref(),
+                memory_bytes: h
+                    .stats
+                    .memory_bytes
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            })
+            .collect();
+        let peers: Vec<_> = mesh
+            .peers
+            .iter()
+            .filter_map(|p| {
+                Some(continuum_gossip::PeerLoad {
+                    candidate: p.candidate()?,
+                    rtt_ms: p.rtt_ms,
+                })
+            })
+            .collect();
+        let now = node.started.elapsed().as_millis() as u64;
+        let decisions = node.placer.lock().unwrap().evaluate(
+            now,
+            node.mesh.me(),
+            &node.config.labels,
+            crate::mesh::resources::load(),
+            &placed,
+            &peers,
+        );
+        for d in decisions {
+            tracing::info!(component = %d.component, policy = d.policy.name(), to = %d.to, "placement: {}", d.reason);
+            {
+                let mut kept = node.decisions.lock().unwrap();
+                if kept.len() == KEEP {
+                    kept.pop_front();
+                }
+                kept.push_back(d.clone());
+            }
+            let Ok(to) = d.to.parse() else { continue };
+            if let Err(e) = crate::migration::start(&node, &d.component, to, false).await {
+                tracing::warn!(component = %d.component, "placement move not started: {e}");
+            }
+        }
     }
 }
 

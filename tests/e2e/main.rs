@@ -10,6 +10,7 @@ mod durability;
 mod mdns;
 mod mesh;
 mod migrate;
+mod placement;
 mod single_node;
 mod support;
 mod ticks;

@@ -2,11 +2,11 @@
 //! component, and under load no request fails, is lost or is applied twice.
 
 use crate::mesh::{mesh, until_full_views};
-use crate::support::{TestNode, guest, keygen};
+use crate::support::{Background, RATE, Tally, TestNode, guest, keygen};
 use bytes::Bytes;
 use http::Method;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 fn args(_: usize) -> Vec<String> {
@@ -151,72 +151,6 @@ async fn counter_kv_and_sensor_filter_move_with_exact_state() {
     assert!(err.contains("names are unique in the mesh"), "{err}");
 }
 
-/// Counts of one client's requests.
-#[derive(Default)]
-struct Tally {
-    ok: AtomicU64,
-    failed: AtomicU64,
-}
-
-/// Send `POST /c/counter/incr` over one kept-alive HTTP/1.1 connection, at most `rate` per
-/// second, until `stop`.
-async fn h1_load(node: std::net::SocketAddr, rate: u64, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
-    use http_body_util::{BodyExt, Full};
-    let stream = tokio::net::TcpStream::connect(node).await.unwrap();
-    let (mut send, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
-    while !stop.load(Ordering::Relaxed) {
-        tick.tick().await;
-        let req = http::Request::post("/c/counter/incr")
-            .header(http::header::HOST, node.to_string())
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        let resp = send
-            .send_request(req)
-            .await
-            .expect("the kept-alive connection broke");
-        let status = resp.status();
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        if status == 200 {
-            tally.ok.fetch_add(1, Ordering::Relaxed);
-        } else {
-            tally.failed.fetch_add(1, Ordering::Relaxed);
-            eprintln!("h1: {status} {}", String::from_utf8_lossy(&body));
-        }
-    }
-}
-
-/// [`h1_load`] in the background, at [`RATE`].
-struct Background {
-    stop: Arc<AtomicBool>,
-    tally: Arc<Tally>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Background {
-    fn start(node: &TestNode) -> Background {
-        let (stop, tally) = (Arc::new(AtomicBool::new(false)), Arc::new(Tally::default()));
-        let task = tokio::spawn(h1_load(node.addr(), RATE, stop.clone(), tally.clone()));
-        Background { stop, tally, task }
-    }
-
-    /// Stop; the increments that succeeded (every one must have).
-    async fn stop(self) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        self.task.await.unwrap();
-        assert_eq!(
-            self.tally.failed.load(Ordering::Relaxed),
-            0,
-            "a request failed"
-        );
-        self.tally.ok.load(Ordering::Relaxed)
-    }
-}
-
 /// The same over one HTTP/3 connection.
 async fn h3_load(node: &TestNode, rate: u64, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
     let mut h3 = node.h3().await;
@@ -237,9 +171,8 @@ async fn h3_load(node: &TestNode, rate: u64, stop: Arc<AtomicBool>, tally: Arc<T
     h3.close().await;
 }
 
-/// How long the load runs, and each client's rate: 400 requests/s in all.
+/// How long the load runs; each client sends [`RATE`] requests/s, 400 in all.
 const LOAD: Duration = Duration::from_secs(30);
-const RATE: u64 = 200;
 
 /// Deploy `counter` on `entry`, wait until `via` routes to it, then run `work` (given the
 /// start time) while two clients send increments for [`LOAD`]: over a kept-alive HTTP/1.1
@@ -262,7 +195,7 @@ async fn under_load<T, F: std::future::Future<Output = T>>(
     }
     let (stop, t3) = (Arc::new(AtomicBool::new(false)), Arc::new(Tally::default()));
     let started = Instant::now();
-    let h1 = Background::start(entry);
+    let h1 = Background::start(entry, "/c/counter/incr");
     let h3 = h3_load(via, RATE, stop.clone(), t3.clone());
     let work = async {
         let out = work(started).await;
@@ -338,7 +271,7 @@ async fn a_target_killed_at_any_step_leaves_the_component_serving_at_the_source(
         );
         until_full_views(&[&a, &b], Duration::from_secs(30)).await;
         a.ok(&["deploy", &guest("counter"), "--name", "counter"]);
-        let load = Background::start(&a);
+        let load = Background::start(&a, "/c/counter/incr");
         tokio::time::sleep(Duration::from_millis(300)).await;
         let err =
             tokio::task::block_in_place(|| a.fails(&["migrate", "counter", "--to", b.peer_id()]));
@@ -591,7 +524,7 @@ async fn a_connection_cut_mid_transfer_aborts_then_a_retry_moves_it() {
     );
     until_full_views(&[&a, &b], Duration::from_secs(30)).await;
     a.ok(&["deploy", &guest("counter"), "--name", "counter"]);
-    let load = Background::start(&a);
+    let load = Background::start(&a, "/c/counter/incr");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let err = tokio::task::block_in_place(|| a.fails(&["migrate", "counter", "--to", b.peer_id()]));
     assert!(err.contains("aborted"), "{err}");

@@ -1,12 +1,15 @@
 //! Starting nodes and talking to them.
 
 use anyhow::{Context, Result, bail};
+use bytes::Bytes;
 use continuum::client::{self, H3, Reply};
 use continuum::datadir::{NodeInfo, read_node_json};
 use http::Method;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 pub fn guest(name: &str) -> String {
@@ -237,5 +240,86 @@ impl TestNode {
 impl Drop for TestNode {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// Requests per second of each load client.
+pub const RATE: u64 = 200;
+
+/// Counts of one client's requests.
+#[derive(Default)]
+pub struct Tally {
+    pub ok: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+/// Send `POST path` over one kept-alive HTTP/1.1 connection, at most `rate` per second, until
+/// `stop`.
+pub async fn h1_load(
+    node: SocketAddr,
+    path: &'static str,
+    rate: u64,
+    stop: Arc<AtomicBool>,
+    tally: Arc<Tally>,
+) {
+    use http_body_util::{BodyExt, Full};
+    let stream = tokio::net::TcpStream::connect(node).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
+    while !stop.load(Ordering::Relaxed) {
+        tick.tick().await;
+        let req = http::Request::post(path)
+            .header(http::header::HOST, node.to_string())
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = send
+            .send_request(req)
+            .await
+            .expect("the kept-alive connection broke");
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        if status == 200 {
+            tally.ok.fetch_add(1, Ordering::Relaxed);
+        } else {
+            tally.failed.fetch_add(1, Ordering::Relaxed);
+            eprintln!("h1: {status} {}", String::from_utf8_lossy(&body));
+        }
+    }
+}
+
+/// [`h1_load`] in the background, at [`RATE`].
+pub struct Background {
+    stop: Arc<AtomicBool>,
+    tally: Arc<Tally>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Background {
+    pub fn start(node: &TestNode, path: &'static str) -> Background {
+        let (stop, tally) = (Arc::new(AtomicBool::new(false)), Arc::new(Tally::default()));
+        let task = tokio::spawn(h1_load(
+            node.addr(),
+            path,
+            RATE,
+            stop.clone(),
+            tally.clone(),
+        ));
+        Background { stop, tally, task }
+    }
+
+    /// Stop; the increments that succeeded (every one must have).
+    pub async fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap();
+        assert_eq!(
+            self.tally.failed.load(Ordering::Relaxed),
+            0,
+            "a request failed"
+        );
+        self.tally.ok.load(Ordering::Relaxed)
     }
 }

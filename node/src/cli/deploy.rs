@@ -2,6 +2,7 @@ use super::{ClientArgs, human_bytes};
 use crate::components::ComponentInfo;
 use anyhow::{Context, Result};
 use clap::Args;
+use continuum_gossip::Policy;
 use http::Method;
 use std::path::PathBuf;
 
@@ -24,8 +25,16 @@ pub struct DeployArgs {
     /// A label every host must carry (repeatable), e.g. sensor=camera.
     #[arg(long = "require", value_name = "KEY=VALUE", value_parser = super::node::parse_label)]
     require: Vec<(String, String)>,
+    /// How it chooses where to run: pinned (stays), follow-traffic (moves toward where its
+    /// requests enter the mesh), balance (moves off an overloaded node).
+    #[arg(long, default_value = "pinned", value_parser = parse_policy)]
+    policy: Policy,
     #[command(flatten)]
     client: ClientArgs,
+}
+
+fn parse_policy(s: &str) -> Result<Policy, String> {
+    s.parse()
 }
 
 impl DeployArgs {
@@ -46,6 +55,9 @@ impl DeployArgs {
         let mut target = format!("/v1/components/{name}?version={version}");
         if let Some(peer) = &self.on {
             target.push_str(&format!("&on={peer}"));
+        }
+        if self.policy != Policy::Pinned {
+            target.push_str(&format!("&policy={}", self.policy.name()));
         }
         if let Some(f) = &self.federation {
             target.push_str(&format!("&federation={}", super::query_value(f)));

@@ -63,9 +63,14 @@ pub async fn handle(node: &Arc<Node>, rest: &str, req: Request<Bytes>) -> Respon
         (&Method::PUT | &Method::POST, ["components", name]) => {
             let version = query("version").unwrap_or_else(|| "1".into());
             let on = query("on").filter(|p| *p != node.peer_id);
+            let policy = match query("policy").unwrap_or_default().parse() {
+                Ok(p) => p,
+                Err(e) => return error(&ApiError::BadRequest(e)),
+            };
             let mut bounds = Bounds {
                 federation: query("federation").filter(|f| !f.is_empty()),
                 require: Default::default(),
+                policy,
             };
             for kv in query_all("require") {
                 match kv.split_once('=') {

@@ -173,7 +173,7 @@ async fn component(
             .collect(),
         body: body.to_vec(),
     };
-    to_http(name, serve(node, name, greq, 0).await)
+    to_http(name, serve(node, name, greq, 0, node.mesh.me()).await)
 }
 
 /// How many times one request may be passed on between nodes (a component that moved on,
@@ -184,12 +184,23 @@ pub const MAX_HOPS: u8 = 4;
 /// migration may have just changed: a request held during the switch follows the component).
 /// Every failure becomes an answer, the same whether the request came from a local client or
 /// from another node. The answer names the node that served it in `x-continuum-host`.
-pub async fn serve(node: &Node, name: &str, req: GuestRequest, hops: u8) -> GuestResponse {
+/// `entry` is the peer where the request entered the mesh: the placement policies count it.
+pub async fn serve(
+    node: &Node,
+    name: &str,
+    req: GuestRequest,
+    hops: u8,
+    entry: PeerId,
+) -> GuestResponse {
     let here = &node.peer_id;
     let mut req = req;
     // A live update replaces the component here while the request waits: it comes back and
     // goes to the new version.
     while let Some(handle) = node.components.get(name) {
+        if handle.policy != continuum_gossip::Policy::Pinned {
+            let now = node.started.elapsed().as_millis() as u64;
+            node.placer.lock().unwrap().record(now, name, entry);
+        }
         match handle.call(req).await {
             Ok(Ok(r)) => return with_host(r, here),
             Ok(Err(e)) => {
@@ -202,7 +213,7 @@ pub async fn serve(node: &Node, name: &str, req: GuestRequest, hops: u8) -> Gues
                 req = *back;
             }
             Err(Unavailable::Moved { to, req, .. }) => {
-                return forward(node, to, name, *req, hops).await;
+                return forward(node, to, name, *req, hops, entry).await;
             }
             Err(e) => {
                 return with_host(
@@ -213,7 +224,7 @@ pub async fn serve(node: &Node, name: &str, req: GuestRequest, hops: u8) -> Gues
         }
     }
     match locate(node, name).await {
-        Some(host) => forward(node, host, name, req, hops).await,
+        Some(host) => forward(node, host, name, req, hops, entry).await,
         None => {
             node.metrics.reject("unknown_component");
             with_host(
@@ -231,6 +242,7 @@ async fn forward(
     name: &str,
     req: GuestRequest,
     hops: u8,
+    entry: PeerId,
 ) -> GuestResponse {
     let at = host.to_string();
     if hops >= MAX_HOPS {
@@ -250,7 +262,7 @@ async fn forward(
         .inc();
     let answer = match node
         .mesh
-        .forward(host, name, hops + 1, abi::encode_request(&req))
+        .forward(host, name, hops + 1, entry, abi::encode_request(&req))
         .await
     {
         Ok(bytes) => abi::decode_response(&bytes).unwrap_or_else(|e| {

@@ -3,7 +3,7 @@
 use super::rpc::Envelope;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
-use libp2p::{gossipsub, identify, kad, mdns, request_response};
+use libp2p::{gossipsub, identify, kad, mdns, ping, request_response};
 
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
@@ -12,4 +12,6 @@ pub struct Behaviour {
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     pub gossipsub: gossipsub::Behaviour,
     pub rpc: request_response::cbor::Behaviour<Envelope, Envelope>,
+    /// Round-trip times to connected peers, for the placement policies.
+    pub ping: ping::Behaviour,
 }

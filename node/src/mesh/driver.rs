@@ -14,7 +14,7 @@ use futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, StreamProtocol, Swarm, identify, kad, mdns, noise, tcp, yamux};
+use libp2p::{Multiaddr, StreamProtocol, Swarm, identify, kad, mdns, noise, ping, tcp, yamux};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -104,6 +104,9 @@ pub fn build_swarm(
                     },
                     gossipsub,
                     rpc,
+                    ping: ping::Behaviour::new(
+                        ping::Config::new().with_interval(Duration::from_secs(10)),
+                    ),
                 })
             },
         )?
@@ -148,6 +151,8 @@ pub struct Driver {
     ready: Option<oneshot::Sender<()>>,
     /// The gossip state changed since the snapshot was taken.
     dirty: bool,
+    /// Smoothed round-trip time to each peer, ms.
+    rtts: HashMap<PeerId, f64>,
 }
 
 impl Driver {
@@ -198,6 +203,7 @@ impl Driver {
             inbound,
             ready: Some(ready),
             dirty: true,
+            rtts: HashMap::new(),
         })
     }
 
@@ -304,6 +310,16 @@ impl Driver {
                 for addr in prefer_quic(info.listen_addrs) {
                     self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                 }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                peer,
+                result: Ok(rtt),
+                ..
+            })) => {
+                // Smoothed, as TCP does, so one slow ping does not swing a placement.
+                let ms = rtt.as_secs_f64() * 1000.0;
+                let e = self.rtts.entry(peer).or_insert(ms);
+                *e = 0.8 * *e + 0.2 * ms;
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
                 for (peer, addr) in found {
@@ -527,6 +543,7 @@ impl Driver {
                     }
                 }
                 Event::PeerDown(peer) => {
+                    self.rtts.remove(&peer);
                     tracing::info!(%peer, "peer left the view (no advert within its expiry)")
                 }
                 Event::Federation(FederationEvent::Joined(f)) => {
@@ -566,6 +583,7 @@ impl Driver {
                     addrs: r.addrs.clone(),
                     components: r.components.iter().map(|c| c.name.clone()).collect(),
                     last_seen_ms: now.saturating_sub(p.last_heard_ms),
+                    rtt_ms: self.rtts.get(&p.peer).copied(),
                 })
             })
             .collect();

@@ -5,7 +5,7 @@
 
 mod behaviour;
 mod driver;
-mod resources;
+pub mod resources;
 pub mod rpc;
 
 use crate::components::ComponentInfo;
@@ -49,6 +49,23 @@ pub struct PeerStatus {
     pub components: Vec<String>,
     /// Milliseconds since this node last heard from the peer.
     pub last_seen_ms: u64,
+    /// Round-trip time this node measured to it (libp2p ping), ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_ms: Option<f64>,
+}
+
+impl PeerStatus {
+    /// The peer as placement sees it.
+    pub fn candidate(&self) -> Option<continuum_gossip::Candidate<'_>> {
+        Some(continuum_gossip::Candidate {
+            peer: self.peer_id.parse().ok()?,
+            load: self.load,
+            slots: self.slots,
+            mem_free: self.mem_free,
+            components: self.components.len(),
+            labels: &self.labels,
+        })
+    }
 }
 
 /// One federation, as `continuum federate ls` shows it.
@@ -76,6 +93,17 @@ pub struct Snapshot {
     pub directory: BTreeMap<String, Location>,
     /// This node's listen addresses, with its `/p2p/PEER_ID`.
     pub listen: Vec<String>,
+}
+
+impl Snapshot {
+    /// The members of federation `name` (none if it is unknown).
+    pub fn members(&self, name: &str) -> std::collections::BTreeSet<PeerId> {
+        self.federations
+            .iter()
+            .filter(|f| f.name == name)
+            .flat_map(|f| f.members.iter().filter_map(|m| m.parse().ok()))
+            .collect()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -196,12 +224,14 @@ impl Mesh {
         host: PeerId,
         name: &str,
         hops: u8,
+        entry: PeerId,
         request: Vec<u8>,
     ) -> Result<Vec<u8>, MeshError> {
         let name = name.to_string();
         let forward = rpc::Request::Forward {
             name,
             hops,
+            entry: Some(entry.to_string()),
             request,
         };
         match self.request(host, forward).await? {

@@ -29,6 +29,9 @@ pub enum Request {
         /// How many nodes passed it on before this one.
         #[serde(default)]
         hops: u8,
+        /// The peer where the request entered the mesh (for placement policies).
+        #[serde(default)]
+        entry: Option<String>,
         #[serde(with = "serde_bytes")]
         request: Vec<u8>,
     },

@@ -124,6 +124,7 @@ pub struct ComponentHandle {
     /// Where it may run: within this federation, on nodes with these labels.
     pub federation: Option<String>,
     pub require: std::collections::BTreeMap<String, String>,
+    pub policy: continuum_gossip::Policy,
     pub stats: Arc<Stats>,
     tx: SyncSender<Command>,
 }
@@ -148,6 +149,7 @@ impl ComponentHandle {
             digest: inst.module().digest,
             module_size: inst.module().size,
             federation: meta.federation.clone(),
+            policy: meta.policy.parse().unwrap_or_default(),
             require: meta.require.clone(),
             stats: stats.clone(),
             tx,

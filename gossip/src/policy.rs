@@ -1,0 +1,404 @@
+//! Placement policies: where a component should run, decided by the node that hosts it from
+//! what it measured (where the component's requests enter the mesh, how far away those peers
+//! are) and what the gossip says (loads, labels, room). Sans IO: observations and the time in,
+//! proposals out. The host proposes a move; the target may refuse it (the migration
+//! handshake); nobody coordinates. Hysteresis (a clear majority, a minimum of evidence) and a
+//! cool-down per component keep anything from oscillating.
+
+use crate::placement::{Candidate, Need, place};
+use libp2p_identity::PeerId;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// How a component chooses where to run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Policy {
+    /// It stays where it was put.
+    #[default]
+    Pinned,
+    /// It moves toward the peer where most of its requests enter the mesh.
+    FollowTraffic,
+    /// It moves off a node whose load is above the threshold, to a peer with room.
+    Balance,
+}
+
+impl Policy {
+    pub fn name(self) -> &'static str {
+        match self {
+            Policy::Pinned => "pinned",
+            Policy::FollowTraffic => "follow-traffic",
+            Policy::Balance => "balance",
+        }
+    }
+}
+
+impl std::str::FromStr for Policy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "" | "pinned" => Ok(Policy::Pinned),
+            "follow-traffic" => Ok(Policy::FollowTraffic),
+            "balance" => Ok(Policy::Balance),
+            _ => Err(format!(
+                "unknown policy {s:?}: use pinned, follow-traffic or balance"
+            )),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct PolicyConfig {
+    /// Requests older than this no longer count.
+    pub window_ms: u64,
+    /// The entry peer must carry at least this share of the window's requests...
+    pub min_share: f64,
+    /// ...and at least this many of them.
+    pub min_requests: u64,
+    /// After a move is proposed, the component is left alone this long.
+    pub cooldown_ms: u64,
+    /// `balance`: move off when this node's load is above this...
+    pub load_high: f32,
+    /// ...to a peer whose load is below this.
+    pub load_low: f32,
+    /// The cost model: bytes a migration moves per millisecond...
+    pub bandwidth_bytes_per_ms: u64,
+    /// ...and how far ahead the latency a move saves is counted against that cost.
+    pub horizon_ms: u64,
+    /// Round-trip time assumed for a peer not measured yet.
+    pub default_rtt_ms: f64,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            window_ms: 5_000,
+            min_share: 0.6,
+            min_requests: 20,
+            cooldown_ms: 5_000,
+            load_high: 0.85,
+            load_low: 0.5,
+            bandwidth_bytes_per_ms: 10_000,
+            horizon_ms: 60_000,
+            default_rtt_ms: 1.0,
+        }
+    }
+}
+
+/// A component this node hosts, as the policies see it.
+#[derive(Clone, Debug)]
+pub struct Placed<'a> {
+    pub name: &'a str,
+    pub policy: Policy,
+    pub require: &'a BTreeMap<String, String>,
+    /// Members of its federation, if it is bound to one.
+    pub within: Option<&'a BTreeSet<PeerId>>,
+    pub memory_bytes: u64,
+}
+
+/// A peer in view, as the policies see it.
+#[derive(Clone, Debug)]
+pub struct PeerLoad<'a> {
+    pub candidate: Candidate<'a>,
+    /// Round-trip time this node measured to it.
+    pub rtt_ms: Option<f64>,
+}
+
+/// A proposal to move a component, and why.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    pub component: String,
+    pub policy: Policy,
+    /// The peer it should move to.
+    pub to: String,
+    pub reason: String,
+    pub at_ms: u64,
+}
+
+/// This node's side of the placement policies.
+pub struct Placer {
+    cfg: PolicyConfig,
+    /// Per component, per second of the window, requests by the peer they entered at.
+    traffic: HashMap<String, BTreeMap<u64, BTreeMap<PeerId, u64>>>,
+    quiet_until: HashMap<String, u64>,
+}
+
+impl Placer {
+    pub fn new(cfg: PolicyConfig) -> Placer {
+        Placer {
+            cfg,
+            traffic: HashMap::new(),
+            quiet_until: HashMap::new(),
+        }
+    }
+
+    pub fn config(&self) -> &PolicyConfig {
+        &self.cfg
+    }
+
+    /// A request for `component` entered the mesh at `entry` and was served here.
+    pub fn record(&mut self, now: u64, component: &str, entry: PeerId) {
+        let buckets = self.traffic.entry(component.to_string()).or_default();
+        *buckets
+            .entry(now / 1000)
+            .or_default()
+            .entry(entry)
+            .or_default() += 1;
+    }
+
+    /// Requests per entry peer within the window.
+    pub fn traffic(&mut self, now: u64, component: &str) -> BTreeMap<PeerId, u64> {
+        let oldest = now.saturating_sub(self.cfg.window_ms) / 1000;
+        let mut out = BTreeMap::new();
+        if let Some(buckets) = self.traffic.get_mut(component) {
+            buckets.retain(|&s, _| s >= oldest);
+            for per_peer in buckets.values() {
+                for (p, n) in per_peer {
+                    *out.entry(*p).or_default() += n;
+                }
+            }
+        }
+        out
+    }
+
+    /// A move of `component` was proposed (or it arrived here): leave it alone for the
+    /// cool-down, and start counting afresh.
+    pub fn settle(&mut self, now: u64, component: &str) {
+        self.quiet_until
+            .insert(component.to_string(), now + self.cfg.cooldown_ms);
+        self.traffic.remove(component);
+    }
+
+    /// The component is no longer here.
+    pub fn forget(&mut self, component: &str) {
+        self.traffic.remove(component);
+        self.quiet_until.remove(component);
+    }
+
+    /// What should move where, from this node (`me`, with `my_labels` and `my_load`).
+    pub fn evaluate(
+        &mut self,
+        now: u64,
+        me: PeerId,
+        my_labels: &BTreeMap<String, String>,
+        my_load: f32,
+        components: &[Placed],
+        peers: &[PeerLoad],
+    ) -> Vec<Decision> {
+        let mut out = Vec::new();
+        for c in components {
+            if c.policy == Policy::Pinned || self.quiet_until.get(c.name).is_some_and(|&t| now < t)
+            {
+                continue;
+            }
+            let need = Need {
+                require: c.require.clone(),
+                memory: c.memory_bytes,
+                within: c.within,
+                exclude: vec![me],
+            };
+            let proposal = if !c.require.iter().all(|(k, v)| my_labels.get(k) == Some(v)) {
+                // Label affinity comes first: a host without the labels hands it on.
+                place(peers.iter().map(|p| p.candidate.clone()), &need)
+                    .ok()
+                    .map(|p| {
+                        (
+                            p.peer,
+                            format!("this node lacks a required label; {}", p.reason),
+                        )
+                    })
+            } else {
+                match c.policy {
+                    Policy::Pinned => None,
+                    Policy::FollowTraffic => self.follow(now, me, c, &need, peers),
+                    Policy::Balance => self.balance(my_load, &need, peers),
+                }
+            };
+            if let Some((to, reason)) = proposal {
+                self.settle(now, c.name);
+                out.push(Decision {
+                    component: c.name.to_string(),
+                    policy: c.policy,
+                    to: to.to_string(),
+                    reason,
+                    at_ms: now,
+                });
+            }
+        }
+        out
+    }
+
+    fn follow(
+        &mut self,
+        now: u64,
+        me: PeerId,
+        c: &Placed,
+        need: &Need,
+        peers: &[PeerLoad],
+    ) -> Option<(PeerId, String)> {
+        let traffic = self.traffic(now, c.name);
+        let total: u64 = traffic.values().sum();
+        if total < self.cfg.min_requests {
+            return None;
+        }
+        let (&top, &n) = traffic
+            .iter()
+            .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))?;
+        let share = n as f64 / total as f64;
+        if top == me || share < self.cfg.min_share {
+            return None;
+        }
+        let peer = peers.iter().find(|p| p.candidate.peer == top)?;
+        // The entry peer must be able to take it, by the same rules as any placement.
+        place([peer.candidate.clone()], need).ok()?;
+        let rtt = peer.rtt_ms.unwrap_or(self.cfg.default_rtt_ms);
+        let rate = n as f64 / self.cfg.window_ms as f64;
+        let gain_ms = rate * rtt * self.cfg.horizon_ms as f64;
+        let cost_ms = c.memory_bytes as f64 / self.cfg.bandwidth_bytes_per_ms.max(1) as f64;
+        if gain_ms <= cost_ms {
+            return None;
+        }
+        Some((
+            top,
+            format!(
+                "{:.0} % of its {total} requests in the last {} s entered at {top} (rtt {rtt:.2} ms): saves ~{gain_ms:.0} ms of latency per {} s against ~{cost_ms:.0} ms to move {} KiB",
+                share * 100.0,
+                self.cfg.window_ms / 1000,
+                self.cfg.horizon_ms / 1000,
+                c.memory_bytes / 1024
+            ),
+        ))
+    }
+
+    fn balance(&self, my_load: f32, need: &Need, peers: &[PeerLoad]) -> Option<(PeerId, String)> {
+        if my_load <= self.cfg.load_high {
+            return None;
+        }
+        let room = peers
+            .iter()
+            .filter(|p| p.candidate.load < self.cfg.load_low)
+            .map(|p| p.candidate.clone());
+        let placed = place(room, need).ok()?;
+        Some((
+            placed.peer,
+            format!(
+                "load here {my_load:.2} > {:.2}: {}",
+                self.cfg.load_high, placed.reason
+            ),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(i: u8) -> PeerId {
+        libp2p_identity::Keypair::ed25519_from_bytes([i + 1; 32])
+            .unwrap()
+            .public()
+            .to_peer_id()
+    }
+
+    fn peer<'a>(i: u8, load: f32, labels: &'a BTreeMap<String, String>) -> PeerLoad<'a> {
+        PeerLoad {
+            candidate: Candidate {
+                peer: id(i),
+                load,
+                slots: 8,
+                mem_free: 1 << 30,
+                components: 0,
+                labels,
+            },
+            rtt_ms: Some(0.5),
+        }
+    }
+
+    #[test]
+    fn follows_the_traffic_once_with_hysteresis_and_a_cooldown() {
+        let none = BTreeMap::new();
+        let mut p = Placer::new(PolicyConfig::default());
+        let c = Placed {
+            name: "counter",
+            policy: Policy::FollowTraffic,
+            require: &none,
+            within: None,
+            memory_bytes: 1 << 20,
+        };
+        let peers = [peer(1, 0.1, &none), peer(2, 0.1, &none)];
+        let eval = |p: &mut Placer, now| {
+            p.evaluate(now, id(0), &none, 0.1, std::slice::from_ref(&c), &peers)
+        };
+        // Too little evidence, then a split without a clear majority: stay.
+        for _ in 0..10 {
+            p.record(0, "counter", id(2));
+        }
+        assert!(eval(&mut p, 500).is_empty());
+        for _ in 0..10 {
+            p.record(600, "counter", id(0));
+            p.record(600, "counter", id(1));
+        }
+        assert!(eval(&mut p, 1000).is_empty());
+        // Most requests come in at peer 2: move there, once.
+        for _ in 0..100 {
+            p.record(1500, "counter", id(2));
+        }
+        let d = eval(&mut p, 2000);
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].to, id(2).to_string());
+        assert!(d[0].reason.contains("entered at"), "{}", d[0].reason);
+        for _ in 0..100 {
+            p.record(2500, "counter", id(1));
+        }
+        assert!(eval(&mut p, 3000).is_empty(), "cooling down");
+        // Old requests age out of the window.
+        assert!(p.traffic(20_000, "counter").is_empty());
+    }
+
+    #[test]
+    fn pinned_never_moves_and_balance_leaves_an_overloaded_node() {
+        let none = BTreeMap::new();
+        let mut p = Placer::new(PolicyConfig::default());
+        let mut c = Placed {
+            name: "c",
+            policy: Policy::Pinned,
+            require: &none,
+            within: None,
+            memory_bytes: 1 << 20,
+        };
+        for _ in 0..1000 {
+            p.record(0, "c", id(1));
+        }
+        let peers = [peer(1, 0.9, &none), peer(2, 0.2, &none)];
+        assert!(
+            p.evaluate(100, id(0), &none, 0.99, &[c.clone()], &peers)
+                .is_empty()
+        );
+        c.policy = Policy::Balance;
+        assert!(
+            p.evaluate(100, id(0), &none, 0.5, &[c.clone()], &peers)
+                .is_empty()
+        );
+        let d = p.evaluate(100, id(0), &none, 0.95, &[c.clone()], &peers);
+        assert_eq!(d[0].to, id(2).to_string(), "{d:?}");
+    }
+
+    #[test]
+    fn a_host_without_the_required_labels_hands_the_component_on() {
+        let none = BTreeMap::new();
+        let camera: BTreeMap<String, String> = [("sensor".into(), "camera".into())].into();
+        let mut p = Placer::new(PolicyConfig::default());
+        let c = Placed {
+            name: "c",
+            policy: Policy::FollowTraffic,
+            require: &camera,
+            within: None,
+            memory_bytes: 0,
+        };
+        let peers = [peer(1, 0.1, &none), peer(2, 0.3, &camera)];
+        let d = p.evaluate(0, id(0), &none, 0.1, &[c], &peers);
+        assert_eq!(d[0].to, id(2).to_string(), "{d:?}");
+        assert!(d[0].reason.contains("lacks a required label"));
+    }
+}
