@@ -16,6 +16,7 @@ use bytes::Bytes;
 use continuum_gossip::PeerId;
 use continuum_guest::{Request as GuestRequest, Response as GuestResponse, abi};
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
+use std::sync::atomic::Ordering;
 
 pub const HOST_HEADER: &str = "x-continuum-host";
 
@@ -194,9 +195,17 @@ pub async fn serve(
 ) -> GuestResponse {
     let here = &node.peer_id;
     let mut req = req;
+    settle_after_start(node).await;
     // A live update replaces the component here while the request waits: it comes back and
     // goes to the new version.
     while let Some(handle) = node.components.get(name) {
+        // A copy this node brought back from disk may have moved on while the node was down:
+        // the mesh knows the newer one by its epoch.
+        if let Some(newer) = node.mesh.locate(name).filter(|l| {
+            l.host != node.mesh.me() && l.epoch > handle.stats.epoch.load(Ordering::Relaxed)
+        }) {
+            return forward(node, newer.host, name, req, hops, entry).await;
+        }
         if handle.policy != continuum_gossip::Policy::Pinned {
             let now = node.started.elapsed().as_millis() as u64;
             node.placer.lock().unwrap().record(now, name, entry);
@@ -232,6 +241,17 @@ pub async fn serve(
                 here,
             )
         }
+    }
+}
+
+/// Right after a start, a node that has peers to join waits (up to `route_wait`) until it has
+/// heard from one, so that it does not serve a copy the mesh knows to be stale.
+async fn settle_after_start(node: &Node) {
+    if node.config.join.is_empty() {
+        return;
+    }
+    while node.started.elapsed() < node.config.route_wait && node.mesh.snapshot().peers.is_empty() {
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
 }
 

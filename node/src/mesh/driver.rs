@@ -544,6 +544,22 @@ impl Driver {
                 }
                 Event::PeerDown(peer) => {
                     self.rtts.remove(&peer);
+                    // A peer killed without a goodbye leaves its connection open until QUIC
+                    // gives up on it; what waits for its answers fails now instead.
+                    let gone: Vec<_> = self
+                        .pending
+                        .iter()
+                        .filter(|(_, (p, _))| *p == peer)
+                        .map(|(id, _)| *id)
+                        .collect();
+                    for id in gone {
+                        if let Some((_, Pending::Call(tx))) = self.pending.remove(&id) {
+                            let _ = tx.send(Err(MeshError::Unreachable(
+                                peer.to_string(),
+                                "it left the view (no advert within its expiry)".into(),
+                            )));
+                        }
+                    }
                     tracing::info!(%peer, "peer left the view (no advert within its expiry)")
                 }
                 Event::Federation(FederationEvent::Joined(f)) => {
