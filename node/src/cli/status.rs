@@ -86,19 +86,33 @@ impl StatusArgs {
         println!("peers       {}", s.peers.len());
         if !s.peers.is_empty() {
             println!(
-                "  {:<54} {:<8} {:>5} {:<16} {:>9}",
-                "PEER", "ARCH", "LOAD", "LABELS", "LAST SEEN"
+                "  {:<54} {:<8} {:>5} {:<16} {:>9} {:>8}",
+                "PEER", "ARCH", "LOAD", "LABELS", "LAST SEEN", "RTT"
             );
             for p in &s.peers {
                 let labels: Vec<String> =
                     p.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 println!(
-                    "  {:<54} {:<8} {:>5.2} {:<16} {:>7.1}s",
+                    "  {:<54} {:<8} {:>5.2} {:<16} {:>7.1}s {:>8}",
                     p.peer_id,
                     p.arch,
                     p.load,
                     labels.join(","),
-                    p.last_seen_ms as f64 / 1000.0
+                    p.last_seen_ms as f64 / 1000.0,
+                    p.rtt_ms.map_or("-".into(), |r| format!("{r:.2}ms"))
+                );
+            }
+        }
+        if !s.decisions.is_empty() {
+            println!("placement decisions (latest last)");
+            for d in &s.decisions {
+                println!(
+                    "  {:>8.1}s  {} ({}) -> {}: {}",
+                    d.at_ms as f64 / 1000.0,
+                    d.component,
+                    d.policy.name(),
+                    d.to,
+                    d.reason
                 );
             }
         }
