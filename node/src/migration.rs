@@ -71,6 +71,8 @@ type SharedStaged = Arc<tokio::sync::Mutex<Staged>>;
 pub struct Migrations {
     next: AtomicU64,
     outgoing: Mutex<BTreeMap<MigrationId, Progress>>,
+    /// Migrations started on another node at this node's request: where to follow them.
+    relayed: Mutex<HashMap<MigrationId, PeerId>>,
     /// Migrations to here, with the component's name.
     incoming: Mutex<HashMap<MigrationId, (String, SharedStaged)>>,
 }
@@ -81,6 +83,19 @@ const KEEP_FINISHED: usize = 64;
 impl Migrations {
     pub fn progress(&self, id: MigrationId) -> Option<Progress> {
         self.outgoing.lock().unwrap().get(&id).cloned()
+    }
+
+    /// Remember that migration `id` runs on `host` (this node relayed the request).
+    pub fn relay(&self, id: MigrationId, host: PeerId) {
+        let mut r = self.relayed.lock().unwrap();
+        if r.len() >= KEEP_FINISHED {
+            r.clear();
+        }
+        r.insert(id, host);
+    }
+
+    pub fn relayed(&self, id: MigrationId) -> Option<PeerId> {
+        self.relayed.lock().unwrap().get(&id).copied()
     }
 
     pub fn list(&self) -> Vec<Progress> {

@@ -405,6 +405,34 @@ async fn answer_peer(node: &Arc<Node>, from: continuum_gossip::PeerId, request: 
                 message: format!("no migration {id} from this node"),
             },
         },
+        Request::Control { method, path, body } => {
+            if node.swarm_key.is_none() {
+                node.metrics.reject("remote_control");
+                return Reply::Refused {
+                    status: 403,
+                    message: "this node takes control requests from peers only in a swarm closed by a key".into(),
+                };
+            }
+            tracing::info!(%from, %method, %path, "control request relayed by a peer");
+            let rest = path.split('?').next().unwrap_or_default().to_string();
+            let req = ::http::Request::builder()
+                .method(method.as_str())
+                .uri(format!("/v1/{path}"))
+                .body(bytes::Bytes::from(body));
+            match req {
+                Ok(req) => {
+                    let resp = crate::http::control::dispatch(node, &rest, req).await;
+                    Reply::Control {
+                        status: resp.status().as_u16(),
+                        body: resp.into_body().to_vec(),
+                    }
+                }
+                Err(e) => Reply::Refused {
+                    status: 400,
+                    message: format!("relayed control request did not parse: {e}"),
+                },
+            }
+        }
         // The driver answers syncs itself.
         Request::Sync(_) => Reply::Synced,
     }

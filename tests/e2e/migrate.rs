@@ -472,6 +472,15 @@ async fn a_federated_component_only_moves_among_members_and_strangers_cannot_pus
     );
     let r = d.h1(Method::GET, "/c/counter/count", b"").await;
     assert_eq!((r.text(), host_of(&r)), ("3".to_string(), to.to_string()));
+    // In a closed swarm any node takes the command and relays it to the host: move it back to
+    // A from D, which hosts nothing, and follow the progress from there.
+    let p = migrate(d, "counter", a, &[]);
+    assert_eq!(p["from"], to, "{p:#}");
+    let r = d.h1(Method::GET, "/c/counter/count", b"").await;
+    assert_eq!(
+        (r.text(), host_of(&r)),
+        ("3".to_string(), a.peer_id().to_string())
+    );
 
     // A node outside the federation cannot deploy into it.
     let err = d.fails(&[

@@ -15,7 +15,9 @@
 //! POST   /v1/federations                      propose one (JSON: name, objective, require, min_members, lease_ms)
 //! POST   /v1/federations/NAME/join|leave
 //!
-//! `PUT /v1/components/NAME?on=PEER_ID` deploys on another node of the mesh.
+//! `PUT /v1/components/NAME?on=PEER_ID` deploys on another node of the mesh. In a swarm closed
+//! by a key, migrate, update, checkpoint and remove of a component hosted elsewhere (and the
+//! progress of a migration started that way) are relayed to its host.
 //! ```
 
 use crate::components::{ApiError, Bounds, ComponentInfo};
@@ -39,6 +41,79 @@ pub async fn handle(node: &Arc<Node>, rest: &str, req: Request<Bytes>) -> Respon
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return r;
     }
+    let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    if let Some(host) = relay_target(node, req.method(), &segments) {
+        return relay(node, host, rest, req).await;
+    }
+    dispatch(node, rest, req).await
+}
+
+/// Where to carry out a request on a component this node does not host (or on a migration
+/// it did not start): its host's node, if the swarm is closed (the swarm key then vouches for
+/// both nodes; an open swarm does not take orders from strangers).
+fn relay_target(node: &Node, method: &Method, segments: &[&str]) -> Option<PeerId> {
+    node.swarm_key.as_ref()?;
+    let name = match (method, segments) {
+        (&Method::POST, ["components", name, "migrate" | "checkpoint"])
+        | (&Method::PUT | &Method::POST, ["components", name, "update"])
+        | (&Method::DELETE, ["components", name]) => *name,
+        (&Method::GET, ["migrations", id]) => {
+            let id = id.parse().ok()?;
+            return node
+                .migrations
+                .progress(id)
+                .is_none()
+                .then(|| node.migrations.relayed(id))
+                .flatten();
+        }
+        _ => return None,
+    };
+    if node.components.get(name).is_some() {
+        return None;
+    }
+    node.mesh
+        .locate(name)
+        .map(|l| l.host)
+        .filter(|h| *h != node.mesh.me())
+}
+
+/// Carry out a control request on another node of the mesh; its answer comes back as is.
+async fn relay(node: &Node, host: PeerId, rest: &str, req: Request<Bytes>) -> Response<Bytes> {
+    let path = match req.uri().query() {
+        Some(q) => format!("{rest}?{q}"),
+        None => rest.to_string(),
+    };
+    let method = req.method().to_string();
+    match node
+        .mesh
+        .control(host, method, path, req.into_body().to_vec())
+        .await
+    {
+        Ok((status, body)) => {
+            // A migration started over there is followed over there.
+            if let Ok(p) = serde_json::from_slice::<crate::migration::Progress>(&body) {
+                node.migrations.relay(p.id, host);
+            }
+            let mut r = Response::new(Bytes::from(body));
+            *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        Err(MeshError::Refused(status, m)) => error(&match status {
+            403 => ApiError::Conflict(m),
+            _ => ApiError::Internal(m),
+        }),
+        Err(e) => error(&ApiError::Internal(format!(
+            "the host of that component, {host}, did not answer: {e}"
+        ))),
+    }
+}
+
+/// Route one authorised control request (from a client, or relayed by another node).
+pub async fn dispatch(node: &Arc<Node>, rest: &str, req: Request<Bytes>) -> Response<Bytes> {
     let query_all = |key: &str| -> Vec<String> {
         let q = req.uri().query().unwrap_or_default();
         q.split('&')

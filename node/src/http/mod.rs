@@ -5,7 +5,7 @@
 //! - `/v1/...` → the control API (bearer token);
 //! - `/metrics` → Prometheus text.
 
-mod control;
+pub(crate) mod control;
 pub mod h1;
 pub mod h3;
 

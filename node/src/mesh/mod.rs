@@ -240,6 +240,23 @@ impl Mesh {
         }
     }
 
+    /// Run a control-API request on another node; its status and body.
+    pub async fn control(
+        &self,
+        peer: PeerId,
+        method: String,
+        path: String,
+        body: Vec<u8>,
+    ) -> Result<(u16, Vec<u8>), MeshError> {
+        match self
+            .request(peer, rpc::Request::Control { method, path, body })
+            .await?
+        {
+            rpc::Reply::Control { status, body } => Ok((status, body)),
+            other => Err(unexpected(peer, &other)),
+        }
+    }
+
     /// One step of a migration: a message to the target, and its answer.
     pub async fn migrate(&self, target: PeerId, msg: ToTarget) -> Result<ToSource, MeshError> {
         match self.request(target, rpc::Request::Migrate(msg)).await? {

@@ -48,6 +48,13 @@ pub enum Request {
     Migrate(ToTarget),
     /// How a migration from this node ended (a target that got no Commit asks).
     MigrationStatus(MigrationId),
+    /// A control-API request relayed from another node (path below `/v1/`, with its query).
+    Control {
+        method: String,
+        path: String,
+        #[serde(with = "serde_bytes")]
+        body: Vec<u8>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -59,6 +66,12 @@ pub enum Reply {
     Deployed(#[serde(with = "serde_bytes")] Vec<u8>),
     Migrate(ToSource),
     MigrationStatus(Outcome),
+    /// The control API's answer to a relayed request.
+    Control {
+        status: u16,
+        #[serde(with = "serde_bytes")]
+        body: Vec<u8>,
+    },
     /// Refused, and why (an HTTP status and a message).
     Refused {
         status: u16,
