@@ -1,0 +1,295 @@
+//! The source side of a migration: carry out what `continuum_migrate::Source` asks.
+
+use super::{KEEP_FINISHED, Progress, RoundProgress, fault, faulty, now, step_timeout};
+use crate::components::ApiError;
+use crate::node::Node;
+use crate::runtime::ComponentHandle;
+use continuum_gossip::PeerId;
+use continuum_migrate::{
+    Digest, MemoryDelta, MigrationId, Offer, Outcome, Report, Source, SourceAction, SourceConfig,
+    ToSource, ToTarget, encode_pages,
+};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use tracing::Instrument;
+
+/// Start moving component `name` to `to`; it runs in the background, `progress` follows it.
+pub async fn start(
+    node: &Arc<Node>,
+    name: &str,
+    to: PeerId,
+    stop_and_copy: bool,
+) -> Result<Progress, ApiError> {
+    let handle = node.components.get(name).ok_or_else(|| {
+        ApiError::NotFound(match node.mesh.locate(name) {
+            Some(l) => format!(
+                "component {name} runs on {}, not on this node: ask that node to move it",
+                l.host
+            ),
+            None => format!("no component named {name} on this node"),
+        })
+    })?;
+    if to == node.mesh.me() {
+        return Err(ApiError::BadRequest(format!(
+            "component {name} runs on {to} already"
+        )));
+    }
+    let id = node.migrations.new_id(&node.peer_id);
+    let progress = Progress {
+        id,
+        name: name.to_string(),
+        from: node.peer_id.clone(),
+        to: to.to_string(),
+        stop_and_copy,
+        step: "offered".into(),
+        rounds: Vec::new(),
+        outcome: Outcome::InProgress,
+        finished: false,
+        report: None,
+        error: None,
+        held_ms: Vec::new(),
+    };
+    {
+        let mut out = node.migrations.outgoing.lock().unwrap();
+        if out.values().any(|p| p.name == name && !p.finished) {
+            return Err(ApiError::Conflict(format!(
+                "component {name} is being migrated already"
+            )));
+        }
+        while out.len() >= KEEP_FINISHED {
+            let Some(old) = out.iter().find(|(_, p)| p.finished).map(|(k, _)| *k) else {
+                break;
+            };
+            out.remove(&old);
+        }
+        out.insert(id, progress.clone());
+    }
+    let span = tracing::info_span!("migrate", component = %name, to = %crate::short_id(&to.to_string()), id);
+    tokio::spawn(drive(node.clone(), handle, to, id, stop_and_copy).instrument(span));
+    Ok(progress)
+}
+
+/// Resolve `to`: a peer id, or `auto` for the placement function's choice.
+pub fn resolve_target(node: &Node, name: &str, to: &str) -> Result<PeerId, ApiError> {
+    if to != "auto" {
+        return to
+            .parse()
+            .map_err(|e| ApiError::BadRequest(format!("invalid peer id {to:?}: {e}")));
+    }
+    let handle = node
+        .components
+        .get(name)
+        .ok_or_else(|| ApiError::NotFound(format!("no component named {name} on this node")))?;
+    let mesh = node.mesh.snapshot();
+    let members = handle.federation.as_ref().map(|f| mesh.members(f));
+    let candidates = mesh.peers.iter().filter_map(|p| p.candidate());
+    let need = continuum_gossip::Need {
+        require: handle.require.clone(),
+        memory: handle.stats.memory_bytes.load(Ordering::Relaxed),
+        within: members.as_ref(),
+        exclude: vec![node.mesh.me()],
+    };
+    let placed = continuum_gossip::place(candidates, &need)
+        .map_err(|e| ApiError::Conflict(format!("no target for {name}: {e}")))?;
+    tracing::info!(component = name, to = %placed.peer, "placement: {}", placed.reason);
+    Ok(placed.peer)
+}
+
+/// Send one message to the target and wait (bounded) for its answer.
+async fn exchange(node: &Node, to: PeerId, msg: ToTarget) -> Result<ToSource, String> {
+    let limit = step_timeout(node);
+    match tokio::time::timeout(limit, node.mesh.migrate(to, msg)).await {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {limit:?}")),
+    }
+}
+
+fn page_bytes(pages: &[MemoryDelta]) -> u64 {
+    pages.iter().map(|m| m.data.len() as u64).sum()
+}
+
+async fn encode(pages: Vec<MemoryDelta>) -> Vec<u8> {
+    tokio::task::spawn_blocking(move || encode_pages(&pages))
+        .await
+        .unwrap_or_default()
+}
+
+/// The source side: carry out what the machine asks until it finishes.
+async fn drive(
+    node: Arc<Node>,
+    handle: Arc<ComponentHandle>,
+    to: PeerId,
+    id: MigrationId,
+    stop_and_copy: bool,
+) {
+    let offer = Offer {
+        id,
+        name: handle.name.clone(),
+        version: handle.version.clone(),
+        module_digest: handle.digest,
+        memory_bytes: handle.stats.memory_bytes.load(Ordering::Relaxed),
+        epoch: handle.stats.epoch.load(Ordering::Relaxed),
+        federation: handle.federation.clone(),
+        require: handle.require.clone(),
+        policy: handle.policy.name().to_string(),
+    };
+    let cfg = SourceConfig {
+        stop_and_copy,
+        step_timeout_ms: step_timeout(&node).as_millis() as u64,
+        ..SourceConfig::default()
+    };
+    tracing::info!(memory = offer.memory_bytes, "migration offered");
+    let mut src = Source::new(now(&node), offer, cfg);
+    let mut maps: Vec<Vec<Digest>> = Vec::new();
+    let migrations = &node.migrations;
+    while let Some(action) = src.poll_action() {
+        let answer = match action {
+            SourceAction::Send(msg) => {
+                let abort = matches!(msg, ToTarget::Abort { .. });
+                let answer = exchange(&node, to, msg).await;
+                if abort {
+                    continue;
+                }
+                answer
+            }
+            SourceAction::SendModule => {
+                migrations.update(id, |p| p.step = "module".into());
+                match node.components.runtime().module_bytes(&handle.digest) {
+                    Ok(wasm) => exchange(&node, to, ToTarget::Module { id, wasm }).await,
+                    Err(e) => {
+                        src.abort(now(&node), &format!("the module is not at hand: {e}"));
+                        continue;
+                    }
+                }
+            }
+            SourceAction::SendRound { round } => {
+                match handle.round(std::mem::take(&mut maps)).await {
+                    Ok(r) => {
+                        let bytes = page_bytes(&r.pages);
+                        maps = r.maps;
+                        src.round_sent(now(&node), round, bytes);
+                        node.metrics.migration_bytes.inc_by(bytes);
+                        migrations.update(id, |p| {
+                            p.step = format!("round {round}");
+                            p.rounds.push(RoundProgress {
+                                round,
+                                pages: bytes / continuum_migrate::PAGE_SIZE as u64,
+                                bytes,
+                            });
+                        });
+                        let pages = encode(r.pages).await;
+                        exchange(&node, to, ToTarget::Pages { id, round, pages }).await
+                    }
+                    Err(e) => {
+                        src.abort(now(&node), &format!("capturing round {round}: {e:#}"));
+                        continue;
+                    }
+                }
+            }
+            SourceAction::FreezeAndSendFinal => {
+                match handle.freeze(std::mem::take(&mut maps)).await {
+                    Ok(f) => {
+                        let bytes = page_bytes(&f.round.pages);
+                        src.final_sent(now(&node), bytes);
+                        node.metrics.migration_bytes.inc_by(bytes);
+                        migrations.update(id, |p| p.step = "frozen".into());
+                        let pages = encode(f.round.pages).await;
+                        let mut digest = f.digest;
+                        if faulty("source:bad-digest") {
+                            digest[0] ^= 1;
+                        }
+                        let last = ToTarget::Final {
+                            id,
+                            pages,
+                            globals: f.globals,
+                            snapshot_digest: digest,
+                        };
+                        exchange(&node, to, last).await
+                    }
+                    Err(e) => {
+                        src.abort(now(&node), &format!("freezing: {e:#}"));
+                        continue;
+                    }
+                }
+            }
+            SourceAction::Switch { epoch } => {
+                fault("source:switch");
+                let held = node.components.moved(&handle, to, epoch).await;
+                node.announce_components();
+                for w in &held {
+                    node.metrics.migration_held_seconds.observe(w.as_secs_f64());
+                }
+                migrations.update(id, |p| {
+                    p.step = "switched".into();
+                    p.outcome = Outcome::Committed { epoch };
+                    p.held_ms = held.iter().map(|w| w.as_secs_f64() * 1000.0).collect();
+                });
+                tracing::info!(epoch, "switched: the component is the target's");
+                continue;
+            }
+            SourceAction::Unfreeze => {
+                handle.unfreeze().await;
+                continue;
+            }
+            SourceAction::Finished(result) => {
+                if result.is_err() && !src.is_committed() {
+                    // Also ends write tracking if it never froze.
+                    handle.unfreeze().await;
+                }
+                if result.is_ok() {
+                    // The target saved the component before it confirmed.
+                    node.components.forget(&handle.name).await;
+                }
+                finished(&node, id, src.is_committed(), result);
+                continue;
+            }
+        };
+        match answer {
+            Ok(a) => src.handle_reply(now(&node), a),
+            Err(why) => src.handle_transport_error(now(&node), &why),
+        }
+    }
+}
+
+fn finished(node: &Node, id: MigrationId, committed: bool, result: Result<Report, String>) {
+    let outcome = match (&result, committed) {
+        (Ok(_), _) => "ok",
+        (Err(_), true) => "failed",
+        (Err(_), false) => "aborted",
+    };
+    node.metrics.migration("source", outcome);
+    match &result {
+        Ok(r) => {
+            node.metrics
+                .migration_downtime_seconds
+                .observe(r.downtime_ms as f64 / 1000.0);
+            tracing::info!(
+                rounds = r.rounds,
+                precopy_bytes = r.precopy_bytes,
+                final_bytes = r.final_bytes,
+                downtime_ms = r.downtime_ms,
+                total_ms = r.total_ms,
+                "migrated"
+            );
+        }
+        Err(e) if committed => tracing::warn!("migrated, but the target did not confirm: {e}"),
+        Err(e) => tracing::warn!("migration aborted; the component goes on here: {e}"),
+    }
+    node.migrations.update(id, |p| {
+        p.finished = true;
+        match result {
+            Ok(r) => {
+                p.step = "done".into();
+                p.report = Some(r);
+            }
+            Err(e) => {
+                if !committed {
+                    p.step = "aborted".into();
+                    p.outcome = Outcome::Aborted;
+                }
+                p.error = Some(e);
+            }
+        }
+    });
+}

@@ -1,0 +1,375 @@
+//! The target side of a migration: answer with `continuum_migrate::Target`.
+
+use super::{fault, faulty, now, step_timeout};
+use crate::components::check_name;
+use crate::node::Node;
+use crate::runtime::{ComponentHandle, Instance, LoadedModule};
+use continuum_gossip::PeerId;
+use continuum_migrate::{
+    ComponentMeta, Digest, MigrationId, Offer, Snapshot, Target, TargetAction, ToSource, ToTarget,
+    Value, ZERO_PAGE_DIGEST, decode_pages,
+};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tracing::Instrument;
+
+/// A migration to this node, between the offer and the end.
+pub(super) struct Staged {
+    from: PeerId,
+    target: Target,
+    module: Option<Arc<LoadedModule>>,
+    instance: Option<Instance>,
+    /// Size and page digests of each memory as assembled so far.
+    maps: Vec<(u64, Vec<Digest>)>,
+    /// The component, serving, from Ready on.
+    handle: Option<Arc<ComponentHandle>>,
+}
+
+pub(super) type SharedStaged = Arc<tokio::sync::Mutex<Staged>>;
+
+/// The target side: answer one message of a migration to this node.
+pub async fn on_message(node: &Arc<Node>, from: PeerId, msg: ToTarget) -> ToSource {
+    let id = msg.id();
+    static CUT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if matches!(msg, ToTarget::Pages { .. })
+        && faulty("target:cut")
+        && !CUT.swap(true, Ordering::Relaxed)
+    {
+        tracing::error!("fault injection: cutting the connection to {from}");
+        node.mesh.disconnect(from);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    match &msg {
+        ToTarget::Offer(_) => fault("target:offer"),
+        ToTarget::Pages { .. } => fault("target:pages"),
+        ToTarget::Final { .. } => fault("target:final"),
+        _ => {}
+    }
+    let msg = match msg {
+        ToTarget::Offer(offer) => return offered(node, from, offer).await,
+        msg => msg,
+    };
+    let staged = node
+        .migrations
+        .incoming
+        .lock()
+        .unwrap()
+        .get(&id)
+        .map(|(_, s)| s.clone());
+    let Some(staged) = staged else {
+        return match msg {
+            ToTarget::Abort { .. } => ToSource::Aborted { id },
+            _ => ToSource::Failed {
+                id,
+                reason: format!("no migration {id} under way here (it ended, or never began)"),
+            },
+        };
+    };
+    let mut st = staged.lock().await;
+    if st.from != from {
+        node.metrics.reject("migration_not_source");
+        return ToSource::Failed {
+            id,
+            reason: "only the source of a migration may continue it".into(),
+        };
+    }
+    if let Err(answer) = st.target.expect(&msg) {
+        return answer;
+    }
+    let answer = match msg {
+        ToTarget::Offer(_) => unreachable!("offers are answered above"),
+        ToTarget::Module { wasm, .. } => {
+            let digest = *blake3::hash(&wasm).as_bytes();
+            if digest != st.target.offer().module_digest {
+                node.metrics.reject("bad_migration");
+                st.target
+                    .failed("the module sent does not match the digest offered".into())
+            } else {
+                let rt = node.components.runtime().clone();
+                match tokio::task::spawn_blocking(move || rt.load(&wasm)).await {
+                    Ok(Ok(m)) => {
+                        st.module = Some(m);
+                        st.target.module_stored(now(node))
+                    }
+                    Ok(Err(e)) => st.target.failed(format!("module refused: {e}")),
+                    Err(e) => st.target.failed(format!("module refused: {e}")),
+                }
+            }
+        }
+        ToTarget::Pages { round, pages, .. } => match apply(node, &mut st, pages, None).await {
+            Ok(()) => st.target.round_applied(now(node), round),
+            Err(e) => {
+                node.metrics.reject("bad_migration");
+                st.target.failed(e)
+            }
+        },
+        ToTarget::Final {
+            pages,
+            globals,
+            snapshot_digest,
+            ..
+        } => match apply(node, &mut st, pages, Some((globals, snapshot_digest))).await {
+            Ok(()) => {
+                let inst = st.instance.take().expect("apply leaves an instance");
+                match node.components.adopt(inst).await {
+                    Ok(h) => {
+                        st.handle = Some(h);
+                        fault("target:ready");
+                        st.target.ready(now(node))
+                    }
+                    Err(e) => st.target.failed(e.to_string()),
+                }
+            }
+            Err(e) => {
+                node.metrics.reject("bad_migration");
+                st.target.failed(e)
+            }
+        },
+        ToTarget::Commit { epoch, .. } => {
+            let (answer, action) = st.target.commit(epoch);
+            if let Some(TargetAction::BecomeHost { epoch }) = action {
+                become_host(node, st.handle.clone(), epoch).await;
+            }
+            answer
+        }
+        ToTarget::Abort { reason, .. } => {
+            tracing::info!(id, "migration aborted by the source: {reason}");
+            st.target.abort()
+        }
+    };
+    settle(node, id, &mut st).await;
+    answer
+}
+
+/// Once a staged migration is over, drop it (and whatever it staged, unless it became ours).
+async fn settle(node: &Node, id: MigrationId, st: &mut Staged) {
+    if !st.target.is_done() {
+        return;
+    }
+    node.migrations.incoming.lock().unwrap().remove(&id);
+    if !st.target.is_host() {
+        st.instance = None;
+        if let Some(h) = st.handle.take() {
+            node.components.discard(&h).await;
+        }
+        node.metrics.migration("target", "aborted");
+    }
+}
+
+/// The node's verdict on an offer: `Ok(have_module)` or why not.
+async fn decide(
+    node: &Node,
+    from: PeerId,
+    offer: &Offer,
+) -> Result<Option<Arc<LoadedModule>>, String> {
+    check_name(&offer.name).map_err(|e| e.to_string())?;
+    if node.components.get(&offer.name).is_some() {
+        return Err(format!(
+            "a component named {} runs here already",
+            offer.name
+        ));
+    }
+    let busy = node
+        .migrations
+        .incoming
+        .lock()
+        .unwrap()
+        .values()
+        .any(|(name, _)| *name == offer.name);
+    if busy {
+        return Err(format!(
+            "another migration of {} to this node is under way",
+            offer.name
+        ));
+    }
+    let cap = node.components.runtime().limits.memory_cap as u64;
+    if offer.memory_bytes > cap {
+        return Err(format!(
+            "it holds {} MiB of memory, above this node's cap of {} MiB",
+            offer.memory_bytes >> 20,
+            cap >> 20
+        ));
+    }
+    let bounds = crate::components::Bounds {
+        federation: offer.federation.clone(),
+        require: offer.require.clone(),
+        policy: Default::default(),
+    };
+    node.admit(&bounds, Some(&from))?;
+    let rt = node.components.runtime().clone();
+    let digest = offer.module_digest;
+    Ok(
+        tokio::task::spawn_blocking(move || rt.load_digest(&digest).ok())
+            .await
+            .ok()
+            .flatten(),
+    )
+}
+
+async fn offered(node: &Arc<Node>, from: PeerId, offer: Offer) -> ToSource {
+    let id = offer.id;
+    let verdict = decide(node, from, &offer).await;
+    let module = match &verdict {
+        Ok(m) => m.clone(),
+        Err(why) => {
+            node.metrics.reject("migration_refused");
+            node.metrics.migration("target", "refused");
+            tracing::info!(component = %offer.name, %from, "migration refused: {why}");
+            None
+        }
+    };
+    let decision = verdict.map(|m| m.is_some());
+    let (target, answer) = Target::new(
+        now(node),
+        offer,
+        decision,
+        step_timeout(node).as_millis() as u64,
+    );
+    if let Some(target) = target {
+        tracing::info!(component = %target.offer().name, %from, id, "migration accepted");
+        let staged = Arc::new(tokio::sync::Mutex::new(Staged {
+            from,
+            target,
+            module,
+            instance: None,
+            maps: Vec::new(),
+            handle: None,
+        }));
+        let name = staged
+            .try_lock()
+            .map(|s| s.target.offer().name.clone())
+            .unwrap_or_default();
+        node.migrations
+            .incoming
+            .lock()
+            .unwrap()
+            .insert(id, (name, staged.clone()));
+        tokio::spawn(watch(node.clone(), id, staged).in_current_span());
+    }
+    answer
+}
+
+/// Write a round's pages (and, with `last`, the globals) into the staged instance, creating
+/// it on the first; with `last`, check the whole state against the source's digest.
+async fn apply(
+    node: &Node,
+    st: &mut Staged,
+    pages: Vec<u8>,
+    last: Option<(Vec<Value>, Digest)>,
+) -> Result<(), String> {
+    let rt = node.components.runtime().clone();
+    let offer = st.target.offer().clone();
+    let module = st.module.clone();
+    let mut inst = st.instance.take();
+    let mut maps = std::mem::take(&mut st.maps);
+    let (inst, maps, result) = tokio::task::spawn_blocking(move || {
+        let result = (|| -> Result<(), String> {
+            let images = decode_pages(pages).map_err(|e| format!("pages refused: {e}"))?;
+            let whole = inst.is_none();
+            if whole {
+                let module = match module {
+                    Some(m) => m,
+                    None => rt
+                        .load_digest(&offer.module_digest)
+                        .map_err(|e| format!("the module is not here: {e}"))?,
+                };
+                let meta = ComponentMeta {
+                    name: offer.name.clone(),
+                    version: offer.version.clone(),
+                    abi: continuum_guest::ABI_VERSION,
+                    epoch: offer.epoch + 1,
+                    federation: offer.federation.clone(),
+                    require: offer.require.clone(),
+                    policy: offer.policy.clone(),
+                };
+                inst = Some(Instance::blank(&rt, module, meta).map_err(|e| format!("{e:#}"))?);
+                maps = vec![(0, Vec::new()); images.len()];
+            }
+            let i = inst.as_mut().expect("created above");
+            i.write_pages(&images, whole).map_err(|e| e.to_string())?;
+            for ((size, map), img) in maps.iter_mut().zip(&images) {
+                *size = img.size;
+                map.resize(img.pages(), *ZERO_PAGE_DIGEST);
+                for (k, &p) in img.present.iter().enumerate() {
+                    map[p as usize].copy_from_slice(&img.digests[k * 32..k * 32 + 32]);
+                }
+            }
+            if let Some((globals, digest)) = last {
+                let meta = ComponentMeta {
+                    epoch: offer.epoch,
+                    ..i.meta().clone()
+                };
+                let views: Vec<(u64, &[Digest])> =
+                    maps.iter().map(|(s, m)| (*s, m.as_slice())).collect();
+                if Snapshot::digest_for(&meta, offer.module_digest, &views, &globals) != digest {
+                    return Err(
+                        "the state assembled here does not match the source's digest".into(),
+                    );
+                }
+                i.finish_restore(&globals).map_err(|e| format!("{e:#}"))?;
+            }
+            Ok(())
+        })();
+        (inst, maps, result)
+    })
+    .await
+    .map_err(|e| format!("worker failed: {e}"))?;
+    st.instance = inst;
+    st.maps = maps;
+    result
+}
+
+async fn become_host(node: &Node, handle: Option<Arc<ComponentHandle>>, epoch: u64) {
+    let Some(h) = handle else { return };
+    h.stats.epoch.store(epoch, Ordering::Relaxed);
+    node.announce_components();
+    // It just arrived: its policy waits out a cool-down here before moving it again.
+    node.placer.lock().unwrap().settle(now(node), &h.name);
+    node.metrics.migration("target", "ok");
+    tracing::info!(component = %h.name, epoch, "hosting the migrated component");
+    if let Err(e) = node.components.save(&h.name, "migration").await {
+        tracing::error!(component = %h.name, "first checkpoint after the migration failed: {e}");
+    }
+}
+
+/// The target's timers: a source gone quiet before Ready means discard; Ready without a
+/// Commit means ask the source how it ended.
+async fn watch(node: Arc<Node>, id: MigrationId, staged: SharedStaged) {
+    loop {
+        let deadline = match staged.lock().await.target.poll_timeout() {
+            Some(d) => d,
+            None => return,
+        };
+        let at = node.started + Duration::from_millis(deadline);
+        tokio::time::sleep_until(at.into()).await;
+        let mut st = staged.lock().await;
+        let mut action = st.target.handle_timeout(now(&node));
+        if action == Some(TargetAction::ProbeSource) {
+            let from = st.from;
+            drop(st);
+            tracing::info!(id, "ready but not committed: asking the source");
+            let answer =
+                tokio::time::timeout(step_timeout(&node), node.mesh.migration_status(from, id))
+                    .await
+                    .ok()
+                    .and_then(|r| r.ok());
+            st = staged.lock().await;
+            action = st.target.probe_answer(now(&node), answer);
+        }
+        match action {
+            Some(TargetAction::BecomeHost { epoch }) => {
+                tracing::info!(id, "the source is gone or switched: taking over");
+                become_host(&node, st.handle.clone(), epoch).await;
+            }
+            Some(TargetAction::Discard) => {
+                tracing::info!(id, "the source went quiet: migration discarded");
+            }
+            _ => {}
+        }
+        settle(&node, id, &mut st).await;
+        if st.target.is_done() {
+            return;
+        }
+    }
+}
