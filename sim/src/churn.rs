@@ -1,0 +1,122 @@
+//! The `churn` scenario: nodes join over the first seconds, then one fails and one comes back
+//! every few seconds; the swarm's membership should keep up. Reports, every virtual second, the
+//! mean share of live nodes each live node knows, and the dead ones it still lists.
+
+use crate::net::{NetConfig, Position};
+use crate::world::World;
+use continuum_gossip::Config;
+use rand::RngExt;
+use std::fmt::Write;
+
+#[derive(Clone, Debug)]
+pub struct Churn {
+    pub nodes: usize,
+    pub seed: u64,
+    pub seconds: u64,
+    /// One node fails this often, after the joins, ms (0: none)...
+    pub every_ms: u64,
+    /// ...and comes back this much later (longer than the advert expiry: peers forget it).
+    pub down_ms: u64,
+    /// Each new node connects to this many live ones (its bootstrap and overlay peers).
+    pub links: usize,
+}
+
+/// What a run measured.
+#[derive(Clone, Debug, Default)]
+pub struct Outcome {
+    /// `t_s,live,known_mean,known_min,stale_mean,gossip_per_node_s` per virtual second.
+    pub csv: String,
+    /// Virtual time until every live node first knew every other, ms (after the last join).
+    pub converged_ms: Option<u64>,
+    pub summary: String,
+    pub trace_hash: String,
+}
+
+pub fn run(c: &Churn) -> Outcome {
+    let mut w = World::new(c.seed, NetConfig::default(), Config::default());
+    let area_km = 100.0;
+    for _ in 0..c.nodes {
+        let pos = Position {
+            x: w.rng.random_range(0.0..area_km),
+            y: w.rng.random_range(0.0..area_km),
+        };
+        w.add_node(pos);
+    }
+    // Joins: node i starts at i * 20 ms and connects to node 0 and a few earlier nodes.
+    let join_gap_ms = 20;
+    for i in 0..c.nodes {
+        w.run_until(i as u64 * join_gap_ms);
+        let mut links = vec![0];
+        for _ in 1..c.links.min(i) {
+            links.push(w.rng.random_range(0..i));
+        }
+        w.start(i, &links);
+    }
+    let joined_ms = w.now_ms();
+    let mut out = Outcome {
+        csv: "t_s,live,known_mean,known_min,stale_mean,gossip_per_node_s\n".into(),
+        ..Outcome::default()
+    };
+    let mut dead: std::collections::VecDeque<(usize, u64)> = Default::default();
+    let mut next_churn = joined_ms + 10_000;
+    let mut last_sent = w.counters.gossip_sent + w.counters.direct_sent;
+    for t in (joined_ms / 1000 + 1)..=(joined_ms / 1000 + c.seconds) {
+        while next_churn <= t * 1000 && c.every_ms > 0 {
+            w.run_until(next_churn);
+            while let Some(&(back, at)) = dead.front()
+                && at <= next_churn
+            {
+                dead.pop_front();
+                let links: Vec<usize> = (0..c.links)
+                    .filter_map(|_| w.random_live(Some(back)))
+                    .collect();
+                w.start(back, &links);
+            }
+            if let Some(i) = w.random_live(Some(0)) {
+                w.fail(i);
+                dead.push_back((i, next_churn + c.down_ms));
+            }
+            next_churn += c.every_ms;
+        }
+        w.run_until(t * 1000);
+        let live: Vec<usize> = (0..w.nodes.len()).filter(|&i| w.nodes[i].alive).collect();
+        let acc: Vec<(f64, usize)> = live.iter().map(|&i| w.view_accuracy(i)).collect();
+        let mean = acc.iter().map(|a| a.0).sum::<f64>() / acc.len().max(1) as f64;
+        let min = acc.iter().map(|a| a.0).fold(1.0, f64::min);
+        let stale = acc.iter().map(|a| a.1).sum::<usize>() as f64 / acc.len().max(1) as f64;
+        let sent = w.counters.gossip_sent + w.counters.direct_sent;
+        let rate = (sent - last_sent) as f64 / live.len().max(1) as f64;
+        last_sent = sent;
+        if out.converged_ms.is_none() && min >= 1.0 {
+            out.converged_ms = Some(w.now_ms() - joined_ms);
+        }
+        let _ = writeln!(
+            out.csv,
+            "{t},{},{mean:.4},{min:.4},{stale:.3},{rate:.3}",
+            live.len()
+        );
+    }
+    let k = &w.counters;
+    out.summary = format!(
+        "churn: {} nodes, seed {}, {} virtual s after the joins ({} ms of joins)\n\
+         events {}, gossip published {}, delivered {}, direct {}, lost {}, refused {}\n\
+         peer up {}, peer down {}; full views first reached {}",
+        c.nodes,
+        c.seed,
+        c.seconds,
+        joined_ms,
+        k.events,
+        k.gossip_sent,
+        k.gossip_delivered,
+        k.direct_sent,
+        k.lost,
+        k.rejected,
+        k.peer_up,
+        k.peer_down,
+        out.converged_ms.map_or("never".to_string(), |ms| format!(
+            "{ms} ms after the last join"
+        )),
+    );
+    out.trace_hash = w.trace_hash();
+    out
+}

@@ -1,0 +1,10 @@
+//! `continuum-sim`: a deterministic discrete-event simulator of Continuum swarms. It runs the
+//! unmodified sans-IO machines of `continuum-gossip` for every virtual node, over a simulated
+//! network (latency from positions, loss, partitions), in virtual time: one seed reproduces a
+//! whole run, and the trace hash printed at the end proves it (as TigerBeetle's VOPR does).
+
+pub mod churn;
+pub mod net;
+pub mod world;
+
+pub use world::World;

@@ -1,0 +1,377 @@
+//! The world: virtual nodes, each running the unmodified `continuum_gossip::Gossip` machine,
+//! and one queue of timed events (message deliveries, timers, failures) processed in order of
+//! time, then of scheduling. Nothing reads a clock and all randomness comes from one seeded
+//! generator, so a seed reproduces a run exactly; every processed event feeds a trace hash that
+//! proves it.
+
+use crate::net::{Net, NetConfig, Position};
+use continuum_gossip::{Config, Event, Gossip, Keypair, Output, PeerId, Resources};
+use rand::rngs::Xoshiro256PlusPlus;
+use rand::{RngExt, SeedableRng};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
+
+/// What can happen to a node.
+#[derive(Clone, Debug)]
+enum Ev {
+    /// The node's gossip timer (ignored unless it is the node's current one).
+    Timer { node: usize, generation: u64 },
+    /// A gossip publication reaches a node.
+    Gossip { to: usize, bytes: Arc<[u8]> },
+    /// A direct message (a sync) reaches a node.
+    Direct {
+        to: usize,
+        from: PeerId,
+        bytes: Arc<[u8]>,
+    },
+}
+
+struct Scheduled {
+    at_us: u64,
+    seq: u64,
+    ev: Ev,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at_us, self.seq) == (o.at_us, o.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.at_us, self.seq).cmp(&(o.at_us, o.seq))
+    }
+}
+
+pub struct SimNode {
+    pub id: PeerId,
+    pub pos: Position,
+    pub alive: bool,
+    pub gossip: Option<Gossip>,
+    /// Peers it is connected to (its overlay neighbours).
+    pub links: Vec<usize>,
+    /// Which of its timers is current; older ones are stale.
+    timer_generation: u64,
+    /// How many times it (re)started, for its keys' and sequence numbers' sake.
+    incarnation: u64,
+}
+
+/// Counts of what happened, for the summary.
+#[derive(Clone, Debug, Default)]
+pub struct Counters {
+    pub events: u64,
+    pub gossip_sent: u64,
+    pub gossip_delivered: u64,
+    pub direct_sent: u64,
+    pub lost: u64,
+    pub rejected: u64,
+    pub peer_up: u64,
+    pub peer_down: u64,
+}
+
+pub struct World {
+    now_us: u64,
+    seq: u64,
+    queue: BinaryHeap<Reverse<Scheduled>>,
+    pub nodes: Vec<SimNode>,
+    index: HashMap<PeerId, usize>,
+    pub net: Net,
+    pub rng: Xoshiro256PlusPlus,
+    gossip_cfg: Config,
+    seed: u64,
+    trace: blake3::Hasher,
+    pub counters: Counters,
+}
+
+impl World {
+    pub fn new(seed: u64, net: NetConfig, gossip_cfg: Config) -> World {
+        World {
+            now_us: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            nodes: Vec::new(),
+            index: HashMap::new(),
+            net: Net::new(net, 0),
+            rng: Xoshiro256PlusPlus::seed_from_u64(seed),
+            gossip_cfg,
+            seed,
+            trace: blake3::Hasher::new(),
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.now_us / 1000
+    }
+
+    /// The hash of every event processed so far.
+    pub fn trace_hash(&self) -> String {
+        self.trace.finalize().to_hex().to_string()
+    }
+
+    fn trace(&mut self, kind: u8, node: usize, payload: &[u8]) {
+        self.trace.update(&self.now_us.to_le_bytes());
+        self.trace.update(&[kind]);
+        self.trace.update(&(node as u64).to_le_bytes());
+        self.trace.update(blake3::hash(payload).as_bytes());
+    }
+
+    fn schedule(&mut self, at_us: u64, ev: Ev) {
+        self.seq += 1;
+        self.queue.push(Reverse(Scheduled {
+            at_us,
+            seq: self.seq,
+            ev,
+        }));
+    }
+
+    /// Add a node at `pos` (not started yet).
+    pub fn add_node(&mut self, pos: Position) -> usize {
+        let i = self.nodes.len();
+        let key = self.key(i, 0);
+        let id = key.public().to_peer_id();
+        self.nodes.push(SimNode {
+            id,
+            pos,
+            alive: false,
+            gossip: None,
+            links: Vec::new(),
+            timer_generation: 0,
+            incarnation: 0,
+        });
+        self.index.insert(id, i);
+        self.net.add_node();
+        i
+    }
+
+    /// A node's identity: derived from the seed, so runs with one seed share them.
+    fn key(&self, node: usize, _incarnation: u64) -> Keypair {
+        let mut bytes = [0u8; 32];
+        let h = blake3::hash(format!("{}/{node}", self.seed).as_bytes());
+        bytes.copy_from_slice(h.as_bytes());
+        Keypair::ed25519_from_bytes(bytes).expect("32 bytes make an ed25519 key")
+    }
+
+    /// Start (or restart) node `i` and connect it to `links`.
+    pub fn start(&mut self, i: usize, links: &[usize]) {
+        let now = self.now_ms();
+        let node = &mut self.nodes[i];
+        node.incarnation += 1;
+        let incarnation = node.incarnation;
+        let key = self.key(i, incarnation);
+        // A restarted node starts its sequence numbers past its former self's.
+        let first_seq = incarnation << 40 | self.now_us;
+        let local = Resources {
+            arch: "sim".into(),
+            cores: 4,
+            slots: 8,
+            ..Resources::default()
+        };
+        let gossip = Gossip::new(now, key, None, self.gossip_cfg.clone(), local, first_seq);
+        let node = &mut self.nodes[i];
+        node.gossip = Some(gossip);
+        node.alive = true;
+        node.links.clear();
+        for &j in links {
+            self.connect(i, j);
+        }
+        self.trace(1, i, &[]);
+        self.flush(i);
+    }
+
+    /// Connect two live nodes (both see the connection at once).
+    pub fn connect(&mut self, a: usize, b: usize) {
+        if a == b
+            || !self.nodes[a].alive
+            || !self.nodes[b].alive
+            || self.nodes[a].links.contains(&b)
+        {
+            return;
+        }
+        let now = self.now_ms();
+        self.nodes[a].links.push(b);
+        self.nodes[b].links.push(a);
+        let (ida, idb) = (self.nodes[a].id, self.nodes[b].id);
+        if let Some(g) = self.nodes[a].gossip.as_mut() {
+            g.handle_connected(now, idb);
+        }
+        if let Some(g) = self.nodes[b].gossip.as_mut() {
+            g.handle_connected(now, ida);
+        }
+        self.flush(b);
+        self.flush(a);
+    }
+
+    /// Kill node `i` at once (as `kill -9`): its neighbours see the connection drop.
+    pub fn fail(&mut self, i: usize) {
+        let links = std::mem::take(&mut self.nodes[i].links);
+        let id = self.nodes[i].id;
+        self.nodes[i].alive = false;
+        self.nodes[i].gossip = None;
+        self.nodes[i].timer_generation += 1;
+        for j in links {
+            self.nodes[j].links.retain(|&k| k != i);
+            if let Some(g) = self.nodes[j].gossip.as_mut() {
+                g.handle_disconnected(id);
+            }
+        }
+        self.trace(2, i, &[]);
+    }
+
+    /// Carry out what node `i`'s machine asked for, then set its next timer.
+    fn flush(&mut self, i: usize) {
+        let Some(g) = self.nodes[i].gossip.as_mut() else {
+            return;
+        };
+        let mut outputs = Vec::new();
+        while let Some(o) = g.poll_output() {
+            outputs.push(o);
+        }
+        while let Some(e) = g.poll_event() {
+            match e {
+                Event::PeerUp(_) => self.counters.peer_up += 1,
+                Event::PeerDown(_) => self.counters.peer_down += 1,
+                Event::Federation(_) => {}
+            }
+        }
+        let next = g.poll_timeout();
+        for o in outputs {
+            match o {
+                Output::Publish(bytes) => self.publish(i, bytes.into()),
+                Output::Send { to, bytes } => {
+                    if let Some(&j) = self.index.get(&to) {
+                        self.counters.direct_sent += 1;
+                        let from = self.nodes[i].id;
+                        self.send(i, j, |to| Ev::Direct {
+                            to,
+                            from,
+                            bytes: bytes.into(),
+                        });
+                    }
+                }
+            }
+        }
+        let node = &mut self.nodes[i];
+        node.timer_generation += 1;
+        let generation = node.timer_generation;
+        if next != u64::MAX {
+            self.schedule(
+                next.max(self.now_ms()) * 1000,
+                Ev::Timer {
+                    node: i,
+                    generation,
+                },
+            );
+        }
+    }
+
+    /// gossipsub delivers a publication to every subscriber it can reach; modelled as one
+    /// delivery to every live node, each after its own link's delay.
+    fn publish(&mut self, from: usize, bytes: Arc<[u8]>) {
+        self.counters.gossip_sent += 1;
+        for j in 0..self.nodes.len() {
+            if j != from && self.nodes[j].alive {
+                let b = bytes.clone();
+                self.send(from, j, |to| Ev::Gossip { to, bytes: b });
+            }
+        }
+    }
+
+    fn send(&mut self, from: usize, to: usize, ev: impl FnOnce(usize) -> Ev) {
+        let (a, b) = ((from, self.nodes[from].pos), (to, self.nodes[to].pos));
+        match self.net.delay_us(&mut self.rng, a, b) {
+            Some(d) => self.schedule(self.now_us + d, ev(to)),
+            None => self.counters.lost += 1,
+        }
+    }
+
+    /// Process events until virtual time `until_ms`.
+    pub fn run_until(&mut self, until_ms: u64) {
+        let until_us = until_ms * 1000;
+        while let Some(Reverse(s)) = self.queue.peek() {
+            if s.at_us > until_us {
+                break;
+            }
+            let Reverse(s) = self.queue.pop().expect("peeked");
+            self.now_us = s.at_us;
+            self.counters.events += 1;
+            let now = self.now_ms();
+            match s.ev {
+                Ev::Timer { node, generation } => {
+                    if self.nodes[node].timer_generation != generation {
+                        continue;
+                    }
+                    self.trace(3, node, &[]);
+                    if let Some(g) = self.nodes[node].gossip.as_mut() {
+                        g.handle_timeout(now);
+                    }
+                    self.flush(node);
+                }
+                Ev::Gossip { to, bytes } => {
+                    self.trace(4, to, &bytes);
+                    if let Some(g) = self.nodes[to].gossip.as_mut() {
+                        self.counters.gossip_delivered += 1;
+                        if g.handle_gossip(now, &bytes).is_err() {
+                            self.counters.rejected += 1;
+                        }
+                        self.flush(to);
+                    }
+                }
+                Ev::Direct { to, from, bytes } => {
+                    self.trace(5, to, &bytes);
+                    if let Some(g) = self.nodes[to].gossip.as_mut() {
+                        if g.handle_direct(now, from, &bytes).is_err() {
+                            self.counters.rejected += 1;
+                        }
+                        self.flush(to);
+                    }
+                }
+            }
+        }
+        self.now_us = self.now_us.max(until_us);
+    }
+
+    /// A random live node other than `not`.
+    pub fn random_live(&mut self, not: Option<usize>) -> Option<usize> {
+        let live: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].alive && Some(i) != not)
+            .collect();
+        (!live.is_empty()).then(|| live[self.rng.random_range(0..live.len())])
+    }
+
+    /// How well node `i` knows the swarm: the share of the other live nodes in its view, and
+    /// how many dead ones it still lists.
+    pub fn view_accuracy(&self, i: usize) -> (f64, usize) {
+        let Some(g) = self.nodes[i].gossip.as_ref() else {
+            return (0.0, 0);
+        };
+        let live = self
+            .nodes
+            .iter()
+            .filter(|n| n.alive)
+            .count()
+            .saturating_sub(1);
+        let (mut known, mut stale) = (0, 0);
+        for p in g.view().iter() {
+            match self.index.get(&p.peer) {
+                Some(&j) if self.nodes[j].alive => known += 1,
+                _ => stale += 1,
+            }
+        }
+        (
+            if live == 0 {
+                1.0
+            } else {
+                known as f64 / live as f64
+            },
+            stale,
+        )
+    }
+}
