@@ -5,6 +5,7 @@
 
 pub mod churn;
 pub mod net;
+pub mod queue;
 pub mod world;
 
 pub use world::World;

@@ -5,11 +5,11 @@
 //! proves it.
 
 use crate::net::{Net, NetConfig, Position};
+use crate::queue::Queue;
 use continuum_gossip::{Config, Event, Gossip, Keypair, Output, PeerId, Resources};
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// What can happen to a node.
@@ -25,29 +25,6 @@ enum Ev {
         from: PeerId,
         bytes: Arc<[u8]>,
     },
-}
-
-struct Scheduled {
-    at_us: u64,
-    seq: u64,
-    ev: Ev,
-}
-
-impl PartialEq for Scheduled {
-    fn eq(&self, o: &Self) -> bool {
-        (self.at_us, self.seq) == (o.at_us, o.seq)
-    }
-}
-impl Eq for Scheduled {}
-impl PartialOrd for Scheduled {
-    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Scheduled {
-    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        (self.at_us, self.seq).cmp(&(o.at_us, o.seq))
-    }
 }
 
 pub struct SimNode {
@@ -77,9 +54,7 @@ pub struct Counters {
 }
 
 pub struct World {
-    now_us: u64,
-    seq: u64,
-    queue: BinaryHeap<Reverse<Scheduled>>,
+    queue: Queue<Ev>,
     pub nodes: Vec<SimNode>,
     index: HashMap<PeerId, usize>,
     pub net: Net,
@@ -93,9 +68,7 @@ pub struct World {
 impl World {
     pub fn new(seed: u64, net: NetConfig, gossip_cfg: Config) -> World {
         World {
-            now_us: 0,
-            seq: 0,
-            queue: BinaryHeap::new(),
+            queue: Queue::default(),
             nodes: Vec::new(),
             index: HashMap::new(),
             net: Net::new(net, 0),
@@ -108,7 +81,7 @@ impl World {
     }
 
     pub fn now_ms(&self) -> u64 {
-        self.now_us / 1000
+        self.queue.now_ms()
     }
 
     /// The hash of every event processed so far.
@@ -117,19 +90,10 @@ impl World {
     }
 
     fn trace(&mut self, kind: u8, node: usize, payload: &[u8]) {
-        self.trace.update(&self.now_us.to_le_bytes());
+        self.trace.update(&self.queue.now_us().to_le_bytes());
         self.trace.update(&[kind]);
         self.trace.update(&(node as u64).to_le_bytes());
         self.trace.update(blake3::hash(payload).as_bytes());
-    }
-
-    fn schedule(&mut self, at_us: u64, ev: Ev) {
-        self.seq += 1;
-        self.queue.push(Reverse(Scheduled {
-            at_us,
-            seq: self.seq,
-            ev,
-        }));
     }
 
     /// Add a node at `pos` (not started yet).
@@ -167,7 +131,7 @@ impl World {
         let incarnation = node.incarnation;
         let key = self.key(i, incarnation);
         // A restarted node starts its sequence numbers past its former self's.
-        let first_seq = incarnation << 40 | self.now_us;
+        let first_seq = incarnation << 40 | self.queue.now_us();
         let local = Resources {
             arch: "sim".into(),
             cores: 4,
@@ -262,8 +226,8 @@ impl World {
         node.timer_generation += 1;
         let generation = node.timer_generation;
         if next != u64::MAX {
-            self.schedule(
-                next.max(self.now_ms()) * 1000,
+            self.queue.at(
+                next * 1000,
                 Ev::Timer {
                     node: i,
                     generation,
@@ -287,23 +251,17 @@ impl World {
     fn send(&mut self, from: usize, to: usize, ev: impl FnOnce(usize) -> Ev) {
         let (a, b) = ((from, self.nodes[from].pos), (to, self.nodes[to].pos));
         match self.net.delay_us(&mut self.rng, a, b) {
-            Some(d) => self.schedule(self.now_us + d, ev(to)),
+            Some(d) => self.queue.after(d, ev(to)),
             None => self.counters.lost += 1,
         }
     }
 
     /// Process events until virtual time `until_ms`.
     pub fn run_until(&mut self, until_ms: u64) {
-        let until_us = until_ms * 1000;
-        while let Some(Reverse(s)) = self.queue.peek() {
-            if s.at_us > until_us {
-                break;
-            }
-            let Reverse(s) = self.queue.pop().expect("peeked");
-            self.now_us = s.at_us;
+        while let Some(ev) = self.queue.next(until_ms * 1000) {
             self.counters.events += 1;
             let now = self.now_ms();
-            match s.ev {
+            match ev {
                 Ev::Timer { node, generation } => {
                     if self.nodes[node].timer_generation != generation {
                         continue;
@@ -335,7 +293,6 @@ impl World {
                 }
             }
         }
-        self.now_us = self.now_us.max(until_us);
     }
 
     /// A random live node other than `not`.
