@@ -6,6 +6,7 @@
 pub mod churn;
 pub mod net;
 pub mod queue;
+pub mod roaming;
 pub mod world;
 
 pub use world::World;

@@ -38,3 +38,25 @@ fn membership_converges_and_keeps_up_with_churn() {
     assert!(cols[4] <= 8.0, "{}\n{}", o.summary, o.csv);
     assert!(o.summary.contains("peer down"), "{}", o.summary);
 }
+
+#[test]
+fn roaming_is_reproducible_and_follow_traffic_keeps_requests_within_the_bound() {
+    use continuum_gossip::Policy;
+    use continuum_sim::roaming::{self, Roaming};
+    let follow = |seed| roaming::run(&Roaming::new(400, seed, 120, Policy::FollowTraffic));
+    let (a, b, c) = (follow(5), follow(5), follow(6));
+    assert_eq!(a.trace_hash, b.trace_hash);
+    assert_eq!(a.csv, b.csv);
+    assert_ne!(a.trace_hash, c.trace_hash);
+    let pinned = roaming::run(&Roaming::new(400, 5, 120, Policy::Pinned));
+    let share = |o: &roaming::Outcome| o.within_bound as f64 / o.requests as f64;
+    eprintln!("{}\n{}", a.summary, pinned.summary);
+    assert!(a.migrations > 0 && pinned.migrations == 0);
+    assert!(share(&a) > 0.95, "{}", a.summary);
+    assert!(
+        share(&a) > share(&pinned),
+        "{}\n{}",
+        a.summary,
+        pinned.summary
+    );
+}
