@@ -95,6 +95,8 @@ pub struct Placed<'a> {
     /// Members of its federation, if it is bound to one.
     pub within: Option<&'a BTreeSet<PeerId>>,
     pub memory_bytes: u64,
+    /// Its share of this node's load, if known (0: unknown).
+    pub load: f32,
 }
 
 /// A peer in view, as the policies see it.
@@ -139,12 +141,17 @@ impl Placer {
 
     /// A request for `component` entered the mesh at `entry` and was served here.
     pub fn record(&mut self, now: u64, component: &str, entry: PeerId) {
+        self.record_many(now, component, entry, 1);
+    }
+
+    /// `n` requests at once (a simulator counts them by the tick).
+    pub fn record_many(&mut self, now: u64, component: &str, entry: PeerId, n: u64) {
         let buckets = self.traffic.entry(component.to_string()).or_default();
         *buckets
             .entry(now / 1000)
             .or_default()
             .entry(entry)
-            .or_default() += 1;
+            .or_default() += n;
     }
 
     /// Requests per entry peer within the window.
@@ -187,6 +194,9 @@ impl Placer {
         peers: &[PeerLoad],
     ) -> Vec<Decision> {
         let mut out = Vec::new();
+        // `balance` sheds load one component at a time, down to the threshold: what a move
+        // takes away is the component's own load, or (unknown) all of it, so one move a round.
+        let mut remaining = my_load;
         for c in components {
             if c.policy == Policy::Pinned || self.quiet_until.get(c.name).is_some_and(|&t| now < t)
             {
@@ -212,7 +222,13 @@ impl Placer {
                 match c.policy {
                     Policy::Pinned => None,
                     Policy::FollowTraffic => self.follow(now, me, c, &need, peers),
-                    Policy::Balance => self.balance(my_load, &need, peers),
+                    Policy::Balance => {
+                        let p = self.balance(remaining, &need, peers);
+                        if p.is_some() {
+                            remaining -= if c.load > 0.0 { c.load } else { f32::INFINITY };
+                        }
+                        p
+                    }
                 }
             };
             if let Some((to, reason)) = proposal {
@@ -325,6 +341,7 @@ mod tests {
             require: &none,
             within: None,
             memory_bytes: 1 << 20,
+            load: 0.0,
         };
         let peers = [peer(1, 0.1, &none), peer(2, 0.1, &none)];
         let eval = |p: &mut Placer, now| {
@@ -366,6 +383,7 @@ mod tests {
             require: &none,
             within: None,
             memory_bytes: 1 << 20,
+            load: 0.0,
         };
         for _ in 0..1000 {
             p.record(0, "c", id(1));
@@ -395,6 +413,7 @@ mod tests {
             require: &camera,
             within: None,
             memory_bytes: 0,
+            load: 0.0,
         };
         let peers = [peer(1, 0.1, &none), peer(2, 0.3, &camera)];
         let d = p.evaluate(0, id(0), &none, 0.1, &[c], &peers);

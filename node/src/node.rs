@@ -475,6 +475,7 @@ async fn place_components(node: Arc<Node>) {
                     .stats
                     .memory_bytes
                     .load(std::sync::atomic::Ordering::Relaxed),
+                load: 0.0,
             })
             .collect();
         let peers: Vec<_> = mesh

@@ -4,6 +4,7 @@
 //! whole run, and the trace hash printed at the end proves it (as TigerBeetle's VOPR does).
 
 pub mod churn;
+pub mod flash_crowd;
 pub mod net;
 pub mod queue;
 pub mod roaming;

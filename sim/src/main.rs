@@ -5,19 +5,30 @@
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use continuum_sim::churn::{self, Churn};
+use continuum_sim::flash_crowd::{self, FlashCrowd};
 use continuum_sim::roaming::{self, Roaming};
+
+fn policy(a: &Args, default: &str) -> Result<continuum_gossip::Policy> {
+    a.policy
+        .as_deref()
+        .unwrap_or(default)
+        .parse()
+        .map_err(anyhow::Error::msg)
+}
 use std::path::PathBuf;
 
 #[derive(Parser)]
 #[command(about = "Deterministic simulator of Continuum swarms")]
 struct Args {
-    /// The scenario: churn (nodes join, fail and come back; membership must keep up), or
-    /// roaming (vehicles cross a grid of roadside nodes; their twins should follow them).
+    /// The scenario: churn (nodes join, fail and come back; membership must keep up),
+    /// roaming (vehicles cross a grid of roadside nodes; their twins should follow them), or
+    /// flash-crowd (a crowd in one region overloads the hosts of a few components).
     #[arg(long, default_value = "churn")]
     scenario: String,
-    /// roaming: the twins' placement policy (follow-traffic or pinned).
-    #[arg(long, default_value = "follow-traffic")]
-    policy: String,
+    /// The components' placement policy: pinned, follow-traffic (roaming's default) or
+    /// balance (flash-crowd's default).
+    #[arg(long)]
+    policy: Option<String>,
     #[arg(long, default_value_t = 100)]
     nodes: usize,
     #[arg(long, default_value_t = 1)]
@@ -47,11 +58,16 @@ fn main() -> Result<()> {
             (o.summary, o.csv, o.trace_hash)
         }
         "roaming" => {
-            let policy = a.policy.parse().map_err(anyhow::Error::msg)?;
+            let policy = policy(&a, "follow-traffic")?;
             let o = roaming::run(&Roaming::new(a.nodes, a.seed, seconds, policy));
             (o.summary, o.csv, o.trace_hash)
         }
-        other => bail!("unknown scenario {other:?} (there are: churn, roaming)"),
+        "flash-crowd" => {
+            let policy = policy(&a, "balance")?;
+            let o = flash_crowd::run(&FlashCrowd::new(a.nodes, a.seed, seconds, policy));
+            (o.summary, o.csv, o.trace_hash)
+        }
+        other => bail!("unknown scenario {other:?} (there are: churn, roaming, flash-crowd)"),
     };
     if let Some(dir) = &a.out {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

@@ -406,6 +406,7 @@ impl Sim<'_> {
                     require: &self.no_labels,
                     within: None,
                     memory_bytes: self.c.state_bytes,
+                    load: 0.0,
                 })
                 .collect();
             let decisions =

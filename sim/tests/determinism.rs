@@ -60,3 +60,34 @@ fn roaming_is_reproducible_and_follow_traffic_keeps_requests_within_the_bound() 
         pinned.summary
     );
 }
+
+#[test]
+fn flash_crowd_is_reproducible_and_balance_sheds_the_overload() {
+    use continuum_gossip::Policy;
+    use continuum_sim::flash_crowd::{self, FlashCrowd};
+    let run = |seed, policy| flash_crowd::run(&FlashCrowd::new(200, seed, 120, policy));
+    let (a, b) = (run(1, Policy::Balance), run(1, Policy::Balance));
+    assert_eq!(a.trace_hash, b.trace_hash);
+    assert_ne!(a.trace_hash, run(2, Policy::Balance).trace_hash);
+    let pinned = run(1, Policy::Pinned);
+    eprintln!("{}\n{}", a.summary, pinned.summary);
+    assert!(a.migrations > 0 && pinned.migrations == 0);
+    // After the crowd arrives, balance brings the hottest node back under its threshold.
+    let last_max_load: f64 = a
+        .csv
+        .lines()
+        .last()
+        .unwrap()
+        .split(',')
+        .nth(3)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(last_max_load < 0.85, "{}", a.csv);
+    assert!(
+        a.within_bound > pinned.within_bound,
+        "{}\n{}",
+        a.summary,
+        pinned.summary
+    );
+}
