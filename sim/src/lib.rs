@@ -6,6 +6,7 @@
 pub mod churn;
 pub mod flash_crowd;
 pub mod net;
+pub mod plot;
 pub mod queue;
 pub mod roaming;
 pub mod world;
