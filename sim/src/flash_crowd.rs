@@ -7,12 +7,11 @@
 //!
 //! Invariants checked on every step: each component has exactly one host, epochs only grow.
 
-use crate::net::Position;
+use crate::migration::{Migration, Step};
+use crate::net::grid;
 use crate::queue::Queue;
-use continuum_gossip::{
-    Candidate, Keypair, PeerId, PeerLoad, Placed, Placer, Policy, PolicyConfig,
-};
-use continuum_migrate::{Offer, Source, SourceAction, SourceConfig, Target, ToSource, ToTarget};
+use continuum_gossip::{Candidate, PeerId, PeerLoad, Placed, Placer, Policy, PolicyConfig};
+use continuum_migrate::{Offer, ToSource, ToTarget};
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 use std::collections::{BTreeMap, HashMap};
@@ -38,6 +37,7 @@ pub struct FlashCrowd {
     pub service_ms: f64,
     pub bound_ms: f64,
     pub state_bytes: u64,
+    pub dirty_bytes_per_s: u64,
     pub radius_km: f64,
 }
 
@@ -58,6 +58,7 @@ impl FlashCrowd {
             service_ms: 1.0,
             bound_ms: 10.0,
             state_bytes: 1 << 20,
+            dirty_bytes_per_s: 64 << 10,
             radius_km: 3.0,
         }
     }
@@ -87,26 +88,14 @@ struct Comp {
     epoch: u64,
     /// Requests per second by entry node.
     traffic: BTreeMap<usize, u64>,
-    migration: Option<(usize, usize, Source, Option<Target>)>,
+    migration: Option<Migration>,
 }
 
 pub fn run(c: &FlashCrowd) -> Outcome {
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(c.seed);
-    let side = (c.nodes as f64).sqrt().ceil() as usize;
-    let pos: Vec<Position> = (0..c.nodes)
-        .map(|i| Position {
-            x: (i % side) as f64,
-            y: (i / side) as f64,
-        })
-        .collect();
+    let (_, pos) = grid(c.nodes, 1.0);
     let ids: Vec<PeerId> = (0..c.nodes)
-        .map(|i| {
-            let h = blake3::hash(format!("{}/edge/{i}", c.seed).as_bytes());
-            Keypair::ed25519_from_bytes(*h.as_bytes())
-                .expect("32 bytes make a key")
-                .public()
-                .to_peer_id()
-        })
+        .map(|i| crate::identity(c.seed, "edge", i).public().to_peer_id())
         .collect();
     let index: HashMap<PeerId, usize> = ids.iter().enumerate().map(|(i, p)| (*p, i)).collect();
     let delay_us = |a: usize, b: usize| ((1.0 + pos[a].distance(pos[b]) * 0.1) * 1000.0) as u64;
@@ -269,15 +258,14 @@ pub fn run(c: &FlashCrowd) -> Outcome {
                                 require: BTreeMap::new(),
                                 policy: c.policy.name().into(),
                             };
-                            let source = Source::new(now, offer, SourceConfig::default());
-                            comps[k].migration = Some((host, to, source, None));
+                            comps[k].migration =
+                                Some(Migration::new(now, offer, host, to, c.dirty_bytes_per_s));
                             trace.update(&[1, k as u8, to as u8]);
                             drive(
                                 &mut comps,
                                 k,
                                 &mut q,
                                 &delay_us,
-                                c,
                                 &mut out,
                                 &mut migrations_this_second,
                                 &mut placers,
@@ -288,41 +276,23 @@ pub fn run(c: &FlashCrowd) -> Outcome {
                 q.after(1_000_000, Ev::Second);
             }
             Ev::ToTarget { comp, msg } => {
-                let Some((from, to, _, target)) = comps[comp].migration.as_mut() else {
+                let Some(m) = comps[comp].migration.as_mut() else {
                     continue;
                 };
-                let reply = match (target.as_mut(), msg) {
-                    (None, ToTarget::Offer(offer)) => {
-                        let (t, r) = Target::new(now, offer, Ok(true), 10_000);
-                        *target = t;
-                        r
-                    }
-                    (Some(t), msg) => match t.expect(&msg) {
-                        Err(r) => r,
-                        Ok(()) => match msg {
-                            ToTarget::Module { .. } => t.module_stored(now),
-                            ToTarget::Pages { round, .. } => t.round_applied(now, round),
-                            ToTarget::Final { .. } => t.ready(now),
-                            ToTarget::Commit { epoch, .. } => t.commit(epoch).0,
-                            ToTarget::Abort { .. } => t.abort(),
-                            ToTarget::Offer(_) => continue,
-                        },
-                    },
-                    (None, _) => continue,
-                };
-                let d = delay_us(*to, *from);
-                q.after(d, Ev::ToSource { comp, reply });
+                let (from, to) = (m.from, m.to);
+                if let Some(reply) = m.answer(now, msg) {
+                    q.after(delay_us(to, from), Ev::ToSource { comp, reply });
+                }
             }
             Ev::ToSource { comp, reply } => {
-                if let Some((_, _, source, _)) = comps[comp].migration.as_mut() {
-                    source.handle_reply(now, reply);
+                if let Some(m) = comps[comp].migration.as_mut() {
+                    m.source.handle_reply(now, reply);
                 }
                 drive(
                     &mut comps,
                     comp,
                     &mut q,
                     &delay_us,
-                    c,
                     &mut out,
                     &mut migrations_this_second,
                     &mut placers,
@@ -351,65 +321,30 @@ pub fn run(c: &FlashCrowd) -> Outcome {
     out
 }
 
-/// Carry out what component `k`'s migration source asks (state sent at 12.5 MB/s).
-#[allow(clippy::too_many_arguments)]
+/// Carry out what component `k`'s migration asks (state sent at 12.5 MB/s).
 fn drive(
     comps: &mut [Comp],
     k: usize,
     q: &mut Queue<Ev>,
     delay_us: &dyn Fn(usize, usize) -> u64,
-    c: &FlashCrowd,
     out: &mut Outcome,
     this_second: &mut u64,
     placers: &mut HashMap<usize, Placer>,
 ) {
-    loop {
-        let now = q.now_ms();
-        let Some((from, to, source, _)) = comps[k].migration.as_mut() else {
-            return;
-        };
-        let (from, to) = (*from, *to);
-        let Some(action) = source.poll_action() else {
-            return;
-        };
-        let link = delay_us(from, to);
-        let id = source.id();
-        match action {
-            SourceAction::Send(msg) => q.after(link, Ev::ToTarget { comp: k, msg }),
-            SourceAction::SendModule => q.after(
-                link,
-                Ev::ToTarget {
-                    comp: k,
-                    msg: ToTarget::Module {
-                        id,
-                        wasm: Vec::new(),
-                    },
-                },
-            ),
-            SourceAction::SendRound { round } => {
-                let bytes = if round == 0 { c.state_bytes } else { 16 << 10 };
-                source.round_sent(now, round, bytes);
-                let msg = ToTarget::Pages {
-                    id,
-                    round,
-                    pages: Vec::new(),
-                };
-                q.after(link + bytes * 1000 / 12_500, Ev::ToTarget { comp: k, msg });
-            }
-            SourceAction::FreezeAndSendFinal => {
-                source.final_sent(now, 16 << 10);
-                let msg = ToTarget::Final {
-                    id,
-                    pages: Vec::new(),
-                    globals: Vec::new(),
-                    snapshot_digest: [0; 32],
-                };
+    let now = q.now_ms();
+    let Some(m) = comps[k].migration.as_mut() else {
+        return;
+    };
+    let (from, to) = (m.from, m.to);
+    for step in m.drive(now) {
+        match step {
+            Step::Send { msg, bytes } => {
                 q.after(
-                    link + (16 << 10) * 1000 / 12_500,
+                    delay_us(from, to) + bytes * 1000 / 12_500,
                     Ev::ToTarget { comp: k, msg },
                 );
             }
-            SourceAction::Switch { epoch } => {
+            Step::Switched { epoch } => {
                 let comp = &mut comps[k];
                 assert!(
                     epoch > comp.epoch,
@@ -423,8 +358,8 @@ fn drive(
                 comp.epoch = epoch;
                 comp.host = to;
             }
-            SourceAction::Unfreeze => {}
-            SourceAction::Finished(result) => {
+            Step::Frozen | Step::Unfrozen => {}
+            Step::Finished(result) => {
                 comps[k].migration = None;
                 if result.is_ok() {
                     out.migrations += 1;
@@ -434,7 +369,6 @@ fn drive(
                         .or_insert_with(|| Placer::new(PolicyConfig::default()))
                         .settle(now, &comps[k].name);
                 }
-                return;
             }
         }
     }

@@ -5,6 +5,7 @@
 
 pub mod churn;
 pub mod flash_crowd;
+pub mod migration;
 pub mod net;
 pub mod plot;
 pub mod queue;
@@ -12,3 +13,9 @@ pub mod roaming;
 pub mod world;
 
 pub use world::World;
+
+/// A virtual node's identity, derived from the seed so that runs with one seed share them.
+pub fn identity(seed: u64, role: &str, i: usize) -> continuum_gossip::Keypair {
+    let h = blake3::hash(format!("{seed}/{role}/{i}").as_bytes());
+    continuum_gossip::Keypair::ed25519_from_bytes(*h.as_bytes()).expect("32 bytes make a key")
+}

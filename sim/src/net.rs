@@ -17,6 +17,18 @@ impl Position {
     }
 }
 
+/// `nodes` positions on a square grid `spacing_km` apart, row by row; and the row length.
+pub fn grid(nodes: usize, spacing_km: f64) -> (usize, Vec<Position>) {
+    let side = (nodes as f64).sqrt().ceil() as usize;
+    let pos = (0..nodes)
+        .map(|i| Position {
+            x: (i % side) as f64 * spacing_km,
+            y: (i / side) as f64 * spacing_km,
+        })
+        .collect();
+    (side, pos)
+}
+
 #[derive(Clone, Debug)]
 pub struct NetConfig {
     /// One-way delay of any message, ms (processing, the last mile).

@@ -11,12 +11,11 @@
 //!
 //! Invariants checked on every step: each component has exactly one host, epochs only grow.
 
-use crate::net::Position;
+use crate::migration::{Migration, Step};
+use crate::net::{Position, grid};
 use crate::queue::Queue;
-use continuum_gossip::{
-    Candidate, Keypair, PeerId, PeerLoad, Placed, Placer, Policy, PolicyConfig,
-};
-use continuum_migrate::{Offer, Source, SourceAction, SourceConfig, Target, ToSource, ToTarget};
+use continuum_gossip::{Candidate, PeerId, PeerLoad, Placed, Placer, Policy, PolicyConfig};
+use continuum_migrate::{Offer, ToSource, ToTarget};
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 use std::collections::{BTreeMap, HashMap};
@@ -99,16 +98,12 @@ struct Twin {
     name: String,
     host: usize,
     epoch: u64,
-    migration: Option<Migration>,
+    migration: Option<Moving>,
 }
 
-struct Migration {
-    from: usize,
-    to: usize,
-    source: Source,
-    target: Option<Target>,
-    /// When the last round was captured (none yet: the next carries the whole state).
-    captured: Option<u64>,
+/// A twin on its way to another node.
+struct Moving {
+    m: Migration,
     /// Arrival times (µs) of requests held by the freeze.
     held: Vec<u64>,
     frozen: bool,
@@ -140,21 +135,9 @@ struct Sim<'a> {
 
 pub fn run(c: &Roaming) -> Outcome {
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(c.seed);
-    let side = (c.nodes as f64).sqrt().ceil() as usize;
-    let pos: Vec<Position> = (0..c.nodes)
-        .map(|i| Position {
-            x: (i % side) as f64 * c.spacing_km,
-            y: (i / side) as f64 * c.spacing_km,
-        })
-        .collect();
+    let (side, pos) = grid(c.nodes, c.spacing_km);
     let ids: Vec<PeerId> = (0..c.nodes)
-        .map(|i| {
-            let h = blake3::hash(format!("{}/roadside/{i}", c.seed).as_bytes());
-            Keypair::ed25519_from_bytes(*h.as_bytes())
-                .expect("32 bytes make a key")
-                .public()
-                .to_peer_id()
-        })
+        .map(|i| crate::identity(c.seed, "roadside", i).public().to_peer_id())
         .collect();
     let cells = (c.radius_km / c.spacing_km).ceil() as i64;
     let neighbours = (0..c.nodes)
@@ -310,8 +293,8 @@ impl Sim<'_> {
             Ev::ToTarget { comp, msg } => self.at_target(comp, msg),
             Ev::ToSource { comp, reply } => {
                 let now = self.q.now_ms();
-                if let Some(m) = self.twins[comp].migration.as_mut() {
-                    m.source.handle_reply(now, reply);
+                if let Some(mv) = self.twins[comp].migration.as_mut() {
+                    mv.m.source.handle_reply(now, reply);
                 }
                 self.drive(comp);
             }
@@ -334,10 +317,10 @@ impl Sim<'_> {
             let entry = self.nearest(p);
             let host = self.twins[t].host;
             for _ in 0..per_tick {
-                if let Some(m) = self.twins[t].migration.as_mut()
-                    && m.frozen
+                if let Some(mv) = self.twins[t].migration.as_mut()
+                    && mv.frozen
                 {
-                    m.held.push(self.q.now_us());
+                    mv.held.push(self.q.now_us());
                 } else {
                     let ms = self.c.radio_ms + self.rtt_ms(entry, host);
                     self.served(ms);
@@ -444,14 +427,9 @@ impl Sim<'_> {
             require: BTreeMap::new(),
             policy: self.c.policy.name().into(),
         };
-        let source = Source::new(now, offer, SourceConfig::default());
-        let from = self.twins[t].host;
-        self.twins[t].migration = Some(Migration {
-            from,
-            to,
-            source,
-            target: None,
-            captured: None,
+        let m = Migration::new(now, offer, twin.host, to, self.c.dirty_bytes_per_s);
+        self.twins[t].migration = Some(Moving {
+            m,
             held: Vec::new(),
             frozen: false,
         });
@@ -459,63 +437,26 @@ impl Sim<'_> {
         self.drive(t);
     }
 
-    /// Carry out what twin `t`'s migration source asks.
+    /// Carry out what twin `t`'s migration asks.
     fn drive(&mut self, t: usize) {
-        loop {
-            let now = self.q.now_ms();
-            let Some(m) = self.twins[t].migration.as_mut() else {
-                return;
-            };
-            let Some(action) = m.source.poll_action() else {
-                return;
-            };
-            let (from, to, id) = (m.from, m.to, m.source.id());
-            let link = self.delay_us(from, to);
-            let transfer = |bytes: u64| bytes * 1000 / self.c.bandwidth_bytes_per_ms.max(1);
-            let dirty = |since: u64| (now - since) * self.c.dirty_bytes_per_s / 1000;
-            match action {
-                SourceAction::Send(msg) => self.q.after(link, Ev::ToTarget { comp: t, msg }),
-                SourceAction::SendModule => {
-                    let msg = ToTarget::Module {
-                        id,
-                        wasm: Vec::new(),
-                    };
-                    self.q.after(link, Ev::ToTarget { comp: t, msg });
-                }
-                SourceAction::SendRound { round } => {
-                    let m = self.twins[t].migration.as_mut().expect("checked above");
-                    let bytes = match m.captured {
-                        None => self.c.state_bytes,
-                        Some(since) => dirty(since),
-                    };
-                    m.captured = Some(now);
-                    m.source.round_sent(now, round, bytes);
-                    let msg = ToTarget::Pages {
-                        id,
-                        round,
-                        pages: Vec::new(),
-                    };
-                    let delay = link + transfer(bytes);
+        let now = self.q.now_ms();
+        let Some(mv) = self.twins[t].migration.as_mut() else {
+            return;
+        };
+        let (from, to) = (mv.m.from, mv.m.to);
+        for step in mv.m.drive(now) {
+            match step {
+                Step::Send { msg, bytes } => {
+                    let delay = self.delay_us(from, to)
+                        + bytes * 1000 / self.c.bandwidth_bytes_per_ms.max(1);
                     self.q.after(delay, Ev::ToTarget { comp: t, msg });
                 }
-                SourceAction::FreezeAndSendFinal => {
-                    let m = self.twins[t].migration.as_mut().expect("checked above");
-                    let bytes = match m.captured {
-                        None => self.c.state_bytes,
-                        Some(since) => dirty(since),
-                    };
-                    m.frozen = true;
-                    m.source.final_sent(now, bytes);
-                    let msg = ToTarget::Final {
-                        id,
-                        pages: Vec::new(),
-                        globals: Vec::new(),
-                        snapshot_digest: [0; 32],
-                    };
-                    let delay = link + transfer(bytes);
-                    self.q.after(delay, Ev::ToTarget { comp: t, msg });
+                Step::Frozen => {
+                    if let Some(mv) = self.twins[t].migration.as_mut() {
+                        mv.frozen = true;
+                    }
                 }
-                SourceAction::Switch { epoch } => {
+                Step::Switched { epoch } => {
                     // Invariants: one host at a time, epochs only grow.
                     let twin = &mut self.twins[t];
                     assert!(
@@ -532,8 +473,8 @@ impl Sim<'_> {
                     self.release_held(t, to);
                     self.trace(2, t, to);
                 }
-                SourceAction::Unfreeze => self.release_held(t, from),
-                SourceAction::Finished(result) => {
+                Step::Unfrozen => self.release_held(t, from),
+                Step::Finished(result) => {
                     self.twins[t].migration = None;
                     match result {
                         Ok(_) => {
@@ -550,7 +491,6 @@ impl Sim<'_> {
                         }
                         Err(_) => self.out.aborted += 1,
                     }
-                    return;
                 }
             }
         }
@@ -559,11 +499,11 @@ impl Sim<'_> {
     /// The freeze is over: the held requests are served (by `host`), having waited.
     fn release_held(&mut self, t: usize, host: usize) {
         let now_us = self.q.now_us();
-        let Some(m) = self.twins[t].migration.as_mut() else {
+        let Some(mv) = self.twins[t].migration.as_mut() else {
             return;
         };
-        m.frozen = false;
-        let held = std::mem::take(&mut m.held);
+        mv.frozen = false;
+        let held = std::mem::take(&mut mv.held);
         let entry = self.nearest(self.vehicles[t].pos);
         for at in held {
             let ms = self.c.radio_ms + self.rtt_ms(entry, host) + (now_us - at) as f64 / 1000.0;
@@ -574,30 +514,13 @@ impl Sim<'_> {
     /// The target's side: answer each message with the real machine.
     fn at_target(&mut self, t: usize, msg: ToTarget) {
         let now = self.q.now_ms();
-        let Some(m) = self.twins[t].migration.as_mut() else {
+        let Some(mv) = self.twins[t].migration.as_mut() else {
             return;
         };
-        let reply = match (&mut m.target, msg) {
-            (None, ToTarget::Offer(offer)) => {
-                let (target, reply) = Target::new(now, offer, Ok(true), 10_000);
-                m.target = target;
-                reply
-            }
-            (Some(target), msg) => match target.expect(&msg) {
-                Err(r) => r,
-                Ok(()) => match msg {
-                    ToTarget::Module { .. } => target.module_stored(now),
-                    ToTarget::Pages { round, .. } => target.round_applied(now, round),
-                    ToTarget::Final { .. } => target.ready(now),
-                    ToTarget::Commit { epoch, .. } => target.commit(epoch).0,
-                    ToTarget::Abort { .. } => target.abort(),
-                    ToTarget::Offer(_) => return,
-                },
-            },
-            (None, _) => return,
-        };
-        let (to, from) = (m.to, m.from);
-        let link = self.delay_us(to, from);
-        self.q.after(link, Ev::ToSource { comp: t, reply });
+        let (from, to) = (mv.m.from, mv.m.to);
+        if let Some(reply) = mv.m.answer(now, msg) {
+            let link = self.delay_us(to, from);
+            self.q.after(link, Ev::ToSource { comp: t, reply });
+        }
     }
 }

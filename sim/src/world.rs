@@ -115,12 +115,9 @@ impl World {
         i
     }
 
-    /// A node's identity: derived from the seed, so runs with one seed share them.
+    /// A node's identity (the same across its restarts, as with a kept data directory).
     fn key(&self, node: usize, _incarnation: u64) -> Keypair {
-        let mut bytes = [0u8; 32];
-        let h = blake3::hash(format!("{}/{node}", self.seed).as_bytes());
-        bytes.copy_from_slice(h.as_bytes());
-        Keypair::ed25519_from_bytes(bytes).expect("32 bytes make an ed25519 key")
+        crate::identity(self.seed, "node", node)
     }
 
     /// Start (or restart) node `i` and connect it to `links`.
