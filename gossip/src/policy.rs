@@ -146,7 +146,11 @@ impl Placer {
 
     /// `n` requests at once (a simulator counts them by the tick).
     pub fn record_many(&mut self, now: u64, component: &str, entry: PeerId, n: u64) {
-        let buckets = self.traffic.entry(component.to_string()).or_default();
+        // On a request path: allocate the name only for a component not counted yet.
+        if !self.traffic.contains_key(component) {
+            self.traffic.insert(component.to_string(), BTreeMap::new());
+        }
+        let buckets = self.traffic.get_mut(component).expect("inserted above");
         *buckets
             .entry(now / 1000)
             .or_default()

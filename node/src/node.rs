@@ -523,19 +523,13 @@ async fn drop_stale_copies(node: Arc<Node>) {
     loop {
         timer.tick().await;
         for c in node.components.list() {
-            let newer = node
-                .mesh
-                .locate(&c.name)
-                .filter(|l| l.host != node.mesh.me() && l.epoch > c.epoch);
-            if let Some(l) = newer
+            if let Some((host, epoch)) = node.mesh.newer_host(&c.name, c.epoch)
                 && !crate::migration::leaving(&node, &c.name)
             {
                 tracing::warn!(
                     component = %c.name,
                     epoch = c.epoch,
-                    "a newer copy runs on {} (epoch {}): dropping this stale one",
-                    l.host,
-                    l.epoch
+                    "a newer copy runs on {host} (epoch {epoch}): dropping this stale one"
                 );
                 if node.components.remove(&c.name).await.is_ok() {
                     node.metrics.reject("stale_copy");

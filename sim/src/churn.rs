@@ -28,6 +28,8 @@ pub struct Outcome {
     pub csv: String,
     /// Virtual time from the last join until every node knew every other, ms (to 10 ms).
     pub converged_ms: Option<u64>,
+    /// Times a node dropped a silent peer from its view.
+    pub peer_down: u64,
     pub summary: String,
     pub trace_hash: String,
 }
@@ -106,6 +108,7 @@ pub fn run(c: &Churn) -> Outcome {
         );
     }
     let k = &w.counters;
+    out.peer_down = k.peer_down;
     out.summary = format!(
         "churn: {} nodes, seed {}, {} virtual s after the joins ({} ms of joins)\n\
          events {}, gossip published {}, delivered {}, direct {}, lost {}, refused {}\n\

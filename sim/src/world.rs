@@ -99,8 +99,7 @@ impl World {
     /// Add a node at `pos` (not started yet).
     pub fn add_node(&mut self, pos: Position) -> usize {
         let i = self.nodes.len();
-        let key = self.key(i, 0);
-        let id = key.public().to_peer_id();
+        let id = self.key(i).public().to_peer_id();
         self.nodes.push(SimNode {
             id,
             pos,
@@ -116,7 +115,7 @@ impl World {
     }
 
     /// A node's identity (the same across its restarts, as with a kept data directory).
-    fn key(&self, node: usize, _incarnation: u64) -> Keypair {
+    fn key(&self, node: usize) -> Keypair {
         crate::identity(self.seed, "node", node)
     }
 
@@ -126,7 +125,7 @@ impl World {
         let node = &mut self.nodes[i];
         node.incarnation += 1;
         let incarnation = node.incarnation;
-        let key = self.key(i, incarnation);
+        let key = self.key(i);
         // A restarted node starts its sequence numbers past its former self's.
         let first_seq = incarnation << 40 | self.queue.now_us();
         let local = Resources {

@@ -59,12 +59,10 @@ fn relay_target(node: &Node, method: &Method, segments: &[&str]) -> Option<PeerI
         | (&Method::DELETE, ["components", name]) => *name,
         (&Method::GET, ["migrations", id]) => {
             let id = id.parse().ok()?;
-            return node
-                .migrations
-                .progress(id)
-                .is_none()
-                .then(|| node.migrations.relayed(id))
-                .flatten();
+            if node.migrations.progress(id).is_some() {
+                return None;
+            }
+            return node.migrations.relayed(id);
         }
         _ => return None,
     };

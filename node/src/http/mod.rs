@@ -201,10 +201,9 @@ pub async fn serve(
     while let Some(handle) = node.components.get(name) {
         // A copy this node brought back from disk may have moved on while the node was down:
         // the mesh knows the newer one by its epoch.
-        if let Some(newer) = node.mesh.locate(name).filter(|l| {
-            l.host != node.mesh.me() && l.epoch > handle.stats.epoch.load(Ordering::Relaxed)
-        }) {
-            return forward(node, newer.host, name, req, hops, entry).await;
+        let epoch = handle.stats.epoch.load(Ordering::Relaxed);
+        if let Some((newer, _)) = node.mesh.newer_host(name, epoch) {
+            return forward(node, newer, name, req, hops, entry).await;
         }
         if handle.policy != continuum_gossip::Policy::Pinned {
             let now = node.started.elapsed().as_millis() as u64;

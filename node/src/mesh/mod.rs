@@ -205,6 +205,14 @@ impl Mesh {
         self.snapshot.read().unwrap().directory.get(name).cloned()
     }
 
+    /// Another peer that hosts `name` at a newer epoch than `epoch` (this node's copy is
+    /// stale then). Read in place: it runs on every request.
+    pub fn newer_host(&self, name: &str, epoch: u64) -> Option<(PeerId, u64)> {
+        let snap = self.snapshot.read().unwrap();
+        let l = snap.directory.get(name)?;
+        (l.host != self.me && l.epoch > epoch).then_some((l.host, l.epoch))
+    }
+
     /// Send a request to a peer and wait for its reply.
     async fn request(&self, peer: PeerId, request: rpc::Request) -> Result<rpc::Reply, MeshError> {
         let (reply, rx) = oneshot::channel();

@@ -227,7 +227,8 @@ async fn offered(node: &Arc<Node>, from: PeerId, offer: Offer) -> ToSource {
         step_timeout(node).as_millis() as u64,
     );
     if let Some(target) = target {
-        tracing::info!(component = %target.offer().name, %from, id, "migration accepted");
+        let name = target.offer().name.clone();
+        tracing::info!(component = %name, %from, id, "migration accepted");
         let staged = Arc::new(tokio::sync::Mutex::new(Staged {
             from,
             target,
@@ -236,10 +237,6 @@ async fn offered(node: &Arc<Node>, from: PeerId, offer: Offer) -> ToSource {
             maps: Vec::new(),
             handle: None,
         }));
-        let name = staged
-            .try_lock()
-            .map(|s| s.target.offer().name.clone())
-            .unwrap_or_default();
         node.migrations
             .incoming
             .lock()

@@ -5,7 +5,7 @@ mod actor;
 mod host;
 mod instance;
 
-pub use actor::{Answer, Command, ComponentHandle, FinalState, Round, Stats, Unavailable};
+pub use actor::{ComponentHandle, Stats, Unavailable};
 pub use host::now_ms;
 pub use instance::{CallError, Instance};
 
