@@ -26,8 +26,16 @@
 //! source unfreezes and goes on serving; nothing was switched, so nothing is lost. After Ready
 //! the source never resumes. A target left Ready without a Commit asks the source how the
 //! migration ended; if the source is gone it takes over, since a source that reached Ready
-//! never serves again. (A network partition that hides a live source from its target in that
-//! window could still leave two copies; process crashes cannot.)
+//! never serves again.
+//!
+//! One window is in doubt: the source sent Final and heard nothing back, so the target may be
+//! Ready, or even hosting already. The source stays frozen and asks, up to [`IN_DOUBT_ASKS`]
+//! times (an Abort, which a target that is not yet the host obeys, and which a host answers
+//! with Done), before it serves again; a Ready target likewise asks the source
+//! [`TAKEOVER_PROBES`] times before it takes over. So a lost Ready, lost answers or a short cut
+//! never leave two hosts: the first exchange that gets through decides for both. Only a
+//! partition that outlasts both sides' patience in exactly that window still can (the epochs
+//! in the directory then tell which copy is current); the simulator counts how often.
 
 use crate::hash::Digest;
 use crate::snapshot::Value;
@@ -35,6 +43,11 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 
 pub type MigrationId = u64;
+
+/// How many times a source in doubt asks the target before it serves again.
+pub const IN_DOUBT_ASKS: u32 = 3;
+/// How many unanswered probes a Ready target waits out before it takes over.
+pub const TAKEOVER_PROBES: u32 = 3;
 
 /// What the source proposes.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -227,6 +240,11 @@ enum SourceState {
     Final {
         sent: bool,
     },
+    /// Final went out and no answer came: asking the target how it stands before resuming.
+    InDoubt {
+        why: String,
+        asked: u32,
+    },
     Committing,
     Finished,
 }
@@ -305,6 +323,26 @@ impl Source {
         self.deadline = now + self.cfg.step_timeout_ms;
     }
 
+    /// No answer (a timeout, a lost connection). Once Final is out the target may be Ready or
+    /// hosting, so ask before resuming; before that, or when asking failed too, give up.
+    fn lost(&mut self, now: u64, reason: String) {
+        let (why, asked) = match &self.state {
+            SourceState::Final { sent: true } => (reason, 0),
+            SourceState::InDoubt { why, asked } if *asked < IN_DOUBT_ASKS => (why.clone(), *asked),
+            SourceState::InDoubt { why, .. } => {
+                let why = format!("{why}; the target cannot be reached to resolve it ({reason})");
+                return self.fail(now, why);
+            }
+            _ => return self.fail(now, reason),
+        };
+        self.actions.push_back(SourceAction::Send(ToTarget::Abort {
+            id: self.offer.id,
+            reason: format!("no answer to the final state ({why}); resolving"),
+        }));
+        let asked = asked + 1;
+        self.wait(now, SourceState::InDoubt { why, asked });
+    }
+
     fn fail(&mut self, now: u64, reason: String) {
         if self.state == SourceState::Finished {
             return;
@@ -351,6 +389,15 @@ impl Source {
                 },
             );
         }
+    }
+
+    /// The point of no return: the component is the target's from now on.
+    fn switch(&mut self, now: u64) -> u64 {
+        self.report.downtime_ms = now - self.frozen_at.unwrap_or(now);
+        self.report.epoch = self.offer.epoch + 1;
+        let epoch = self.report.epoch;
+        self.actions.push_back(SourceAction::Switch { epoch });
+        epoch
     }
 
     fn freeze(&mut self, now: u64) {
@@ -428,12 +475,18 @@ impl Source {
                     );
                 }
             }
+            (SourceState::InDoubt { .. }, ToSource::Done { .. }) => {
+                // The target took over while its Ready was lost: it is the host.
+                self.switch(now);
+                self.finish(now, Ok(()));
+            }
+            (SourceState::InDoubt { why, .. }, ToSource::Aborted { .. }) => {
+                let why = format!("{why}; the target confirmed it dropped its copy");
+                self.fail(now, why);
+            }
             (SourceState::Final { sent: true }, ToSource::Ready { .. }) => {
                 // The point of no return: switch at once, then tell the target.
-                self.report.downtime_ms = now - self.frozen_at.unwrap_or(now);
-                self.report.epoch = self.offer.epoch + 1;
-                let epoch = self.report.epoch;
-                self.actions.push_back(SourceAction::Switch { epoch });
+                let epoch = self.switch(now);
                 self.actions.push_back(SourceAction::Send(ToTarget::Commit {
                     id: self.offer.id,
                     epoch,
@@ -447,12 +500,12 @@ impl Source {
 
     /// A message did not get through, or its answer did not come back.
     pub fn handle_transport_error(&mut self, now: u64, why: &str) {
-        self.fail(now, format!("lost the target: {why}"));
+        self.lost(now, format!("lost the target: {why}"));
     }
 
     pub fn handle_timeout(&mut self, now: u64) {
         if self.state != SourceState::Finished && now >= self.deadline {
-            self.fail(
+            self.lost(
                 now,
                 format!(
                     "the target did not answer within {} ms",
@@ -488,6 +541,8 @@ enum TargetState {
 pub struct Target {
     offer: Offer,
     state: TargetState,
+    /// Probes of the source that went unanswered in a row.
+    probes: u32,
     deadline: u64,
     /// How long a step may stay silent, and how long to wait for a Commit once ready.
     step_timeout_ms: u64,
@@ -513,6 +568,7 @@ impl Target {
                     },
                     deadline: now + step_timeout_ms,
                     step_timeout_ms,
+                    probes: 0,
                 }),
                 ToSource::Accepted {
                     id,
@@ -621,11 +677,16 @@ impl Target {
         )
     }
 
+    /// The source gives up, or (in doubt after Final) asks how things stand: a target that
+    /// is not the host yet drops its copy; one that took over says Done, so the source switches
+    /// instead of resuming.
     pub fn abort(&mut self) -> ToSource {
-        if self.state != TargetState::Host {
-            self.state = TargetState::Discarded;
+        let id = self.offer.id;
+        if self.state == TargetState::Host {
+            return ToSource::Done { id };
         }
-        ToSource::Aborted { id: self.offer.id }
+        self.state = TargetState::Discarded;
+        ToSource::Aborted { id }
     }
 
     pub fn poll_timeout(&self) -> Option<u64> {
@@ -639,6 +700,7 @@ impl Target {
         match self.state {
             TargetState::Ready => {
                 self.step(now, TargetState::Probing);
+                self.probes += 1;
                 Some(TargetAction::ProbeSource)
             }
             // A probe that never answered counts as a source that is gone.
@@ -662,8 +724,14 @@ impl Target {
                     .1
                     .unwrap_or(TargetAction::BecomeHost { epoch }),
             ),
-            // A source that cannot be reached cannot be serving: it reached Ready, so it
-            // switched and will never resume.
+            // Unanswered: ask again soon, a few times, in case the source is in doubt too.
+            None if self.probes < TAKEOVER_PROBES => {
+                self.state = TargetState::Ready;
+                self.deadline = now + self.step_timeout_ms / 2;
+                None
+            }
+            // A source that cannot be reached all this time is taken for gone: if it is, it
+            // reached Ready, so it switched and will never resume.
             None => Some(
                 self.commit(epoch)
                     .1
@@ -674,6 +742,7 @@ impl Target {
                 Some(TargetAction::Discard)
             }
             Some(Outcome::InProgress) => {
+                self.probes = 0;
                 self.step(now, TargetState::Ready);
                 None
             }

@@ -27,8 +27,8 @@ pub use delta::{Delta, MemoryDelta, decode_pages, encode_pages};
 #[cfg(target_os = "linux")]
 pub use dirty::WriteTracker;
 pub use handshake::{
-    MigrationId, Offer, Outcome, Report, Source, SourceAction, SourceConfig, Target, TargetAction,
-    ToSource, ToTarget,
+    IN_DOUBT_ASKS, MigrationId, Offer, Outcome, Report, Source, SourceAction, SourceConfig,
+    TAKEOVER_PROBES, Target, TargetAction, ToSource, ToTarget,
 };
 pub use hash::{Digest, PAGE_SIZE, ZERO_PAGE_DIGEST, digest_hex, page_digests};
 pub use snapshot::{ComponentMeta, FORMAT_VERSION, MemoryImage, Snapshot, SnapshotError, Value};

@@ -19,6 +19,8 @@ enum Kill {
     TargetBeforeReady,
     /// The source dies right after it switched (after Ready, before Commit).
     SourceAfterReady,
+    /// The target's Ready is lost on the way (the target lives on).
+    ReadyLost,
 }
 
 struct World {
@@ -94,9 +96,13 @@ impl World {
             ToTarget::Pages { round, .. } => t.round_applied(self.now, round),
             ToTarget::Final { .. } => {
                 let reply = t.ready(self.now);
-                if self.kill == Kill::TargetBeforeReady {
-                    self.target_alive = false;
-                    return None;
+                match self.kill {
+                    Kill::TargetBeforeReady => {
+                        self.target_alive = false;
+                        return None;
+                    }
+                    Kill::ReadyLost => return None,
+                    _ => {}
                 }
                 reply
             }
@@ -131,7 +137,9 @@ impl World {
                 self.log
                     .push(format!("{action:?}").chars().take(40).collect());
                 match action {
-                    SourceAction::Send(ToTarget::Abort { id, reason }) => {
+                    SourceAction::Send(ToTarget::Abort { id, reason })
+                        if self.source.is_finished() =>
+                    {
                         // A best-effort courtesy: the target may be gone already.
                         if self.target_alive {
                             let _ = self.at_target(ToTarget::Abort { id, reason }, false);
@@ -339,6 +347,90 @@ fn losing_the_source_after_ready_leaves_the_target_serving() {
         Some(4),
         "the target takes over once the source is gone"
     );
+}
+
+#[test]
+fn a_lost_ready_is_resolved_by_asking_the_target_before_resuming() {
+    let mut w = World::new(
+        SourceConfig::default(),
+        vec![MIB, 100 * 1024],
+        Kill::ReadyLost,
+    );
+    w.run();
+    assert!(w.result.clone().unwrap().is_err());
+    assert!(!w.frozen, "the source serves again");
+    assert_eq!(w.switched, None);
+    let t = w.target.as_ref().unwrap();
+    assert!(!t.serves() && t.is_done(), "the target dropped its copy");
+    assert_eq!(w.hosted_by_target, None);
+    assert!(
+        w.log.iter().any(|l| l == "send abort"),
+        "the source asked before resuming: {:?}",
+        w.log
+    );
+}
+
+/// Ready was lost and the source was out of reach long enough for the target to take over:
+/// when the source's question gets through, the target says Done and the source switches
+/// instead of resuming, so there is never a second host.
+#[test]
+fn a_target_that_took_over_makes_an_in_doubt_source_switch() {
+    let cfg = SourceConfig {
+        stop_and_copy: true,
+        step_timeout_ms: 1_000,
+        ..SourceConfig::default()
+    };
+    let mut src = Source::new(0, offer(), cfg);
+    let (mut target, accepted) = Target::new(1, offer(), Ok(true), 1_000);
+    let t = target.as_mut().unwrap();
+    assert!(matches!(
+        src.poll_action(),
+        Some(SourceAction::Send(ToTarget::Offer(_)))
+    ));
+    src.handle_reply(2, accepted);
+    assert_eq!(src.poll_action(), Some(SourceAction::FreezeAndSendFinal));
+    src.final_sent(3, 4096);
+    let last = ToTarget::Final {
+        id: 7,
+        pages: vec![],
+        globals: vec![],
+        snapshot_digest: [0; 32],
+    };
+    t.expect(&last).unwrap();
+    let _lost = t.ready(4);
+    // The source hears nothing: it stays frozen and asks.
+    src.handle_timeout(1_003);
+    let ask = src.poll_action();
+    assert!(
+        matches!(ask, Some(SourceAction::Send(ToTarget::Abort { .. }))),
+        "{ask:?}"
+    );
+    assert_eq!(src.poll_action(), None, "no unfreeze while in doubt");
+    assert_eq!(src.outcome(), Outcome::InProgress);
+    // Meanwhile the target cannot reach the source either: after a few tries it takes over.
+    let mut now = 1_004;
+    let took_over = loop {
+        now = t.poll_timeout().unwrap().max(now);
+        assert_eq!(t.handle_timeout(now), Some(TargetAction::ProbeSource));
+        if let Some(action) = t.probe_answer(now + 1, None) {
+            break action;
+        }
+    };
+    assert_eq!(took_over, TargetAction::BecomeHost { epoch: 4 });
+    assert!(now > 2_000, "it asked more than once");
+    // The question gets through.
+    let Some(SourceAction::Send(abort)) = ask else {
+        unreachable!()
+    };
+    t.expect(&abort).unwrap();
+    src.handle_reply(1_500, t.abort());
+    assert!(t.is_host());
+    assert_eq!(src.poll_action(), Some(SourceAction::Switch { epoch: 4 }));
+    assert!(matches!(
+        src.poll_action(),
+        Some(SourceAction::Finished(Ok(_)))
+    ));
+    assert_eq!(src.outcome(), Outcome::Committed { epoch: 4 });
 }
 
 #[test]

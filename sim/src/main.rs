@@ -32,6 +32,11 @@ struct Args {
     /// balance (flash-crowd's default).
     #[arg(long)]
     policy: Option<String>,
+    /// roaming: inject faults (1 % of migration messages lost, nodes crashing twice an hour
+    /// for 20 s, a 30 s partition every two minutes on average) and count invariant
+    /// violations.
+    #[arg(long)]
+    faults: bool,
     /// Where to write CSV files and SVG charts.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -105,11 +110,22 @@ fn main() -> Result<()> {
         }
         "roaming" => {
             let p = policy(&a, "follow-traffic")?;
-            let o = roaming::run(&Roaming::new(a.nodes, a.seed, seconds, p));
+            let faults = if a.faults {
+                roaming::Faults::harsh()
+            } else {
+                roaming::Faults::default()
+            };
+            let o = roaming::run(&Roaming {
+                faults: faults.clone(),
+                ..Roaming::new(a.nodes, a.seed, seconds, p)
+            });
             let mut within = vec![(p.name().to_string(), column(&o.csv, 0, share))];
             let mut moves = vec![(p.name().to_string(), column(&o.csv, 0, |v| v[3]))];
             if charts && p != Policy::Pinned {
-                let base = roaming::run(&Roaming::new(a.nodes, a.seed, seconds, Policy::Pinned));
+                let base = roaming::run(&Roaming {
+                    faults,
+                    ..Roaming::new(a.nodes, a.seed, seconds, Policy::Pinned)
+                });
                 within.push(("pinned".into(), column(&base.csv, 0, share)));
                 moves.push(("pinned".into(), column(&base.csv, 0, |v| v[3])));
             }

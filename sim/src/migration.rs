@@ -3,8 +3,12 @@
 //! the pages take at its bandwidth) and learns when the component switched hosts.
 
 use continuum_migrate::{
-    Offer, Report, Source, SourceAction, SourceConfig, Target, ToSource, ToTarget,
+    Offer, Outcome, Report, Source, SourceAction, SourceConfig, Target, TargetAction, ToSource,
+    ToTarget,
 };
+
+/// Both sides' step timeout, as a node's default `--migration-timeout`.
+pub const STEP_TIMEOUT_MS: u64 = 10_000;
 
 /// What the scenario must act on.
 #[derive(Debug)]
@@ -48,7 +52,14 @@ impl Migration {
             from,
             to,
             state_bytes: offer.memory_bytes,
-            source: Source::new(now, offer, SourceConfig::default()),
+            source: Source::new(
+                now,
+                offer,
+                SourceConfig {
+                    step_timeout_ms: STEP_TIMEOUT_MS,
+                    ..SourceConfig::default()
+                },
+            ),
             target: None,
             captured_ms: None,
             dirty_bytes_per_s,
@@ -114,7 +125,7 @@ impl Migration {
     pub fn answer(&mut self, now: u64, msg: ToTarget) -> Option<ToSource> {
         Some(match (&mut self.target, msg) {
             (None, ToTarget::Offer(offer)) => {
-                let (target, reply) = Target::new(now, offer, Ok(true), 10_000);
+                let (target, reply) = Target::new(now, offer, Ok(true), STEP_TIMEOUT_MS);
                 self.target = target;
                 reply
             }
@@ -131,5 +142,35 @@ impl Migration {
             },
             (None, _) => return None,
         })
+    }
+
+    /// When the target's timer fires next (none once it is done or gone).
+    pub fn target_deadline(&self) -> Option<u64> {
+        self.target.as_ref().and_then(|t| t.poll_timeout())
+    }
+
+    pub fn target_timeout(&mut self, now: u64) -> Option<TargetAction> {
+        self.target.as_mut()?.handle_timeout(now)
+    }
+
+    /// What the source said when the target asked how the migration ended.
+    pub fn probe_answer(&mut self, now: u64, answer: Option<Outcome>) -> Option<TargetAction> {
+        self.target.as_mut()?.probe_answer(now, answer)
+    }
+
+    pub fn target_is_host(&self) -> bool {
+        self.target.as_ref().is_some_and(|t| t.is_host())
+    }
+
+    /// Whether the target side has nothing left to do (done, or never began).
+    pub fn target_done(&self) -> bool {
+        self.target.as_ref().is_none_or(|t| t.is_done())
+    }
+
+    /// The target's process died: what it staged in memory is gone (a host's copy is on disk).
+    pub fn target_crashed(&mut self) {
+        if !self.target_is_host() {
+            self.target = None;
+        }
     }
 }

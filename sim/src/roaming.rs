@@ -9,13 +9,21 @@
 //! Membership is not simulated here: each node's peers are the nodes within a radius (the
 //! churn scenario runs the gossip machines; at this scale they need scoped membership first).
 //!
-//! Invariants checked on every step: each component has exactly one host, epochs only grow.
+//! Faults (all off by default): migration messages lost at random, roadside nodes that crash
+//! and come back from their disks, and partitions that cut a square region off the rest. Both
+//! sides' timers run, so lost answers, in-doubt sources and targets that take over are the
+//! real machines' doing.
+//!
+//! Invariants checked at every step that could break them: a twin never has two hosts (a
+//! source serving again while its target hosts), no twin is lost (a source dropping its copy
+//! before the target hosts, or a target discarding after the source switched), epochs only
+//! grow. Violations are counted and printed; the tests demand none.
 
-use crate::migration::{Migration, Step};
+use crate::migration::{Migration, STEP_TIMEOUT_MS, Step};
 use crate::net::{Position, grid};
 use crate::queue::Queue;
 use continuum_gossip::{Candidate, PeerId, PeerLoad, Placed, Placer, Policy, PolicyConfig};
-use continuum_migrate::{Offer, ToSource, ToTarget};
+use continuum_migrate::{Offer, Outcome as Ended, TargetAction, ToSource, ToTarget};
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 use std::collections::{BTreeMap, HashMap};
@@ -49,6 +57,35 @@ pub struct Roaming {
     pub dirty_bytes_per_s: u64,
     /// A node's peers are the nodes within this distance, km.
     pub radius_km: f64,
+    pub faults: Faults,
+}
+
+/// What goes wrong, and how often.
+#[derive(Clone, Debug, Default)]
+pub struct Faults {
+    /// Share of migration messages (and probes) lost.
+    pub loss: f64,
+    /// Crashes per node per hour; a crashed node is down `down_s`, then restarts from its disk.
+    pub crashes_per_node_hour: f64,
+    pub down_s: u64,
+    /// Mean time between partitions (0: none); each cuts a square of a quarter of the grid's
+    /// width off the rest for `partition_s`.
+    pub partition_every_s: u64,
+    pub partition_s: u64,
+}
+
+impl Faults {
+    /// The fault mix of `--faults`: 1 % loss, each node crashing twice an hour for 20 s, and
+    /// a 30 s partition every two minutes on average.
+    pub fn harsh() -> Faults {
+        Faults {
+            loss: 0.01,
+            crashes_per_node_hour: 2.0,
+            down_s: 20,
+            partition_every_s: 120,
+            partition_s: 30,
+        }
+    }
 }
 
 impl Roaming {
@@ -70,6 +107,7 @@ impl Roaming {
             state_bytes: 1 << 20,
             dirty_bytes_per_s: 64 << 10,
             radius_km: 2.5,
+            faults: Faults::default(),
         }
     }
 }
@@ -82,6 +120,18 @@ pub struct Outcome {
     pub within_bound: u64,
     pub migrations: u64,
     pub aborted: u64,
+    /// Requests that found their twin's host down or cut off, or whose held request died
+    /// with a crashed source.
+    pub unavailable: u64,
+    pub crashes: u64,
+    pub partitions: u64,
+    pub messages_lost: u64,
+    /// Takeovers by a target whose source was gone or out of reach.
+    pub takeovers: u64,
+    /// Invariant violations: two hosts at once, a twin lost, an epoch that went back.
+    pub two_hosts: u64,
+    pub lost: u64,
+    pub epoch_regressions: u64,
     pub events: u64,
     pub summary: String,
     pub trace_hash: String,
@@ -90,8 +140,43 @@ pub struct Outcome {
 enum Ev {
     Tick,
     Evaluate,
-    ToTarget { comp: usize, msg: ToTarget },
-    ToSource { comp: usize, reply: ToSource },
+    /// Messages and timers of migration `mig` of twin `comp`.
+    ToTarget {
+        comp: usize,
+        mig: u64,
+        msg: ToTarget,
+    },
+    ToSource {
+        comp: usize,
+        mig: u64,
+        reply: ToSource,
+    },
+    SourceTimer {
+        comp: usize,
+        mig: u64,
+    },
+    TargetTimer {
+        comp: usize,
+        mig: u64,
+    },
+    /// The target asks the source how the migration ended (probe number `n`).
+    Probe {
+        comp: usize,
+        mig: u64,
+        n: u64,
+    },
+    ProbeAnswer {
+        comp: usize,
+        mig: u64,
+        n: u64,
+        answer: Option<Ended>,
+    },
+    Crash,
+    Restart {
+        node: usize,
+    },
+    Partition,
+    Heal,
 }
 
 struct Twin {
@@ -103,10 +188,20 @@ struct Twin {
 
 /// A twin on its way to another node.
 struct Moving {
+    id: u64,
     m: Migration,
     /// Arrival times (µs) of requests held by the freeze.
     held: Vec<u64>,
     frozen: bool,
+    /// The source gave the twin away (it never serves it again).
+    switched: bool,
+    source_done: bool,
+    /// The source's process died during the migration (its machine is gone).
+    source_dead: bool,
+    /// The target hosts the twin (on its disk, whatever happens to it next).
+    target_host: bool,
+    target_dead: bool,
+    probes: u64,
 }
 
 struct Vehicle {
@@ -131,6 +226,11 @@ struct Sim<'a> {
     second: (u64, u64, u64),
     trace: blake3::Hasher,
     no_labels: BTreeMap<String, String>,
+    alive: Vec<bool>,
+    /// The region cut off by the current partition: x0, y0, side (km).
+    cut: Option<(f64, f64, f64)>,
+    faults: Xoshiro256PlusPlus,
+    next_migration: u64,
 }
 
 pub fn run(c: &Roaming) -> Outcome {
@@ -177,6 +277,10 @@ pub fn run(c: &Roaming) -> Outcome {
         second: (0, 0, 0),
         trace: blake3::Hasher::new(),
         no_labels: BTreeMap::new(),
+        alive: vec![true; c.nodes],
+        cut: None,
+        faults: Xoshiro256PlusPlus::seed_from_u64(c.seed ^ 0xfa17),
+        next_migration: 0,
         pos,
     };
     for v in 0..c.vehicles {
@@ -205,6 +309,8 @@ pub fn run(c: &Roaming) -> Outcome {
     }
     sim.q.at(100_000, Ev::Tick);
     sim.q.at(1_000_000, Ev::Evaluate);
+    sim.schedule_crash();
+    sim.schedule_partition();
     let end_us = c.seconds * 1_000_000;
     while let Some(ev) = sim.q.next(end_us) {
         sim.out.events += 1;
@@ -232,6 +338,27 @@ pub fn run(c: &Roaming) -> Outcome {
         o.aborted,
         o.events,
     );
+    let f = &c.faults;
+    if f.loss > 0.0 || f.crashes_per_node_hour > 0.0 || f.partition_every_s > 0 {
+        let _ = write!(
+            o.summary,
+            "\nfaults: {:.1} % of migration messages lost ({}), {} crashes ({} s down), {} partitions ({} s); \
+             {} requests unavailable ({:.2} %), {} takeovers by targets\n\
+             invariants: {} times two hosts, {} twins lost, {} epoch regressions",
+            f.loss * 100.0,
+            o.messages_lost,
+            o.crashes,
+            f.down_s,
+            o.partitions,
+            f.partition_s,
+            o.unavailable,
+            100.0 * o.unavailable as f64 / o.requests.max(1) as f64,
+            o.takeovers,
+            o.two_hosts,
+            o.lost,
+            o.epoch_regressions,
+        );
+    }
     o.trace_hash = sim.trace.finalize().to_hex().to_string();
     sim.out
 }
@@ -290,15 +417,105 @@ impl Sim<'_> {
         match ev {
             Ev::Tick => self.tick(),
             Ev::Evaluate => self.evaluate(),
-            Ev::ToTarget { comp, msg } => self.at_target(comp, msg),
-            Ev::ToSource { comp, reply } => {
-                let now = self.q.now_ms();
-                if let Some(mv) = self.twins[comp].migration.as_mut() {
-                    mv.m.source.handle_reply(now, reply);
+            Ev::Crash => self.crash(),
+            Ev::Restart { node } => self.restart(node),
+            Ev::Partition => self.partition(),
+            Ev::Heal => {
+                self.cut = None;
+                self.trace(7, 0, 0);
+            }
+            Ev::ToTarget { comp, mig, msg } => {
+                if self.current(comp, mig) {
+                    self.at_target(comp, msg);
                 }
-                self.drive(comp);
+            }
+            Ev::ToSource { comp, mig, reply } => {
+                if self.source_runs(comp, mig) {
+                    let now = self.q.now_ms();
+                    let mv = self.twins[comp].migration.as_mut().expect("current");
+                    mv.m.source.handle_reply(now, reply);
+                    self.drive(comp);
+                }
+            }
+            Ev::SourceTimer { comp, mig } => {
+                if self.source_runs(comp, mig) {
+                    let now = self.q.now_ms();
+                    let mv = self.twins[comp].migration.as_mut().expect("current");
+                    mv.m.source.handle_timeout(now);
+                    self.drive(comp);
+                }
+            }
+            Ev::TargetTimer { comp, mig } => {
+                if self.target_runs(comp, mig) {
+                    let now = self.q.now_ms();
+                    let mv = self.twins[comp].migration.as_mut().expect("current");
+                    let action = mv.m.target_timeout(now);
+                    self.target_acts(comp, action);
+                }
+            }
+            Ev::Probe { comp, mig, n } => self.probed(comp, mig, n),
+            Ev::ProbeAnswer {
+                comp,
+                mig,
+                n,
+                answer,
+            } => {
+                if self.target_runs(comp, mig)
+                    && self.twins[comp].migration.as_ref().map(|mv| mv.probes) == Some(n)
+                {
+                    let now = self.q.now_ms();
+                    let mv = self.twins[comp].migration.as_mut().expect("current");
+                    let action = mv.m.probe_answer(now, answer);
+                    self.target_acts(comp, action);
+                }
             }
         }
+    }
+
+    /// Whether migration `mig` is twin `comp`'s current one.
+    fn current(&self, comp: usize, mig: u64) -> bool {
+        self.twins[comp]
+            .migration
+            .as_ref()
+            .is_some_and(|mv| mv.id == mig)
+    }
+
+    /// Whether the source's machine of migration `mig` still runs.
+    fn source_runs(&self, comp: usize, mig: u64) -> bool {
+        self.current(comp, mig) && {
+            let mv = self.twins[comp].migration.as_ref().expect("current");
+            !mv.source_dead && !mv.source_done
+        }
+    }
+
+    fn target_runs(&self, comp: usize, mig: u64) -> bool {
+        self.current(comp, mig) && {
+            let mv = self.twins[comp].migration.as_ref().expect("current");
+            !mv.target_dead && !mv.m.target_done()
+        }
+    }
+
+    /// Whether a message from `a` can reach `b` now: both up, on the same side of any cut.
+    fn reachable(&self, a: usize, b: usize) -> bool {
+        let inside = |n: usize| {
+            self.cut.is_some_and(|(x, y, side)| {
+                let p = self.pos[n];
+                p.x >= x && p.x < x + side && p.y >= y && p.y < y + side
+            })
+        };
+        self.alive[a] && self.alive[b] && inside(a) == inside(b)
+    }
+
+    /// Send `ev` from `a` to `b`, `extra_us` after the link delay; false if it is lost.
+    fn send(&mut self, a: usize, b: usize, extra_us: u64, ev: Ev) -> bool {
+        let lost = !self.reachable(a, b)
+            || (self.c.faults.loss > 0.0 && self.faults.random_bool(self.c.faults.loss));
+        if lost {
+            self.out.messages_lost += 1;
+        } else {
+            self.q.after(self.delay_us(a, b) + extra_us, ev);
+        }
+        !lost
     }
 
     /// Every 100 ms: vehicles move, and each sends its requests in at its nearest node.
@@ -316,6 +533,12 @@ impl Sim<'_> {
             let (p, t) = (veh.pos, veh.twin);
             let entry = self.nearest(p);
             let host = self.twins[t].host;
+            if !self.reachable(entry, host) {
+                self.out.unavailable += per_tick;
+                self.out.requests += per_tick;
+                self.second.0 += per_tick;
+                continue;
+            }
             for _ in 0..per_tick {
                 if let Some(mv) = self.twins[t].migration.as_mut()
                     && mv.frozen
@@ -350,7 +573,7 @@ impl Sim<'_> {
         let now = self.q.now_ms();
         let mut by_host: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
         for (t, twin) in self.twins.iter().enumerate() {
-            if twin.migration.is_none() {
+            if twin.migration.is_none() && self.alive[twin.host] {
                 by_host.entry(twin.host).or_default().push(t);
             }
         }
@@ -359,7 +582,7 @@ impl Sim<'_> {
                 continue;
             };
             // Its neighbours, and wherever its twins' requests come in from (a host knows
-            // the peers that forward to it).
+            // the peers that forward to it); only those it can reach.
             let mut near = self.neighbours[host].clone();
             for &t in &twins {
                 let entry = self.nearest(self.vehicles[t].pos);
@@ -367,6 +590,7 @@ impl Sim<'_> {
                     near.push(entry);
                 }
             }
+            near.retain(|&j| self.reachable(host, j));
             let peers: Vec<PeerLoad> = near
                 .iter()
                 .map(|&j| PeerLoad {
@@ -415,9 +639,10 @@ impl Sim<'_> {
 
     fn start_migration(&mut self, t: usize, to: usize) {
         let now = self.q.now_ms();
+        self.next_migration += 1;
         let twin = &self.twins[t];
         let offer = Offer {
-            id: t as u64,
+            id: self.next_migration,
             name: twin.name.clone(),
             version: "1".into(),
             module_digest: [0; 32],
@@ -429,27 +654,33 @@ impl Sim<'_> {
         };
         let m = Migration::new(now, offer, twin.host, to, self.c.dirty_bytes_per_s);
         self.twins[t].migration = Some(Moving {
+            id: self.next_migration,
             m,
             held: Vec::new(),
             frozen: false,
+            switched: false,
+            source_done: false,
+            source_dead: false,
+            target_host: false,
+            target_dead: false,
+            probes: 0,
         });
         self.trace(1, t, to);
         self.drive(t);
     }
 
-    /// Carry out what twin `t`'s migration asks.
+    /// Carry out what twin `t`'s migration source asks, and arm its timer.
     fn drive(&mut self, t: usize) {
         let now = self.q.now_ms();
         let Some(mv) = self.twins[t].migration.as_mut() else {
             return;
         };
-        let (from, to) = (mv.m.from, mv.m.to);
+        let (from, to, mig) = (mv.m.from, mv.m.to, mv.id);
         for step in mv.m.drive(now) {
             match step {
                 Step::Send { msg, bytes } => {
-                    let delay = self.delay_us(from, to)
-                        + bytes * 1000 / self.c.bandwidth_bytes_per_ms.max(1);
-                    self.q.after(delay, Ev::ToTarget { comp: t, msg });
+                    let transfer = bytes * 1000 / self.c.bandwidth_bytes_per_ms.max(1);
+                    self.send(from, to, transfer, Ev::ToTarget { comp: t, mig, msg });
                 }
                 Step::Frozen => {
                     if let Some(mv) = self.twins[t].migration.as_mut() {
@@ -457,42 +688,74 @@ impl Sim<'_> {
                     }
                 }
                 Step::Switched { epoch } => {
-                    // Invariants: one host at a time, epochs only grow.
-                    let twin = &mut self.twins[t];
-                    assert!(
-                        epoch > twin.epoch,
-                        "epoch went from {} to {epoch}",
-                        twin.epoch
-                    );
-                    assert_eq!(
-                        twin.host, from,
-                        "a twin moved from a node that did not host it"
-                    );
-                    twin.epoch = epoch;
-                    twin.host = to;
+                    if let Some(mv) = self.twins[t].migration.as_mut() {
+                        mv.switched = true;
+                    }
+                    self.rehome(t, to, epoch);
                     self.release_held(t, to);
                     self.trace(2, t, to);
                 }
-                Step::Unfrozen => self.release_held(t, from),
+                Step::Unfrozen => {
+                    if self.twins[t]
+                        .migration
+                        .as_ref()
+                        .is_some_and(|mv| mv.target_host)
+                    {
+                        // The source serves again while its target hosts the twin.
+                        self.out.two_hosts += 1;
+                    }
+                    self.release_held(t, from);
+                }
                 Step::Finished(result) => {
-                    self.twins[t].migration = None;
+                    let mv = self.twins[t].migration.as_mut().expect("current");
+                    mv.source_done = true;
                     match result {
-                        Ok(_) => {
-                            self.out.migrations += 1;
-                            self.second.2 += 1;
-                            let name = self.twins[t].name.clone();
-                            self.placers
-                                .entry(to)
-                                .or_insert_with(|| Placer::new(PolicyConfig::default()))
-                                .settle(now, &name);
-                            if let Some(p) = self.placers.get_mut(&from) {
-                                p.forget(&name);
-                            }
+                        Ok(_) if !mv.target_host => {
+                            // The source drops its copy only once the target hosts.
+                            self.out.lost += 1;
                         }
-                        Err(_) => self.out.aborted += 1,
+                        Ok(_) => {}
+                        Err(_) if !mv.switched => self.out.aborted += 1,
+                        Err(_) => {}
                     }
                 }
             }
+        }
+        if let Some(deadline) = self.twins[t]
+            .migration
+            .as_ref()
+            .filter(|mv| !mv.source_done)
+            .and_then(|mv| mv.m.source.poll_timeout())
+        {
+            self.q.at(deadline * 1000, Ev::SourceTimer { comp: t, mig });
+        }
+        self.settle(t);
+    }
+
+    /// Twin `t` is `to`'s now, at `epoch` (from the source's switch or the target's takeover,
+    /// whichever comes first).
+    fn rehome(&mut self, t: usize, to: usize, epoch: u64) {
+        let now = self.q.now_ms();
+        let twin = &mut self.twins[t];
+        if epoch < twin.epoch || (epoch == twin.epoch && twin.host != to) {
+            self.out.epoch_regressions += 1;
+            return;
+        }
+        if twin.host == to {
+            return;
+        }
+        let from = twin.host;
+        twin.epoch = epoch;
+        twin.host = to;
+        self.out.migrations += 1;
+        self.second.2 += 1;
+        let name = twin.name.clone();
+        self.placers
+            .entry(to)
+            .or_insert_with(|| Placer::new(PolicyConfig::default()))
+            .settle(now, &name);
+        if let Some(p) = self.placers.get_mut(&from) {
+            p.forget(&name);
         }
     }
 
@@ -514,13 +777,208 @@ impl Sim<'_> {
     /// The target's side: answer each message with the real machine.
     fn at_target(&mut self, t: usize, msg: ToTarget) {
         let now = self.q.now_ms();
-        let Some(mv) = self.twins[t].migration.as_mut() else {
+        let mv = self.twins[t].migration.as_mut().expect("current");
+        if mv.target_dead {
+            return;
+        }
+        let (from, to, mig) = (mv.m.from, mv.m.to, mv.id);
+        let reply = mv.m.answer(now, msg);
+        if mv.m.target_is_host() && !mv.target_host {
+            let epoch = mv.m.source.offer().epoch + 1;
+            self.target_hosts(t, epoch);
+        }
+        if let Some(reply) = reply {
+            self.send(
+                to,
+                from,
+                0,
+                Ev::ToSource {
+                    comp: t,
+                    mig,
+                    reply,
+                },
+            );
+        }
+        self.arm_target(t);
+    }
+
+    fn arm_target(&mut self, t: usize) {
+        let Some(mv) = self.twins[t].migration.as_ref() else {
             return;
         };
-        let (from, to) = (mv.m.from, mv.m.to);
-        if let Some(reply) = mv.m.answer(now, msg) {
-            let link = self.delay_us(to, from);
-            self.q.after(link, Ev::ToSource { comp: t, reply });
+        if let Some(deadline) = mv.m.target_deadline().filter(|_| !mv.target_dead) {
+            let mig = mv.id;
+            self.q.at(deadline * 1000, Ev::TargetTimer { comp: t, mig });
         }
+        self.settle(t);
+    }
+
+    /// The target's machine became the host.
+    fn target_hosts(&mut self, t: usize, epoch: u64) {
+        let mv = self.twins[t].migration.as_mut().expect("current");
+        mv.target_host = true;
+        // A source that aborted, or came back from a crash, serves its own copy.
+        let (from, to) = (mv.m.from, mv.m.to);
+        let source_serves = !mv.switched && !mv.frozen && (!mv.source_dead || self.alive[from]);
+        if source_serves {
+            self.out.two_hosts += 1;
+        }
+        self.rehome(t, to, epoch);
+    }
+
+    /// What the target's timer asked for.
+    fn target_acts(&mut self, t: usize, action: Option<TargetAction>) {
+        let mv = self.twins[t].migration.as_mut().expect("current");
+        let (from, to, mig) = (mv.m.from, mv.m.to, mv.id);
+        match action {
+            Some(TargetAction::ProbeSource) => {
+                mv.probes += 1;
+                let n = mv.probes;
+                // No answer within the step timeout counts as a source that is gone.
+                self.q.after(
+                    STEP_TIMEOUT_MS * 1000,
+                    Ev::ProbeAnswer {
+                        comp: t,
+                        mig,
+                        n,
+                        answer: None,
+                    },
+                );
+                self.send(to, from, 0, Ev::Probe { comp: t, mig, n });
+            }
+            Some(TargetAction::BecomeHost { epoch }) => {
+                self.out.takeovers += 1;
+                self.target_hosts(t, epoch);
+                self.trace(3, t, to);
+            }
+            // The source gave the twin away and the target dropped it.
+            Some(TargetAction::Discard) if mv.switched => self.out.lost += 1,
+            Some(TargetAction::Discard) | None => {}
+        }
+        self.arm_target(t);
+    }
+
+    /// A probe reaches the source's node: it answers from its machine, or, restarted without
+    /// it, from what it holds.
+    fn probed(&mut self, t: usize, mig: u64, n: u64) {
+        if !self.current(t, mig) {
+            return;
+        }
+        let mv = self.twins[t].migration.as_ref().expect("current");
+        let (from, to) = (mv.m.from, mv.m.to);
+        if !self.alive[from] {
+            return;
+        }
+        let answer = if !mv.source_dead {
+            mv.m.source.outcome()
+        } else if self.twins[t].host == from {
+            Ended::Aborted
+        } else {
+            Ended::Committed {
+                epoch: self.twins[t].epoch,
+            }
+        };
+        let answer = Some(answer);
+        self.send(
+            from,
+            to,
+            0,
+            Ev::ProbeAnswer {
+                comp: t,
+                mig,
+                n,
+                answer,
+            },
+        );
+    }
+
+    /// Forget twin `t`'s migration once neither side has anything left to do.
+    fn settle(&mut self, t: usize) {
+        if let Some(mv) = &self.twins[t].migration
+            && (mv.source_done || mv.source_dead)
+            && (mv.target_dead || mv.m.target_done())
+        {
+            if mv.frozen && !mv.source_dead {
+                let from = mv.m.from;
+                self.release_held(t, from);
+            }
+            self.twins[t].migration = None;
+        }
+    }
+
+    fn schedule_crash(&mut self) {
+        let rate = self.c.faults.crashes_per_node_hour * self.c.nodes as f64 / 3.6e9;
+        if rate > 0.0 {
+            let u: f64 = self.faults.random_range(f64::EPSILON..1.0);
+            self.q.after((-u.ln() / rate) as u64, Ev::Crash);
+        }
+    }
+
+    fn schedule_partition(&mut self) {
+        let every = self.c.faults.partition_every_s;
+        if every > 0 {
+            let u: f64 = self.faults.random_range(f64::EPSILON..1.0);
+            self.q
+                .after((-u.ln() * every as f64 * 1e6) as u64, Ev::Partition);
+        }
+    }
+
+    /// A roadside node dies (as by a power cut): its process and what it held in memory are
+    /// gone, its disk stays.
+    fn crash(&mut self) {
+        self.schedule_crash();
+        let n = self.faults.random_range(0..self.c.nodes);
+        if !self.alive[n] {
+            return;
+        }
+        self.alive[n] = false;
+        self.out.crashes += 1;
+        self.trace(4, n, 0);
+        self.placers.remove(&n);
+        for t in 0..self.twins.len() {
+            let Some(mv) = self.twins[t].migration.as_mut() else {
+                continue;
+            };
+            if mv.m.from == n && !mv.source_done {
+                mv.source_dead = true;
+                mv.frozen = false;
+                let held = std::mem::take(&mut mv.held).len() as u64;
+                self.out.unavailable += held;
+                self.out.requests += held;
+                self.second.0 += held;
+            }
+            let mv = self.twins[t].migration.as_mut().expect("current");
+            if mv.m.to == n {
+                mv.target_dead = true;
+                mv.m.target_crashed();
+            }
+            self.settle(t);
+        }
+        self.q
+            .after(self.c.faults.down_s * 1_000_000, Ev::Restart { node: n });
+    }
+
+    /// Back from its disk: it serves the twins the directory says it hosts (a copy whose
+    /// epoch was passed while it was down is stale and dropped).
+    fn restart(&mut self, n: usize) {
+        self.alive[n] = true;
+        self.trace(5, n, 0);
+    }
+
+    fn partition(&mut self) {
+        self.schedule_partition();
+        if self.cut.is_some() {
+            return;
+        }
+        let side = self.side as f64 * self.c.spacing_km / 4.0;
+        let width = self.side as f64 * self.c.spacing_km;
+        let height = self.c.nodes.div_ceil(self.side) as f64 * self.c.spacing_km;
+        let x = self.faults.random_range(0.0..(width - side).max(1e-9));
+        let y = self.faults.random_range(0.0..(height - side).max(1e-9));
+        self.cut = Some((x, y, side));
+        self.out.partitions += 1;
+        self.trace(6, 0, 0);
+        self.q
+            .after(self.c.faults.partition_s * 1_000_000, Ev::Heal);
     }
 }

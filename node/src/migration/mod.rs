@@ -61,6 +61,8 @@ pub struct Migrations {
     relayed: Mutex<HashMap<MigrationId, PeerId>>,
     /// Migrations to here, with the component's name.
     incoming: Mutex<HashMap<MigrationId, (String, target::SharedStaged)>>,
+    /// Recent migrations that made this node the host, for a source in doubt that asks late.
+    hosted: Mutex<std::collections::VecDeque<MigrationId>>,
 }
 
 /// Finished migrations kept for `GET /v1/migrations` and for targets that ask.
@@ -92,6 +94,18 @@ impl Migrations {
         if let Some(p) = self.outgoing.lock().unwrap().get_mut(&id) {
             f(p);
         }
+    }
+
+    fn hosted(&self, id: MigrationId) {
+        let mut h = self.hosted.lock().unwrap();
+        if h.len() >= KEEP_FINISHED {
+            h.pop_front();
+        }
+        h.push_back(id);
+    }
+
+    fn was_hosted(&self, id: MigrationId) -> bool {
+        self.hosted.lock().unwrap().contains(&id)
     }
 
     /// A fresh id: unique per node run, and unlikely to meet another node's.

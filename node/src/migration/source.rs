@@ -146,9 +146,10 @@ async fn drive(
     while let Some(action) = src.poll_action() {
         let answer = match action {
             SourceAction::Send(msg) => {
-                let abort = matches!(msg, ToTarget::Abort { .. });
+                // After the end an Abort is a courtesy; in doubt, its answer settles things.
+                let courtesy = src.is_finished();
                 let answer = exchange(&node, to, msg).await;
-                if abort {
+                if courtesy {
                     continue;
                 }
                 answer

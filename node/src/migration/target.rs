@@ -59,6 +59,8 @@ pub async fn on_message(node: &Arc<Node>, from: PeerId, msg: ToTarget) -> ToSour
         .map(|(_, s)| s.clone());
     let Some(staged) = staged else {
         return match msg {
+            // A source in doubt asking after this node took over: it must switch, not resume.
+            ToTarget::Abort { .. } if node.migrations.was_hosted(id) => ToSource::Done { id },
             ToTarget::Abort { .. } => ToSource::Aborted { id },
             _ => ToSource::Failed {
                 id,
@@ -148,7 +150,9 @@ async fn settle(node: &Node, id: MigrationId, st: &mut Staged) {
         return;
     }
     node.migrations.incoming.lock().unwrap().remove(&id);
-    if !st.target.is_host() {
+    if st.target.is_host() {
+        node.migrations.hosted(id);
+    } else {
         st.instance = None;
         if let Some(h) = st.handle.take() {
             node.components.discard(&h).await;
