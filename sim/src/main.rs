@@ -134,8 +134,9 @@ fn main() -> Result<()> {
                     (
                         "roaming-within-bound.svg".into(),
                         format!(
-                            "roaming, {} nodes: share of requests answered within 5 ms",
-                            a.nodes
+                            "roaming, {} nodes{}: share of requests answered within 5 ms",
+                            a.nodes,
+                            if a.faults { " with faults" } else { "" }
                         ),
                         "virtual s".into(),
                         "share".into(),
@@ -143,7 +144,11 @@ fn main() -> Result<()> {
                     ),
                     (
                         "roaming-migrations.svg".into(),
-                        format!("roaming, {} nodes: migrations per virtual second", a.nodes),
+                        format!(
+                            "roaming, {} nodes{}: migrations per virtual second",
+                            a.nodes,
+                            if a.faults { " with faults" } else { "" }
+                        ),
                         "virtual s".into(),
                         "migrations".into(),
                         moves,
