@@ -1,6 +1,8 @@
 //! The `churn` scenario: nodes join over the first seconds, then one fails and one comes back
 //! every few seconds; the swarm's membership should keep up. Reports, every virtual second, the
-//! mean share of live nodes each live node knows, and the dead ones it still lists.
+//! mean share of live nodes each live node knows, and the dead ones it still lists. With
+//! `partition_s`, the swarm is also cut in two (west and east) 20 s after the joins for that
+//! long: views shrink to each half, then must fill again once the cut heals.
 
 use crate::net::{NetConfig, Position};
 use crate::world::World;
@@ -19,6 +21,8 @@ pub struct Churn {
     pub down_ms: u64,
     /// Each new node connects to this many live ones (its bootstrap and overlay peers).
     pub links: usize,
+    /// Cut the swarm in two for this long, 20 s after the joins (0: never).
+    pub partition_s: u64,
 }
 
 /// What a run measured.
@@ -74,7 +78,17 @@ pub fn run(c: &Churn) -> Outcome {
     let mut dead: std::collections::VecDeque<(usize, u64)> = Default::default();
     let mut next_churn = joined_ms + 10_000;
     let mut last_sent = w.counters.gossip_sent + w.counters.direct_sent;
+    let cut_s = joined_ms / 1000 + 20;
     for t in (joined_ms / 1000 + 1)..=(joined_ms / 1000 + c.seconds) {
+        if c.partition_s > 0 && t == cut_s {
+            w.run_until(t * 1000 - 1000);
+            let west: Vec<bool> = w.nodes.iter().map(|n| n.pos.x < area_km / 2.0).collect();
+            w.net.partition(|i| west[i] as u32);
+        }
+        if c.partition_s > 0 && t == cut_s + c.partition_s {
+            w.run_until(t * 1000 - 1000);
+            w.net.heal();
+        }
         while next_churn <= t * 1000 && c.every_ms > 0 {
             w.run_until(next_churn);
             while let Some(&(back, at)) = dead.front()

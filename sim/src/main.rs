@@ -77,6 +77,7 @@ fn main() -> Result<()> {
                 every_ms: 5_000,
                 down_ms: 30_000,
                 links: 4,
+                partition_s: 0,
             });
             let known = vec![
                 ("mean".into(), column(&o.csv, 0, |v| v[2])),
@@ -213,6 +214,7 @@ fn main() -> Result<()> {
                     every_ms: 0,
                     down_ms: 0,
                     links: 4,
+                    partition_s: 0,
                 });
                 let ms = o.converged_ms.unwrap_or(seconds * 1000) as f64;
                 let per_node = column(&o.csv, 0, |v| v[5]);

@@ -10,6 +10,7 @@ fn churn(seed: u64) -> Churn {
         every_ms: 2_000,
         down_ms: 20_000,
         links: 4,
+        partition_s: 0,
     }
 }
 
@@ -90,4 +91,26 @@ fn flash_crowd_is_reproducible_and_balance_sheds_the_overload() {
         a.summary,
         pinned.summary
     );
+}
+
+#[test]
+fn views_shrink_to_each_side_of_a_partition_and_fill_again_after_it_heals() {
+    let o = run(&Churn {
+        every_ms: 0,
+        seconds: 90,
+        partition_s: 30,
+        ..churn(4)
+    });
+    let known: Vec<f64> = o
+        .csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(2).unwrap().parse().unwrap())
+        .collect();
+    eprintln!("{}\n{}", o.summary, o.csv);
+    // Cut from t=20 s to t=50 s: once the far side's adverts expire (15 s) each node lists
+    // only its own side, and within one heartbeat (7.5 s) of the heal every view is whole.
+    assert!(known[..19].iter().all(|&k| k >= 0.99), "{}", o.csv);
+    assert!(known[47] < 0.8, "{}", o.csv);
+    assert!(known[58..].iter().all(|&k| k >= 0.99), "{}", o.csv);
 }
