@@ -198,10 +198,13 @@ impl Placer {
         peers: &[PeerLoad],
     ) -> Vec<Decision> {
         let mut out = Vec::new();
-        // `balance` sheds load one component at a time, down to the threshold: what a move
-        // takes away is the component's own load, or (unknown) all of it, so one move a round.
+        // `balance` sheds load one component at a time, the busiest first, down to the
+        // threshold: what a move takes away is the component's own load, or (unknown) all of
+        // it, so one move a round.
         let mut remaining = my_load;
-        for c in components {
+        let mut order: Vec<&Placed> = components.iter().collect();
+        order.sort_by(|a, b| b.load.total_cmp(&a.load));
+        for c in order {
             if c.policy == Policy::Pinned || self.quiet_until.get(c.name).is_some_and(|&t| now < t)
             {
                 continue;
@@ -227,7 +230,7 @@ impl Placer {
                     Policy::Pinned => None,
                     Policy::FollowTraffic => self.follow(now, me, c, &need, peers),
                     Policy::Balance => {
-                        let p = self.balance(remaining, &need, peers);
+                        let p = self.balance(remaining, c.load, &need, peers);
                         if p.is_some() {
                             remaining -= if c.load > 0.0 { c.load } else { f32::INFINITY };
                         }
@@ -291,13 +294,24 @@ impl Placer {
         ))
     }
 
-    fn balance(&self, my_load: f32, need: &Need, peers: &[PeerLoad]) -> Option<(PeerId, String)> {
+    /// A peer has room if it is below the low mark and would stay below the high one with the
+    /// component's load added: a component too heavy for any peer stays put rather than
+    /// bouncing between overloaded nodes.
+    fn balance(
+        &self,
+        my_load: f32,
+        load: f32,
+        need: &Need,
+        peers: &[PeerLoad],
+    ) -> Option<(PeerId, String)> {
         if my_load <= self.cfg.load_high {
             return None;
         }
         let room = peers
             .iter()
-            .filter(|p| p.candidate.load < self.cfg.load_low)
+            .filter(|p| {
+                p.candidate.load < self.cfg.load_low && p.candidate.load + load < self.cfg.load_high
+            })
             .map(|p| p.candidate.clone());
         let placed = place(room, need).ok()?;
         Some((
@@ -404,6 +418,34 @@ mod tests {
         );
         let d = p.evaluate(100, id(0), &none, 0.95, &[c.clone()], &peers);
         assert_eq!(d[0].to, id(2).to_string(), "{d:?}");
+    }
+
+    #[test]
+    fn balance_moves_the_busiest_component_only_where_it_fits() {
+        let none = BTreeMap::new();
+        let placed = |name, load| Placed {
+            name,
+            policy: Policy::Balance,
+            require: &none,
+            within: None,
+            memory_bytes: 1 << 20,
+            load,
+        };
+        let peers = [peer(1, 0.9, &none), peer(2, 0.1, &none)];
+        let (cold, hot) = (placed("cold", 0.05), placed("hot", 0.6));
+        // 1.2 here: moving the hot one (0.6) is enough, and it fits on peer 2 (0.1 + 0.6).
+        let mut p = Placer::new(PolicyConfig::default());
+        let d = p.evaluate(0, id(0), &none, 1.2, &[cold.clone(), hot.clone()], &peers);
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(
+            (d[0].component.as_str(), d[0].to.clone()),
+            ("hot", id(2).to_string())
+        );
+        // A component too heavy for any peer stays: moving it would only move the overload.
+        let mut p = Placer::new(PolicyConfig::default());
+        let heavy = placed("heavy", 0.8);
+        let d = p.evaluate(0, id(0), &none, 1.2, &[heavy], &peers);
+        assert!(d.is_empty(), "{d:?}");
     }
 
     #[test]

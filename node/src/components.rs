@@ -61,6 +61,9 @@ pub struct ComponentInfo {
     pub calls: u64,
     pub failed_calls: u64,
     pub ticks: u64,
+    /// Its share of a core over the last few seconds (requests and ticks).
+    #[serde(default)]
+    pub cpu: f32,
     /// The federation it may only run within.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub federation: Option<String>,
@@ -196,6 +199,7 @@ impl Components {
             calls: h.stats.calls.load(Ordering::Relaxed),
             failed_calls: h.stats.failed_calls.load(Ordering::Relaxed),
             ticks: h.stats.ticks.load(Ordering::Relaxed),
+            cpu: h.stats.cpu_milli.load(Ordering::Relaxed) as f32 / 1000.0,
             federation: h.federation.clone(),
             require: h.require.clone(),
             policy: h.policy,

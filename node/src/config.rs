@@ -42,6 +42,10 @@ pub struct NodeConfig {
     /// but hears no commit for this long asks the source how it ended.
     #[serde(with = "humantime_serde")]
     pub migration_timeout: Duration,
+    /// Cores this node's components may use. With a budget the node's load is the share of it
+    /// its components used lately (it may share the machine with other work or other nodes);
+    /// without one, the host's load average per core.
+    pub cpu_budget: Option<f32>,
     pub limits: Limits,
 }
 
@@ -76,6 +80,7 @@ impl Default for NodeConfig {
             route_wait: Duration::from_secs(1),
             checkpoint_every: Duration::from_secs(10),
             migration_timeout: Duration::from_secs(10),
+            cpu_budget: None,
             limits: Limits::default(),
         }
     }

@@ -10,6 +10,7 @@ pub mod config;
 pub mod datadir;
 pub mod http;
 pub mod identity;
+pub mod load;
 pub mod mesh;
 pub mod metrics;
 pub mod migration;

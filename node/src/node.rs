@@ -29,6 +29,7 @@ pub struct Node {
     /// The placement policies' state, and their latest decisions (for `status`).
     pub placer: std::sync::Mutex<continuum_gossip::Placer>,
     pub decisions: std::sync::Mutex<std::collections::VecDeque<continuum_gossip::Decision>>,
+    pub load: std::sync::Mutex<crate::load::LoadMeter>,
     pub metrics: Arc<Metrics>,
     pub info: NodeInfo,
     pub h3_port: u16,
@@ -97,6 +98,7 @@ impl Node {
                     calls: 0,
                     failed_calls: 0,
                     ticks: 0,
+                    cpu: 0.0,
                     federation: None,
                     require: Default::default(),
                     policy: Default::default(),
@@ -178,6 +180,12 @@ async fn bind(
 }
 
 pub async fn run(config: NodeConfig) -> Result<()> {
+    if let Some(b) = config.cpu_budget {
+        anyhow::ensure!(
+            b.is_finite() && b > 0.0,
+            "cpu_budget must be a positive number of cores (e.g. 0.5), not {b}"
+        );
+    }
     let dir = DataDir::open(&config.data_dir)?;
     dir.remove_node_json();
     let key = identity::load_or_create(&dir)?;
@@ -290,6 +298,7 @@ async fn run_node(config: NodeConfig, dir: DataDir, key: libp2p::identity::Keypa
         migrations: Default::default(),
         placer: std::sync::Mutex::new(continuum_gossip::Placer::new(Default::default())),
         decisions: Default::default(),
+        load: std::sync::Mutex::new(crate::load::LoadMeter::new(config.cpu_budget)),
         metrics,
         info: info.clone(),
         h3_port: addr.port(),
@@ -446,9 +455,16 @@ async fn place_components(node: Arc<Node>) {
     let mut timer = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         timer.tick().await;
-        let handles: Vec<_> = node
-            .components
-            .handles()
+        let all = node.components.handles();
+        let my_load = {
+            let mut meter = node.load.lock().unwrap();
+            meter.sample(Instant::now(), &all);
+            if let Some(load) = meter.budgeted() {
+                node.mesh.set_load(load);
+            }
+            meter.node()
+        };
+        let handles: Vec<_> = all
             .into_iter()
             .filter(|h| {
                 h.policy != continuum_gossip::Policy::Pinned
@@ -475,7 +491,7 @@ async fn place_components(node: Arc<Node>) {
                     .stats
                     .memory_bytes
                     .load(std::sync::atomic::Ordering::Relaxed),
-                load: 0.0,
+                load: node.load.lock().unwrap().component(&h.name),
             })
             .collect();
         let peers: Vec<_> = mesh
@@ -493,7 +509,7 @@ async fn place_components(node: Arc<Node>) {
             now,
             node.mesh.me(),
             &node.config.labels,
-            crate::mesh::resources::load(),
+            my_load,
             &placed,
             &peers,
         );

@@ -96,3 +96,128 @@ async fn follow_traffic_moves_the_component_where_its_requests_enter_and_pinned_
         assert!(d["reason"].as_str().unwrap().contains("entered at"), "{d}");
     }
 }
+
+/// A component's share of a core on `n`, as `ls` reports it.
+fn cpu(n: &TestNode, name: &str) -> f64 {
+    let ls: Vec<serde_json::Value> = serde_json::from_str(&n.ok(&["ls", "--json"])).unwrap();
+    ls.iter()
+        .find(|c| c["name"] == name && c["host"] == n.peer_id())
+        .and_then(|c| c["cpu"].as_f64())
+        .unwrap_or(0.0)
+}
+
+fn host_of(via: &TestNode, name: &str) -> String {
+    let ls: Vec<serde_json::Value> = serde_json::from_str(&via.ok(&["ls", "--json"])).unwrap();
+    ls.iter()
+        .find(|c| c["name"] == name)
+        .map(|c| c["host"].as_str().unwrap().to_string())
+        .unwrap_or_default()
+}
+
+/// `balance` on real nodes: each node has a CPU budget, so its load is what its components
+/// cost it (not the load average of the machine they share). Two busy components overload
+/// node 1; it sheds the busiest to a peer with room, one is enough, and nothing bounces back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn balance_sheds_a_busy_component_to_a_peer_with_room_and_settles() {
+    // What one client's stream of work costs here, in cores: the budget is set so that one
+    // such component loads a node to ~0.55 (fits on a peer, under 0.85) and two to ~1.1.
+    const WORK: &str = "/c/hot1/work?n=300000";
+    let share = {
+        let probe = TestNode::start(&[]);
+        probe.ok(&["deploy", &guest("churn"), "--name", "hot1"]);
+        let work = Background::start(&probe, WORK);
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        let share = cpu(&probe, "hot1");
+        work.stop().await;
+        share
+    };
+    assert!(share > 0.0, "no CPU share measured");
+    let budget = format!("{:.4}", share / 0.55);
+    eprintln!("balance: one client's work costs {share:.3} cores; budget {budget} cores a node");
+    let nodes = mesh(3, |_| {
+        vec![
+            "--advert-expiry".into(),
+            "3s".into(),
+            "--cpu-budget".into(),
+            budget.clone(),
+        ]
+    });
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    until_full_views(&[a, b, c], Duration::from_secs(30)).await;
+    for name in ["hot1", "hot2"] {
+        a.ok(&[
+            "deploy",
+            &guest("churn"),
+            "--name",
+            name,
+            "--policy",
+            "balance",
+        ]);
+    }
+    until_all_hosted(a, &["hot1", "hot2"], a, Duration::from_secs(10)).await;
+    let loads = (
+        Background::start(a, WORK),
+        Background::start(a, "/c/hot2/work?n=300000"),
+    );
+    // One of them leaves node 1 for a peer with room.
+    let started = Instant::now();
+    let moved = loop {
+        let off: Vec<&str> = ["hot1", "hot2"]
+            .into_iter()
+            .filter(|n| host_of(a, n) != a.peer_id())
+            .collect();
+        if !off.is_empty() {
+            break off;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "nothing moved off the overloaded node; cpu {:.3} and {:.3}\n{}",
+            cpu(a, "hot1"),
+            cpu(a, "hot2"),
+            a.log()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    eprintln!(
+        "balance: {moved:?} left node 1 {:.1?} after the load began",
+        started.elapsed()
+    );
+    assert_eq!(moved.len(), 1, "one move is enough");
+    let (gone, stayed) = if moved[0] == "hot1" {
+        ("hot1", "hot2")
+    } else {
+        ("hot2", "hot1")
+    };
+    let there = host_of(a, gone);
+    assert!(there == b.peer_id() || there == c.peer_id());
+    // It settles: for the next 10 s nothing moves again.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(host_of(a, gone), there, "{gone} moved on");
+    assert_eq!(host_of(a, stayed), a.peer_id(), "{stayed} moved too");
+    let (one, two) = (loads.0.stop().await, loads.1.stop().await);
+    assert!(one > 0 && two > 0);
+    let status: serde_json::Value = serde_json::from_str(&a.ok(&["status", "--json"])).unwrap();
+    let d = status["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["component"] == gone)
+        .unwrap_or_else(|| panic!("no decision for {gone}: {status:#}"));
+    assert_eq!(d["policy"], "balance");
+    assert!(d["reason"].as_str().unwrap().contains("load here"), "{d}");
+}
+
+/// Wait until every one of `names` is served through `via` by `want`.
+async fn until_all_hosted(via: &TestNode, names: &[&str], want: &TestNode, within: Duration) {
+    for name in names {
+        let started = Instant::now();
+        while host_of(via, name) != want.peer_id() {
+            assert!(
+                started.elapsed() < within,
+                "{name} not on {}",
+                want.peer_id()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}

@@ -41,6 +41,10 @@ pub struct NodeArgs {
     /// Longest one migration step waits for the other side, e.g. 10s.
     #[arg(long, value_parser = humantime::parse_duration)]
     migration_timeout: Option<Duration>,
+    /// Cores this node's components may use, e.g. 0.5: its load is then the share of that
+    /// budget they used (what `balance` acts on), not the host's load average.
+    #[arg(long, value_name = "CORES")]
+    cpu_budget: Option<f32>,
     /// Largest linear memory of one component, e.g. 256MiB.
     #[arg(long)]
     memory_cap: Option<ByteSize>,
@@ -80,6 +84,9 @@ impl NodeArgs {
         }
         if let Some(d) = self.migration_timeout {
             c.migration_timeout = d;
+        }
+        if let Some(b) = self.cpu_budget {
+            c.cpu_budget = Some(b);
         }
         if let Some(m) = self.memory_cap {
             c.limits.memory_cap = m;

@@ -143,6 +143,9 @@ pub struct Driver {
     topic: IdentTopic,
     started: Instant,
     local: Resources,
+    /// Set by the node when it measures its own load (a CPU budget): advertised instead of
+    /// the host's load average.
+    load: Option<f32>,
     listen: Vec<Multiaddr>,
     pending: HashMap<OutboundRequestId, (PeerId, Pending)>,
     metrics: Arc<Metrics>,
@@ -196,6 +199,7 @@ impl Driver {
             topic: IdentTopic::new(TOPIC),
             started: Instant::now(),
             local,
+            load: None,
             listen: Vec::new(),
             pending: HashMap::new(),
             metrics,
@@ -231,6 +235,9 @@ impl Driver {
                 }
                 _ = resample.tick() => {
                     self.local = super::resources::sample(self.local.clone());
+                    if let Some(load) = self.load {
+                        self.local.load = load;
+                    }
                     let now = self.now();
                     self.gossip.set_local(now, self.local.clone());
                 }
@@ -488,6 +495,11 @@ impl Driver {
             }
             Command::SetComponents(components) => {
                 self.local.components = components;
+                self.gossip.set_local(now, self.local.clone());
+            }
+            Command::SetLoad(load) => {
+                self.load = Some(load);
+                self.local.load = load;
                 self.gossip.set_local(now, self.local.clone());
             }
             Command::Federate(op, reply) => {

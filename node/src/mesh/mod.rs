@@ -131,6 +131,8 @@ pub(crate) enum Command {
         reply: oneshot::Sender<Result<rpc::Reply, MeshError>>,
     },
     SetComponents(Vec<continuum_gossip::Hosted>),
+    /// The node's own load figure, which replaces the host's load average in its adverts.
+    SetLoad(f32),
     /// Close every connection to a peer (fault injection for the tests).
     Disconnect(PeerId),
     Federate(FederationOp, oneshot::Sender<Result<(), String>>),
@@ -318,6 +320,10 @@ impl Mesh {
     /// Tell the mesh which components this node hosts now.
     pub fn set_components(&self, components: Vec<continuum_gossip::Hosted>) {
         let _ = self.cmd.send(Command::SetComponents(components));
+    }
+
+    pub fn set_load(&self, load: f32) {
+        let _ = self.cmd.send(Command::SetLoad(load));
     }
 
     pub async fn federate(&self, op: FederationOp) -> Result<(), String> {

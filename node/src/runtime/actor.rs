@@ -97,6 +97,10 @@ pub struct Stats {
     pub memory_bytes: AtomicU64,
     /// Location epoch: grows by one each time the component moves.
     pub epoch: AtomicU64,
+    /// Time spent running its code (requests and ticks), ns: what it costs its host.
+    pub busy_ns: AtomicU64,
+    /// Its share of a core lately, in thousandths (kept by the node's load meter).
+    pub cpu_milli: AtomicU64,
 }
 
 /// Why a request did not reach the component.
@@ -291,7 +295,9 @@ impl Actor<'_> {
 
     fn serve(&mut self, req: Request, reply: oneshot::Sender<Answer>) {
         self.dirty = true;
+        let began = Instant::now();
         let result = self.inst.call(&req);
+        self.busy(began);
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = &result {
             self.stats.failed_calls.fetch_add(1, Ordering::Relaxed);
@@ -304,6 +310,11 @@ impl Actor<'_> {
             .memory_bytes
             .store(self.inst.memory_bytes(), Ordering::Relaxed);
         let _ = reply.send(Answer::Done(result));
+    }
+
+    fn busy(&self, since: Instant) {
+        let ns = since.elapsed().as_nanos() as u64;
+        self.stats.busy_ns.fetch_add(ns, Ordering::Relaxed);
     }
 
     fn checkpoint(&mut self) -> Result<Snapshot, String> {
@@ -391,7 +402,9 @@ fn run(inst: Instance, rx: Receiver<Command>, stats: &Stats, metrics: &Metrics) 
             if now >= at {
                 a.dirty = true;
                 stats.ticks.fetch_add(1, Ordering::Relaxed);
-                next_tick = match a.inst.tick(now_ms()) {
+                let ticked = a.inst.tick(now_ms());
+                a.busy(now);
+                next_tick = match ticked {
                     Ok(Some(period)) => {
                         ticks_ok.inc();
                         // Keep the period anchored to the schedule, not to when we woke up;

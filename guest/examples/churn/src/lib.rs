@@ -4,7 +4,8 @@
 //! - `POST /churn?kb=K`: rewrite K KiB of it every 10 ms tick, 4 KiB pages spread over the whole;
 //! - `GET /digest`: a 64-bit FNV-1a of the state and the write count (equal before and after a
 //!   migration when the churn is 0);
-//! - `GET /ping`: a cheap answer, to time requests.
+//! - `GET /ping`: a cheap answer, to time requests;
+//! - `POST /work?n=N`: N rounds of arithmetic (about N ns), to load its host's CPU.
 
 use continuum_guest::{Component, Request, Response, export};
 
@@ -49,6 +50,18 @@ impl Component for Churn {
             },
             ("GET", "/digest") => Response::text(200, format!("{:016x}", self.digest())),
             ("GET", "/ping") => Response::text(200, "pong"),
+            ("POST", "/work") => match num("n") {
+                Some(n) => {
+                    let mut x = self.writes;
+                    for _ in 0..n {
+                        x = std::hint::black_box(
+                            x.wrapping_mul(6364136223846793005).wrapping_add(1),
+                        );
+                    }
+                    Response::text(200, format!("{:x}\n", x & 0xff))
+                }
+                None => Response::text(400, "want ?n=N\n"),
+            },
             _ => Response::not_found(),
         }
     }
