@@ -8,6 +8,11 @@
 //!   verbatim with how long ago it heard each peer. A newcomer has the full view after one
 //!   round trip instead of waiting for everyone's next advert.
 //! - A heartbeat from a peer whose current advert we lack triggers a sync request to it.
+//! - [`Scope::Neighbours`] keeps all of it to the peers a node is connected to: what would be
+//!   published goes to each of them directly, and syncs relay no one else's advert. A node then
+//!   knows its neighbourhood only, and what it sends and holds no longer grows with the swarm:
+//!   the membership of a fleet of thousands (a roadside unit needs its neighbours, not the
+//!   continent). Component names resolve within the neighbourhood.
 
 use crate::advert::{Hosted, ResourceAdvert, Resources};
 use crate::federation::{
@@ -37,6 +42,18 @@ pub struct Config {
     /// connection or peer), then twice as late each time, up to `sync_max_ms`.
     pub sync_min_ms: u64,
     pub sync_max_ms: u64,
+    /// Who hears a node: the whole swarm (the gossip topic), or its connected peers.
+    pub scope: Scope,
+}
+
+/// How far membership reaches.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Scope {
+    /// Every node hears every node (published on the gossip topic).
+    #[default]
+    Swarm,
+    /// A node hears the peers it is connected to, and only them.
+    Neighbours,
 }
 
 impl Default for Config {
@@ -49,6 +66,7 @@ impl Default for Config {
             auto_join: true,
             sync_min_ms: 500,
             sync_max_ms: 30_000,
+            scope: Scope::Swarm,
         }
     }
 }
@@ -193,7 +211,22 @@ impl Gossip {
 
     fn publish(&mut self, body: Body) {
         let bytes = self.seal(body);
-        self.out.push_back(Output::Publish(bytes));
+        self.emit(bytes);
+    }
+
+    /// Out to the topic, or, scoped to neighbours, to each connected peer.
+    fn emit(&mut self, bytes: Vec<u8>) {
+        match self.cfg.scope {
+            Scope::Swarm => self.out.push_back(Output::Publish(bytes)),
+            Scope::Neighbours => {
+                for &to in &self.connected {
+                    self.out.push_back(Output::Send {
+                        to,
+                        bytes: bytes.clone(),
+                    });
+                }
+            }
+        }
     }
 
     fn publish_advert(&mut self, now: u64) {
@@ -209,7 +242,7 @@ impl Gossip {
         self.last_full_ms = now;
         self.beats_since_full = 0;
         self.full_due = None;
-        self.out.push_back(Output::Publish(frame));
+        self.emit(frame);
     }
 
     fn schedule_advert(&mut self, at: u64) {
@@ -256,10 +289,12 @@ impl Gossip {
                 heard_ago_ms: 0,
             });
         }
+        let relay = self.cfg.scope == Scope::Swarm;
         entries.extend(
             self.view
                 .iter()
-                .filter(|p| p.advert.is_some() && p.peer != asker && lacks(&p.peer, p.advert_seq))
+                .filter(|p| relay && p.advert.is_some())
+                .filter(|p| p.peer != asker && lacks(&p.peer, p.advert_seq))
                 .map(|p| SyncEntry {
                     frame: p.frame.clone(),
                     heard_ago_ms: now.saturating_sub(p.last_heard_ms),
@@ -306,18 +341,29 @@ impl Gossip {
     /// A message from the gossip topic.
     pub fn handle_gossip(&mut self, now: u64, bytes: &[u8]) -> Result<(), Reject> {
         let opened = open(bytes, self.key.as_ref(), MAX_GOSSIP_BYTES)?;
-        let peer = opened.signer;
+        self.on_gossip(now, opened.signer, opened.message, bytes)
+    }
+
+    /// An advert, a heartbeat or a federation message from `peer` (published, or sent
+    /// directly when scoped to neighbours).
+    fn on_gossip(
+        &mut self,
+        now: u64,
+        peer: PeerId,
+        message: Message,
+        bytes: &[u8],
+    ) -> Result<(), Reject> {
         if peer == self.me {
             return Ok(());
         }
-        if !self.check_seq(peer, opened.message.seq)? {
+        if !self.check_seq(peer, message.seq)? {
             return Ok(()); // the same message again, by another path
         }
-        match opened.message.body {
+        match message.body {
             Body::Advert(advert) => {
                 if self
                     .view
-                    .advert(now, peer, opened.message.seq, advert, bytes.to_vec())
+                    .advert(now, peer, message.seq, advert, bytes.to_vec())
                     == Heard::New
                 {
                     self.events.push_back(Event::PeerUp(peer));
@@ -403,6 +449,13 @@ impl Gossip {
                     }
                 }
                 first_error.map_or(Ok(()), Err)
+            }
+            body if self.cfg.scope == Scope::Neighbours && bytes.len() <= MAX_GOSSIP_BYTES => {
+                let message = Message {
+                    seq: opened.message.seq,
+                    body,
+                };
+                self.on_gossip(now, from, message, bytes)
             }
             _ => Err(Reject::Malformed(
                 "only syncs come as direct messages".into(),

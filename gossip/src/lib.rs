@@ -18,7 +18,7 @@ pub use advert::{Hosted, ResourceAdvert, Resources};
 pub use federation::{
     Federation, FederationError, FederationEvent, FederationMsg, FederationSpec, Federations, Mine,
 };
-pub use gossip::{Config, Event, Gossip, Location, Output};
+pub use gossip::{Config, Event, Gossip, Location, Output, Scope};
 pub use membership::{Heard, PeerInfo, View};
 pub use placement::{Candidate, Need, Placement, place};
 pub use policy::{Decision, PeerLoad, Placed, Placer, Policy, PolicyConfig};

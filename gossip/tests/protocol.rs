@@ -4,7 +4,7 @@
 
 use continuum_gossip::{
     Body, Config, Event, FederationEvent, FederationSpec, Gossip, Hosted, Keypair, Message, Mine,
-    Output, PeerId, Reject, ResourceAdvert, Resources, SwarmKey, open, seal,
+    Output, PeerId, Reject, ResourceAdvert, Resources, Scope, SwarmKey, open, seal,
 };
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -38,7 +38,12 @@ struct Net {
 
 impl Net {
     fn new(zones: &[&str], key: Option<SwarmKey>) -> Net {
-        let cfg = Config::with_ttl(3_000);
+        // Everyone connects to node 0, as with one bootstrap peer.
+        let star: Vec<(usize, usize)> = (1..zones.len()).map(|i| (0, i)).collect();
+        Net::with(zones, key, Config::with_ttl(3_000), &star)
+    }
+
+    fn with(zones: &[&str], key: Option<SwarmKey>, cfg: Config, links: &[(usize, usize)]) -> Net {
         let nodes: Vec<Gossip> = zones
             .iter()
             .enumerate()
@@ -61,11 +66,10 @@ impl Net {
             published: Vec::new(),
             rejected: Vec::new(),
         };
-        // Everyone connects to node 0, as with one bootstrap peer.
-        for i in 1..net.nodes.len() {
-            let (a, b) = (net.nodes[0].me(), net.nodes[i].me());
-            net.nodes[0].handle_connected(0, b);
-            net.nodes[i].handle_connected(0, a);
+        for &(i, j) in links {
+            let (a, b) = (net.nodes[i].me(), net.nodes[j].me());
+            net.nodes[i].handle_connected(0, b);
+            net.nodes[j].handle_connected(0, a);
         }
         net
     }
@@ -179,6 +183,46 @@ fn every_node_sees_every_other_and_forgets_the_dead() {
     }
     let events: Vec<Event> = std::iter::from_fn(|| net.nodes[0].poll_event()).collect();
     assert!(events.contains(&Event::PeerDown(dead)), "{events:?}");
+}
+
+/// Scoped to neighbours, on a line 0-1-2-3-4: each node knows exactly the nodes it is
+/// connected to, nothing goes to the topic, and a dead neighbour is forgotten as usual.
+#[test]
+fn scoped_to_neighbours_a_node_knows_its_neighbours_and_publishes_nothing() {
+    let cfg = Config {
+        scope: Scope::Neighbours,
+        ..Config::with_ttl(3_000)
+    };
+    let line = [(0, 1), (1, 2), (2, 3), (3, 4)];
+    let mut net = Net::with(&["a"; 5], None, cfg, &line);
+    let ids: Vec<PeerId> = net.nodes.iter().map(|n| n.me()).collect();
+    let adjacent = |i: usize| -> BTreeSet<PeerId> {
+        line.iter()
+            .filter_map(|&(a, b)| match (a == i, b == i) {
+                (true, _) => Some(ids[b]),
+                (_, true) => Some(ids[a]),
+                _ => None,
+            })
+            .collect()
+    };
+    net.run_until(10);
+    for i in 0..5 {
+        assert_eq!(
+            net.peers_of(i),
+            adjacent(i),
+            "node {i} after the first exchange"
+        );
+    }
+    net.run_until(60_000);
+    for i in 0..5 {
+        assert_eq!(net.peers_of(i), adjacent(i), "node {i} after a minute");
+    }
+    assert!(net.published.is_empty(), "nothing goes to the topic");
+    assert!(net.rejected.is_empty(), "{:?}", net.rejected);
+    net.up[2] = false;
+    net.run_until(60_000 + 3_001);
+    assert_eq!(net.peers_of(1), BTreeSet::from([ids[0]]));
+    assert_eq!(net.peers_of(3), BTreeSet::from([ids[4]]));
 }
 
 #[test]

@@ -6,7 +6,7 @@
 
 use crate::net::{NetConfig, Position};
 use crate::world::World;
-use continuum_gossip::Config;
+use continuum_gossip::{Config, Scope};
 use rand::RngExt;
 use std::fmt::Write;
 
@@ -23,6 +23,9 @@ pub struct Churn {
     pub links: usize,
     /// Cut the swarm in two for this long, 20 s after the joins (0: never).
     pub partition_s: u64,
+    /// Who hears whom: the whole swarm, or each node its neighbours (then a node's links go to
+    /// random earlier nodes, not all through node 0, and a view is judged against the links).
+    pub scope: Scope,
 }
 
 /// What a run measured.
@@ -34,12 +37,18 @@ pub struct Outcome {
     pub converged_ms: Option<u64>,
     /// Times a node dropped a silent peer from its view.
     pub peer_down: u64,
+    /// Messages each node received per second after the joins (publications and direct).
+    pub received_per_node_s: f64,
     pub summary: String,
     pub trace_hash: String,
 }
 
 pub fn run(c: &Churn) -> Outcome {
-    let mut w = World::new(c.seed, NetConfig::default(), Config::default());
+    let cfg = Config {
+        scope: c.scope,
+        ..Config::default()
+    };
+    let mut w = World::new(c.seed, NetConfig::default(), cfg);
     let area_km = 100.0;
     for _ in 0..c.nodes {
         let pos = Position {
@@ -52,8 +61,11 @@ pub fn run(c: &Churn) -> Outcome {
     let join_gap_ms = 20;
     for i in 0..c.nodes {
         w.run_until(i as u64 * join_gap_ms);
-        let mut links = vec![0];
-        for _ in 1..c.links.min(i) {
+        let mut links = match c.scope {
+            Scope::Swarm => vec![0],
+            Scope::Neighbours => Vec::new(),
+        };
+        while links.len() < c.links.min(i) {
             links.push(w.rng.random_range(0..i));
         }
         w.start(i, &links);
@@ -78,6 +90,8 @@ pub fn run(c: &Churn) -> Outcome {
     let mut dead: std::collections::VecDeque<(usize, u64)> = Default::default();
     let mut next_churn = joined_ms + 10_000;
     let mut last_sent = w.counters.gossip_sent + w.counters.direct_sent;
+    let received = |w: &World| w.counters.gossip_delivered + w.counters.direct_delivered;
+    let received_before = received(&w);
     let cut_s = joined_ms / 1000 + 20;
     for t in (joined_ms / 1000 + 1)..=(joined_ms / 1000 + c.seconds) {
         if c.partition_s > 0 && t == cut_s {
@@ -123,6 +137,8 @@ pub fn run(c: &Churn) -> Outcome {
     }
     let k = &w.counters;
     out.peer_down = k.peer_down;
+    out.received_per_node_s =
+        (received(&w) - received_before) as f64 / c.nodes as f64 / c.seconds.max(1) as f64;
     out.summary = format!(
         "churn: {} nodes, seed {}, {} virtual s after the joins ({} ms of joins)\n\
          events {}, gossip published {}, delivered {}, direct {}, lost {}, refused {}\n\

@@ -6,7 +6,7 @@
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use continuum_gossip::Policy;
+use continuum_gossip::{Policy, Scope};
 use continuum_sim::churn::{self, Churn};
 use continuum_sim::flash_crowd::{self, FlashCrowd};
 use continuum_sim::plot::{self, Series, column};
@@ -37,6 +37,10 @@ struct Args {
     /// violations.
     #[arg(long)]
     faults: bool,
+    /// churn and convergence: who hears whom, `swarm` (every node every node) or `neighbours`
+    /// (each node the peers it is connected to).
+    #[arg(long, default_value = "swarm")]
+    scope: String,
     /// Where to write CSV files and SVG charts.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -65,6 +69,11 @@ fn share(v: &[f64]) -> f64 {
 
 fn main() -> Result<()> {
     let a = Args::parse();
+    let scope = match a.scope.as_str() {
+        "swarm" => Scope::Swarm,
+        "neighbours" => Scope::Neighbours,
+        other => bail!("unknown scope {other:?} (there are: swarm, neighbours)"),
+    };
     let started = std::time::Instant::now();
     let seconds = (a.minutes * 60.0) as u64;
     let charts = a.out.is_some();
@@ -78,6 +87,7 @@ fn main() -> Result<()> {
                 down_ms: 30_000,
                 links: 4,
                 partition_s: 0,
+                scope,
             });
             let known = vec![
                 ("mean".into(), column(&o.csv, 0, |v| v[2])),
@@ -201,9 +211,14 @@ fn main() -> Result<()> {
             // what the gossip costs each node.
             let mut conv = Vec::new();
             let mut msgs = Vec::new();
+            let mut got = Vec::new();
             let mut summary = String::new();
             let mut trace = blake3::Hasher::new();
-            for n in [25, 50, 100, 200]
+            let (suffix, scoped) = match scope {
+                Scope::Swarm => ("", ""),
+                Scope::Neighbours => ("-neighbours", " scoped to neighbours"),
+            };
+            for n in [25, 50, 100, 200, 500, 1000, 2000, 5000, 10000]
                 .into_iter()
                 .filter(|&n| n <= a.nodes.max(25))
             {
@@ -215,32 +230,35 @@ fn main() -> Result<()> {
                     down_ms: 0,
                     links: 4,
                     partition_s: 0,
+                    scope,
                 });
                 let ms = o.converged_ms.unwrap_or(seconds * 1000) as f64;
                 let per_node = column(&o.csv, 0, |v| v[5]);
                 let rate = per_node.iter().map(|p| p.1).sum::<f64>() / per_node.len().max(1) as f64;
                 summary.push_str(&format!(
-                    "{n} nodes: full views {ms:.0} ms after the last join; {rate:.2} gossip messages sent per node per s\n"
+                    "{n} nodes: full views {ms:.0} ms after the last join; per node per s: {rate:.2} gossip messages sent, {:.2} received\n",
+                    o.received_per_node_s
                 ));
                 conv.push((n as f64, ms));
                 msgs.push((n as f64, rate));
+                got.push((n as f64, o.received_per_node_s));
                 trace.update(o.trace_hash.as_bytes());
             }
             Run {
                 charts: vec![
                     (
-                        "convergence.svg".into(),
-                        "membership: time from the last join to full views".into(),
+                        format!("convergence{suffix}.svg"),
+                        format!("membership{scoped}: time from the last join to full views"),
                         "nodes".into(),
                         "ms".into(),
                         vec![("full views".into(), conv)],
                     ),
                     (
-                        "gossip-per-node.svg".into(),
-                        "membership: gossip messages each node sends per second".into(),
+                        format!("gossip-per-node{suffix}.svg"),
+                        format!("membership{scoped}: gossip messages per node per second"),
                         "nodes".into(),
                         "messages / s".into(),
-                        vec![("per node".into(), msgs)],
+                        vec![("sent".into(), msgs), ("received".into(), got)],
                     ),
                 ],
                 csv: Vec::new(),

@@ -6,7 +6,7 @@
 
 use crate::net::{Net, NetConfig, Position};
 use crate::queue::Queue;
-use continuum_gossip::{Config, Event, Gossip, Keypair, Output, PeerId, Resources};
+use continuum_gossip::{Config, Event, Gossip, Keypair, Output, PeerId, Resources, Scope};
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 use std::collections::HashMap;
@@ -47,6 +47,7 @@ pub struct Counters {
     pub gossip_sent: u64,
     pub gossip_delivered: u64,
     pub direct_sent: u64,
+    pub direct_delivered: u64,
     pub lost: u64,
     pub rejected: u64,
     pub peer_up: u64,
@@ -281,6 +282,7 @@ impl World {
                 Ev::Direct { to, from, bytes } => {
                     self.trace(5, to, &bytes);
                     if let Some(g) = self.nodes[to].gossip.as_mut() {
+                        self.counters.direct_delivered += 1;
                         if g.handle_direct(now, from, &bytes).is_err() {
                             self.counters.rejected += 1;
                         }
@@ -299,22 +301,30 @@ impl World {
         (!live.is_empty()).then(|| live[self.rng.random_range(0..live.len())])
     }
 
-    /// How well node `i` knows the swarm: the share of the other live nodes in its view, and
-    /// how many dead ones it still lists.
+    /// How well node `i` knows what it should: the share of the other live nodes (scoped to
+    /// neighbours: of its live neighbours) in its view, and how many dead ones it still lists.
     pub fn view_accuracy(&self, i: usize) -> (f64, usize) {
         let Some(g) = self.nodes[i].gossip.as_ref() else {
             return (0.0, 0);
         };
-        let live = self
-            .nodes
-            .iter()
-            .filter(|n| n.alive)
-            .count()
-            .saturating_sub(1);
+        let scoped = self.gossip_cfg.scope == Scope::Neighbours;
+        let live = if scoped {
+            self.nodes[i].links.len()
+        } else {
+            self.nodes
+                .iter()
+                .filter(|n| n.alive)
+                .count()
+                .saturating_sub(1)
+        };
         let (mut known, mut stale) = (0, 0);
         for p in g.view().iter() {
             match self.index.get(&p.peer) {
-                Some(&j) if self.nodes[j].alive => known += 1,
+                Some(&j)
+                    if self.nodes[j].alive && (!scoped || self.nodes[i].links.contains(&j)) =>
+                {
+                    known += 1
+                }
                 _ => stale += 1,
             }
         }

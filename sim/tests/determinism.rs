@@ -1,5 +1,6 @@
 //! One seed, one run: the same seed gives the same trace hash, another seed another.
 
+use continuum_gossip::Scope;
 use continuum_sim::churn::{Churn, run};
 
 fn churn(seed: u64) -> Churn {
@@ -11,6 +12,7 @@ fn churn(seed: u64) -> Churn {
         down_ms: 20_000,
         links: 4,
         partition_s: 0,
+        scope: Scope::Swarm,
     }
 }
 
@@ -113,4 +115,34 @@ fn views_shrink_to_each_side_of_a_partition_and_fill_again_after_it_heals() {
     assert!(known[..19].iter().all(|&k| k >= 0.99), "{}", o.csv);
     assert!(known[47] < 0.8, "{}", o.csv);
     assert!(known[58..].iter().all(|&k| k >= 0.99), "{}", o.csv);
+}
+
+/// Scoped to neighbours, what a node receives stays flat as the swarm grows (each node hears
+/// its links only), where swarm-wide gossip grows with every node added; views stay whole.
+#[test]
+fn neighbour_scoped_membership_costs_each_node_the_same_at_any_size() {
+    let run_at = |nodes, scope| {
+        run(&Churn {
+            nodes,
+            every_ms: 0,
+            seconds: 30,
+            scope,
+            ..churn(2)
+        })
+    };
+    let (small, large) = (
+        run_at(50, Scope::Neighbours),
+        run_at(300, Scope::Neighbours),
+    );
+    let swarm = run_at(50, Scope::Swarm);
+    eprintln!(
+        "received per node per s: neighbours {:.2} (50 nodes), {:.2} (300 nodes); swarm {:.2} (50 nodes)",
+        small.received_per_node_s, large.received_per_node_s, swarm.received_per_node_s
+    );
+    for o in [&small, &large] {
+        assert!(o.converged_ms.is_some(), "{}", o.summary);
+    }
+    let ratio = large.received_per_node_s / small.received_per_node_s;
+    assert!((0.67..1.5).contains(&ratio), "ratio {ratio:.2}");
+    assert!(swarm.received_per_node_s > 2.0 * small.received_per_node_s);
 }
