@@ -37,6 +37,10 @@ struct Args {
     /// violations.
     #[arg(long)]
     faults: bool,
+    /// roaming: run the gossip membership (scoped to neighbours) on every roadside node and
+    /// place twins among the peers each view holds.
+    #[arg(long)]
+    membership: bool,
     /// churn and convergence: who hears whom, `swarm` (every node every node) or `neighbours`
     /// (each node the peers it is connected to).
     #[arg(long, default_value = "swarm")]
@@ -128,6 +132,7 @@ fn main() -> Result<()> {
             };
             let o = roaming::run(&Roaming {
                 faults: faults.clone(),
+                membership: a.membership,
                 ..Roaming::new(a.nodes, a.seed, seconds, p)
             });
             let mut within = vec![(p.name().to_string(), column(&o.csv, 0, share))];
@@ -135,6 +140,7 @@ fn main() -> Result<()> {
             if charts && p != Policy::Pinned {
                 let base = roaming::run(&Roaming {
                     faults,
+                    membership: a.membership,
                     ..Roaming::new(a.nodes, a.seed, seconds, Policy::Pinned)
                 });
                 within.push(("pinned".into(), column(&base.csv, 0, share)));

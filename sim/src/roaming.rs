@@ -6,8 +6,12 @@
 //! `Target`, messages delayed by the simulated links and by the state's transfer time); with
 //! `pinned` it stays where it started.
 //!
-//! Membership is not simulated here: each node's peers are the nodes within a radius (the
-//! churn scenario runs the gossip machines; at this scale they need scoped membership first).
+//! Membership: by default each node's peers are the nodes within a radius. With `membership`,
+//! every roadside node runs the real gossip machine scoped to its neighbours (the eight around
+//! it, and any node that forwards it requests, as a real node connects to the peers that talk
+//! to it), over the simulated network; a host then places its twins among the peers its view
+//! holds, with the loads, room and labels their adverts say, and a crashed node lingers in views
+//! until its heartbeats are missed.
 //!
 //! Faults (all off by default): migration messages lost at random, roadside nodes that crash
 //! and come back from their disks, and partitions that cut a square region off the rest. Both
@@ -20,8 +24,9 @@
 //! grow. Violations are counted and printed; the tests demand none.
 
 use crate::migration::{Migration, STEP_TIMEOUT_MS, Step};
-use crate::net::{Position, grid};
+use crate::net::{NetConfig, Position, grid};
 use crate::queue::Queue;
+use crate::world::World;
 use continuum_gossip::{Candidate, PeerId, PeerLoad, Placed, Placer, Policy, PolicyConfig};
 use continuum_migrate::{Offer, Outcome as Ended, TargetAction, ToSource, ToTarget};
 use rand::rngs::Xoshiro256PlusPlus;
@@ -58,6 +63,8 @@ pub struct Roaming {
     /// A node's peers are the nodes within this distance, km.
     pub radius_km: f64,
     pub faults: Faults,
+    /// Run the gossip membership (scoped to neighbours) on every roadside node.
+    pub membership: bool,
 }
 
 /// What goes wrong, and how often.
@@ -108,6 +115,7 @@ impl Roaming {
             dirty_bytes_per_s: 64 << 10,
             radius_km: 2.5,
             faults: Faults::default(),
+            membership: false,
         }
     }
 }
@@ -126,6 +134,8 @@ pub struct Outcome {
     pub crashes: u64,
     pub partitions: u64,
     pub messages_lost: u64,
+    /// What the membership did, with `membership`.
+    pub membership: Option<String>,
     /// Takeovers by a target whose source was gone or out of reach.
     pub takeovers: u64,
     /// Invariant violations: two hosts at once, a twin lost, an epoch that went back.
@@ -231,14 +241,43 @@ struct Sim<'a> {
     cut: Option<(f64, f64, f64)>,
     faults: Xoshiro256PlusPlus,
     next_migration: u64,
+    /// The roadside nodes' gossip, with `membership`.
+    world: Option<World>,
 }
 
 pub fn run(c: &Roaming) -> Outcome {
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(c.seed);
     let (side, pos) = grid(c.nodes, c.spacing_km);
-    let ids: Vec<PeerId> = (0..c.nodes)
-        .map(|i| crate::identity(c.seed, "roadside", i).public().to_peer_id())
-        .collect();
+    let mut world = c.membership.then(|| {
+        let net = NetConfig {
+            loss: c.faults.loss,
+            ..NetConfig::default()
+        };
+        let cfg = continuum_gossip::Config {
+            scope: continuum_gossip::Scope::Neighbours,
+            ..continuum_gossip::Config::default()
+        };
+        let mut w = World::new(c.seed, net, cfg);
+        w.set_resources(continuum_gossip::Resources {
+            arch: "sim".into(),
+            cores: 4,
+            slots: 64,
+            load: 0.1,
+            mem_free: 1 << 30,
+            mem_total: 1 << 30,
+            ..continuum_gossip::Resources::default()
+        });
+        for &p in &pos {
+            w.add_node(p);
+        }
+        w
+    });
+    let ids: Vec<PeerId> = match &world {
+        Some(w) => w.nodes.iter().map(|n| n.id).collect(),
+        None => (0..c.nodes)
+            .map(|i| crate::identity(c.seed, "roadside", i).public().to_peer_id())
+            .collect(),
+    };
     let cells = (c.radius_km / c.spacing_km).ceil() as i64;
     let neighbours = (0..c.nodes)
         .map(|i| {
@@ -259,6 +298,17 @@ pub fn run(c: &Roaming) -> Outcome {
             n
         })
         .collect();
+    if let Some(w) = world.as_mut() {
+        // Each roadside node starts and connects to the (up to) eight around it.
+        for i in 0..c.nodes {
+            w.start(i, &[]);
+        }
+        for i in 0..c.nodes {
+            for j in around(i, side, c.nodes) {
+                w.connect(i, j);
+            }
+        }
+    }
     let width = side as f64 * c.spacing_km;
     let mut sim = Sim {
         c,
@@ -281,6 +331,7 @@ pub fn run(c: &Roaming) -> Outcome {
         cut: None,
         faults: Xoshiro256PlusPlus::seed_from_u64(c.seed ^ 0xfa17),
         next_migration: 0,
+        world,
         pos,
     };
     for v in 0..c.vehicles {
@@ -313,8 +364,30 @@ pub fn run(c: &Roaming) -> Outcome {
     sim.schedule_partition();
     let end_us = c.seconds * 1_000_000;
     while let Some(ev) = sim.q.next(end_us) {
+        if let Some(w) = sim.world.as_mut() {
+            w.run_until(sim.q.now_ms());
+        }
         sim.out.events += 1;
         sim.handle(ev);
+    }
+    if let Some(w) = sim.world.as_mut() {
+        w.run_until(end_us / 1000);
+        sim.out.events += w.counters.events;
+        let k = &w.counters;
+        let views: usize = w
+            .nodes
+            .iter()
+            .filter_map(|n| n.gossip.as_ref())
+            .map(|g| g.view().len())
+            .sum();
+        sim.out.membership = Some(format!(
+            "membership: gossip scoped to neighbours on every node; {} messages ({:.2} per node per s), {} refused; views hold {:.1} peers on average",
+            k.direct_sent,
+            k.direct_sent as f64 / c.nodes as f64 / c.seconds.max(1) as f64,
+            k.rejected,
+            views as f64 / c.nodes as f64,
+        ));
+        sim.trace.update(w.trace_hash().as_bytes());
     }
     sim.close_second();
     let o = &mut sim.out;
@@ -359,8 +432,28 @@ pub fn run(c: &Roaming) -> Outcome {
             o.epoch_regressions,
         );
     }
+    if let Some(m) = &o.membership {
+        let _ = write!(o.summary, "\n{m}");
+    }
     o.trace_hash = sim.trace.finalize().to_hex().to_string();
     sim.out
+}
+
+/// The (up to) eight grid nodes around node `i`.
+fn around(i: usize, side: usize, nodes: usize) -> Vec<usize> {
+    let (x, y) = ((i % side) as i64, (i / side) as i64);
+    let mut out = Vec::with_capacity(8);
+    for dy in -1..=1 {
+        for dx in -1..=1 {
+            let (nx, ny) = (x + dx, y + dy);
+            let j = ny * side as i64 + nx;
+            if (dx, dy) != (0, 0) && nx >= 0 && ny >= 0 && nx < side as i64 && (j as usize) < nodes
+            {
+                out.push(j as usize);
+            }
+        }
+    }
+    out
 }
 
 impl Sim<'_> {
@@ -422,6 +515,9 @@ impl Sim<'_> {
             Ev::Partition => self.partition(),
             Ev::Heal => {
                 self.cut = None;
+                if let Some(w) = self.world.as_mut() {
+                    w.net.heal();
+                }
                 self.trace(7, 0, 0);
             }
             Ev::ToTarget { comp, mig, msg } => {
@@ -591,20 +687,55 @@ impl Sim<'_> {
                 }
             }
             near.retain(|&j| self.reachable(host, j));
-            let peers: Vec<PeerLoad> = near
+            // With membership, what its gossip view holds: its neighbours, and (connecting now,
+            // as a real node does when a peer forwards it requests) wherever requests come in.
+            let entries: Vec<usize> = twins
                 .iter()
-                .map(|&j| PeerLoad {
-                    candidate: Candidate {
-                        peer: self.ids[j],
-                        load: 0.1,
-                        slots: 64,
-                        mem_free: 1 << 30,
-                        components: 0,
-                        labels: &self.no_labels,
-                    },
-                    rtt_ms: Some(self.rtt_ms(host, j)),
-                })
+                .map(|&t| self.nearest(self.vehicles[t].pos))
                 .collect();
+            if let Some(w) = self.world.as_mut() {
+                for entry in entries {
+                    w.connect(host, entry);
+                }
+            }
+            let peers: Vec<PeerLoad> = match self.world.as_ref() {
+                Some(w) => w.nodes[host]
+                    .gossip
+                    .as_ref()
+                    .map(|g| g.view().iter().collect::<Vec<_>>())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|p| {
+                        let r = &p.advert.as_ref()?.resources;
+                        let &j = self.index.get(&p.peer)?;
+                        Some(PeerLoad {
+                            candidate: Candidate {
+                                peer: p.peer,
+                                load: r.load,
+                                slots: r.slots,
+                                mem_free: r.mem_free,
+                                components: r.components.len(),
+                                labels: &r.labels,
+                            },
+                            rtt_ms: Some(self.rtt_ms(host, j)),
+                        })
+                    })
+                    .collect(),
+                None => near
+                    .iter()
+                    .map(|&j| PeerLoad {
+                        candidate: Candidate {
+                            peer: self.ids[j],
+                            load: 0.1,
+                            slots: 64,
+                            mem_free: 1 << 30,
+                            components: 0,
+                            labels: &self.no_labels,
+                        },
+                        rtt_ms: Some(self.rtt_ms(host, j)),
+                    })
+                    .collect(),
+            };
             let placed: Vec<Placed> = twins
                 .iter()
                 .map(|&t| Placed {
@@ -932,6 +1063,9 @@ impl Sim<'_> {
             return;
         }
         self.alive[n] = false;
+        if let Some(w) = self.world.as_mut() {
+            w.fail(n);
+        }
         self.out.crashes += 1;
         self.trace(4, n, 0);
         self.placers.remove(&n);
@@ -962,6 +1096,9 @@ impl Sim<'_> {
     /// epoch was passed while it was down is stale and dropped).
     fn restart(&mut self, n: usize) {
         self.alive[n] = true;
+        if let Some(w) = self.world.as_mut() {
+            w.start(n, &around(n, self.side, self.c.nodes));
+        }
         self.trace(5, n, 0);
     }
 
@@ -976,6 +1113,15 @@ impl Sim<'_> {
         let x = self.faults.random_range(0.0..(width - side).max(1e-9));
         let y = self.faults.random_range(0.0..(height - side).max(1e-9));
         self.cut = Some((x, y, side));
+        if let Some(w) = self.world.as_mut() {
+            let inside: Vec<bool> = (0..self.c.nodes)
+                .map(|n| {
+                    let p = self.pos[n];
+                    p.x >= x && p.x < x + side && p.y >= y && p.y < y + side
+                })
+                .collect();
+            w.net.partition(|n| inside[n] as u32);
+        }
         self.out.partitions += 1;
         self.trace(6, 0, 0);
         self.q

@@ -61,6 +61,8 @@ pub struct World {
     pub net: Net,
     pub rng: Xoshiro256PlusPlus,
     gossip_cfg: Config,
+    /// What each node advertises when it starts.
+    resources: Resources,
     seed: u64,
     trace: blake3::Hasher,
     pub counters: Counters,
@@ -75,10 +77,21 @@ impl World {
             net: Net::new(net, 0),
             rng: Xoshiro256PlusPlus::seed_from_u64(seed),
             gossip_cfg,
+            resources: Resources {
+                arch: "sim".into(),
+                cores: 4,
+                slots: 8,
+                ..Resources::default()
+            },
             seed,
             trace: blake3::Hasher::new(),
             counters: Counters::default(),
         }
+    }
+
+    /// What nodes started from now on advertise.
+    pub fn set_resources(&mut self, r: Resources) {
+        self.resources = r;
     }
 
     pub fn now_ms(&self) -> u64 {
@@ -129,12 +142,7 @@ impl World {
         let key = self.key(i);
         // A restarted node starts its sequence numbers past its former self's.
         let first_seq = incarnation << 40 | self.queue.now_us();
-        let local = Resources {
-            arch: "sim".into(),
-            cores: 4,
-            slots: 8,
-            ..Resources::default()
-        };
+        let local = self.resources.clone();
         let gossip = Gossip::new(now, key, None, self.gossip_cfg.clone(), local, first_seq);
         let node = &mut self.nodes[i];
         node.gossip = Some(gossip);

@@ -51,3 +51,31 @@ fn heavy_loss_never_loses_a_twin() {
     assert!(o.takeovers > 0 && o.aborted > 0, "{}", o.summary);
     assert_eq!((o.lost, o.epoch_regressions), (0, 0), "{}", o.summary);
 }
+
+/// With the gossip membership running on every roadside node (scoped to neighbours), twins are
+/// placed among the peers the views hold, under the same faults, with the same invariants.
+#[test]
+fn with_gossip_membership_twins_follow_through_faults_and_keep_the_invariants() {
+    let run = |seed| {
+        roaming::run(&Roaming {
+            faults: Faults::harsh(),
+            membership: true,
+            ..Roaming::new(100, seed, 180, Policy::FollowTraffic)
+        })
+    };
+    let (a, b) = (run(3), run(3));
+    eprintln!("{}", a.summary);
+    assert_eq!(a.trace_hash, b.trace_hash);
+    assert!(a.membership.is_some() && a.migrations > 0, "{}", a.summary);
+    assert!(
+        a.within_bound as f64 / a.requests as f64 > 0.9,
+        "{}",
+        a.summary
+    );
+    assert_eq!(
+        (a.two_hosts, a.lost, a.epoch_regressions),
+        (0, 0, 0),
+        "{}",
+        a.summary
+    );
+}
