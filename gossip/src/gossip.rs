@@ -125,7 +125,9 @@ pub struct Gossip {
     next_beat: u64,
     full_due: Option<u64>,
     view: View,
-    last_seq: HashMap<PeerId, u64>,
+    /// Per peer: the highest sequence number heard, and which of the 64 below it were heard
+    /// (bit i: highest - i), so messages that arrive out of order still count and replays do not.
+    last_seq: HashMap<PeerId, (u64, u64)>,
     asked: HashMap<PeerId, u64>,
     connected: std::collections::BTreeSet<PeerId>,
     sync_every: u64,
@@ -324,18 +326,32 @@ impl Gossip {
         self.next_sync = self.next_sync.min(now + self.sync_every);
     }
 
+    /// Whether a message is news (`Ok(true)`), the latest one again (`Ok(false)`, another
+    /// path), or a replay. A sliding window, as IPsec's: gossip takes different paths, so a
+    /// peer's messages can overtake one another (an announce and the join right after it), and
+    /// the older must not be lost for that.
     fn check_seq(&mut self, peer: PeerId, seq: u64) -> Result<bool, Reject> {
-        let known = self.last_seq.entry(peer).or_insert(0);
-        if seq < *known {
+        const WINDOW: u64 = 64;
+        let (high, seen) = self.last_seq.entry(peer).or_insert((0, 0));
+        if seq > *high {
+            let shift = seq - *high;
+            *seen = if shift >= WINDOW { 0 } else { *seen << shift } | 1;
+            *high = seq;
+            return Ok(true);
+        }
+        let age = *high - seq;
+        if age == 0 && *seen & 1 != 0 {
+            return Ok(false);
+        }
+        if age >= WINDOW || *seen & (1 << age) != 0 {
             return Err(Reject::Replay {
                 peer: peer.to_string(),
                 got: seq,
-                known: *known,
+                known: *high,
             });
         }
-        let fresh = seq > *known;
-        *known = seq;
-        Ok(fresh)
+        *seen |= 1 << age;
+        Ok(true)
     }
 
     /// A message from the gossip topic.

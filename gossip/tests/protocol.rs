@@ -392,15 +392,25 @@ fn bad_messages_are_refused_by_reason() {
         victim.handle_gossip(10, &impostor).unwrap_err().reason(),
         "wrong_peer"
     );
-    // A replay: an older message of a peer after a newer one.
+    // Out of order is fine (gossip takes several paths); a message seen before is a replay,
+    // and so is one older than the window of the last 64.
+    let me = attacker.public().to_peer_id();
     victim
-        .handle_gossip(
-            10,
-            &seal(&attacker, None, &msg(9, attacker.public().to_peer_id())),
-        )
+        .handle_gossip(10, &seal(&attacker, None, &msg(9, me)))
         .unwrap();
+    victim.handle_gossip(10, &good).unwrap();
     assert_eq!(
         victim.handle_gossip(11, &good).unwrap_err().reason(),
+        "replay"
+    );
+    victim
+        .handle_gossip(11, &seal(&attacker, None, &msg(100, me)))
+        .unwrap();
+    assert_eq!(
+        victim
+            .handle_gossip(11, &seal(&attacker, None, &msg(20, me)))
+            .unwrap_err()
+            .reason(),
         "replay"
     );
     // The node is still fine and still knows its honest peer.

@@ -6,7 +6,7 @@
 
 use crate::net::{NetConfig, Position};
 use crate::world::World;
-use continuum_gossip::{Config, Scope};
+use continuum_gossip::{Config, FederationSpec, Mine, Scope};
 use rand::RngExt;
 use std::fmt::Write;
 
@@ -26,7 +26,15 @@ pub struct Churn {
     /// Who hears whom: the whole swarm, or each node its neighbours (then a node's links go to
     /// random earlier nodes, not all through node 0, and a view is judged against the links).
     pub scope: Scope,
+    /// Nodes carry `zone=west|east` by position; 5 s after the joins node 0 (west) proposes a
+    /// federation of the west zone with a 30 s lease, and at the end it dies, so the
+    /// federation must dissolve.
+    pub federation: bool,
 }
+
+/// The federation `churn` forms with `federation`.
+pub const FEDERATION: &str = "west";
+const LEASE_MS: u64 = 30_000;
 
 /// What a run measured.
 #[derive(Clone, Debug, Default)]
@@ -39,6 +47,12 @@ pub struct Outcome {
     pub peer_down: u64,
     /// Messages each node received per second after the joins (publications and direct).
     pub received_per_node_s: f64,
+    /// With `federation`: the lowest share of live west nodes that were members, over the
+    /// seconds from 10 s after it was proposed; east nodes that were members at any time;
+    /// whether every live node had forgotten it a lease after its owner died.
+    pub federated_min: f64,
+    pub federated_wrong: u64,
+    pub dissolved: bool,
     pub summary: String,
     pub trace_hash: String,
 }
@@ -55,7 +69,15 @@ pub fn run(c: &Churn) -> Outcome {
             x: w.rng.random_range(0.0..area_km),
             y: w.rng.random_range(0.0..area_km),
         };
-        w.add_node(pos);
+        let i = w.add_node(pos);
+        if c.federation {
+            let zone = if i == 0 || pos.x < area_km / 2.0 {
+                "west"
+            } else {
+                "east"
+            };
+            w.nodes[i].labels.insert("zone".into(), zone.into());
+        }
     }
     // Joins: node i starts at i * 20 ms and connects to node 0 and a few earlier nodes.
     let join_gap_ms = 20;
@@ -83,10 +105,12 @@ pub fn run(c: &Churn) -> Outcome {
         w.run_until(next);
     }
     let mut out = Outcome {
-        csv: "t_s,live,known_mean,known_min,stale_mean,gossip_per_node_s\n".into(),
+        csv: "t_s,live,known_mean,known_min,stale_mean,gossip_per_node_s,federated\n".into(),
         converged_ms,
+        federated_min: 1.0,
         ..Outcome::default()
     };
+    let proposed_s = joined_ms / 1000 + 5;
     let mut dead: std::collections::VecDeque<(usize, u64)> = Default::default();
     let mut next_churn = joined_ms + 10_000;
     let mut last_sent = w.counters.gossip_sent + w.counters.direct_sent;
@@ -129,11 +153,43 @@ pub fn run(c: &Churn) -> Outcome {
         let sent = w.counters.gossip_sent + w.counters.direct_sent;
         let rate = (sent - last_sent) as f64 / live.len().max(1) as f64;
         last_sent = sent;
+        if c.federation && t == proposed_s {
+            let spec = FederationSpec {
+                name: FEDERATION.into(),
+                objective: "the west zone's roadside twins".into(),
+                require: [("zone".to_string(), "west".to_string())].into(),
+                min_members: 3,
+                lease_ms: LEASE_MS,
+            };
+            w.create_federation(0, spec)
+                .expect("node 0 is live and in the west");
+        }
+        let federated = if c.federation {
+            let (share, wrong) = federated(&w);
+            if t >= proposed_s + 10 {
+                out.federated_min = out.federated_min.min(share);
+            }
+            out.federated_wrong += wrong;
+            share
+        } else {
+            0.0
+        };
         let _ = writeln!(
             out.csv,
-            "{t},{},{mean:.4},{min:.4},{stale:.3},{rate:.3}",
+            "{t},{},{mean:.4},{min:.4},{stale:.3},{rate:.3},{federated:.4}",
             live.len()
         );
+    }
+    if c.federation {
+        // The owner dies: a lease later, nobody holds the federation any more.
+        w.fail(0);
+        let end = w.now_ms() + LEASE_MS + 1_000;
+        w.run_until(end);
+        out.dissolved = w
+            .nodes
+            .iter()
+            .filter_map(|n| n.gossip.as_ref())
+            .all(|g| g.federations().get(FEDERATION).is_none());
     }
     let k = &w.counters;
     out.peer_down = k.peer_down;
@@ -159,6 +215,35 @@ pub fn run(c: &Churn) -> Outcome {
             "{ms} ms after the last join"
         )),
     );
+    if c.federation {
+        let _ = write!(
+            out.summary,
+            "\nfederation {FEDERATION}: at least {:.1} % of live west nodes members from 10 s after it was proposed, {} east members; dissolved a lease after its owner died: {}",
+            out.federated_min * 100.0,
+            out.federated_wrong,
+            out.dissolved
+        );
+    }
     out.trace_hash = w.trace_hash();
     out
+}
+
+/// The share of live west nodes that are members of the federation, and how many live east
+/// nodes (which do not match it) are.
+fn federated(w: &World) -> (f64, u64) {
+    let (mut west, mut members, mut wrong) = (0, 0, 0);
+    for n in w.nodes.iter().filter(|n| n.alive) {
+        let member = n
+            .gossip
+            .as_ref()
+            .and_then(|g| g.federations().get(FEDERATION))
+            .is_some_and(|f| f.mine == Mine::Member);
+        if n.labels.get("zone").map(String::as_str) == Some("west") {
+            west += 1;
+            members += member as usize;
+        } else if member {
+            wrong += 1;
+        }
+    }
+    (members as f64 / west.max(1) as f64, wrong)
 }

@@ -41,6 +41,9 @@ struct Args {
     /// place twins among the peers each view holds.
     #[arg(long)]
     membership: bool,
+    /// churn: node 0 proposes a federation of the west zone, and dies at the end.
+    #[arg(long)]
+    federation: bool,
     /// churn and convergence: who hears whom, `swarm` (every node every node) or `neighbours`
     /// (each node the peers it is connected to).
     #[arg(long, default_value = "swarm")]
@@ -92,6 +95,7 @@ fn main() -> Result<()> {
                 links: 4,
                 partition_s: 0,
                 scope,
+                federation: a.federation,
             });
             let known = vec![
                 ("mean".into(), column(&o.csv, 0, |v| v[2])),
@@ -237,6 +241,7 @@ fn main() -> Result<()> {
                     links: 4,
                     partition_s: 0,
                     scope,
+                    federation: false,
                 });
                 let ms = o.converged_ms.unwrap_or(seconds * 1000) as f64;
                 let per_node = column(&o.csv, 0, |v| v[5]);

@@ -38,6 +38,8 @@ pub struct SimNode {
     timer_generation: u64,
     /// How many times it (re)started, for its keys' and sequence numbers' sake.
     incarnation: u64,
+    /// Labels it advertises (on top of the world's resources).
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// Counts of what happened, for the summary.
@@ -122,6 +124,7 @@ impl World {
             links: Vec::new(),
             timer_generation: 0,
             incarnation: 0,
+            labels: Default::default(),
         });
         self.index.insert(id, i);
         self.net.add_node();
@@ -142,7 +145,8 @@ impl World {
         let key = self.key(i);
         // A restarted node starts its sequence numbers past its former self's.
         let first_seq = incarnation << 40 | self.queue.now_us();
-        let local = self.resources.clone();
+        let mut local = self.resources.clone();
+        local.labels.extend(self.nodes[i].labels.clone());
         let gossip = Gossip::new(now, key, None, self.gossip_cfg.clone(), local, first_seq);
         let node = &mut self.nodes[i];
         node.gossip = Some(gossip);
@@ -299,6 +303,19 @@ impl World {
                 }
             }
         }
+    }
+
+    /// Node `i` proposes a federation (it must be live).
+    pub fn create_federation(
+        &mut self,
+        i: usize,
+        spec: continuum_gossip::FederationSpec,
+    ) -> Result<(), continuum_gossip::FederationError> {
+        let now = self.now_ms();
+        let g = self.nodes[i].gossip.as_mut().expect("a live node");
+        g.create_federation(now, spec)?;
+        self.flush(i);
+        Ok(())
     }
 
     /// A random live node other than `not`.

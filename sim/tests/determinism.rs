@@ -13,6 +13,7 @@ fn churn(seed: u64) -> Churn {
         links: 4,
         partition_s: 0,
         scope: Scope::Swarm,
+        federation: false,
     }
 }
 
@@ -145,4 +146,31 @@ fn neighbour_scoped_membership_costs_each_node_the_same_at_any_size() {
     let ratio = large.received_per_node_s / small.received_per_node_s;
     assert!((0.67..1.5).contains(&ratio), "ratio {ratio:.2}");
     assert!(swarm.received_per_node_s > 2.0 * small.received_per_node_s);
+}
+
+/// Federations at scale, through churn: the west zone's nodes join the federation node 0
+/// proposes (a restarted node at its next renewal, a third of the lease), no east node ever
+/// does, and once the owner dies the federation dissolves everywhere within its lease.
+#[test]
+fn a_federation_takes_exactly_its_zone_through_churn_and_dissolves_without_its_owner() {
+    let o = run(&Churn {
+        nodes: 60,
+        seconds: 60,
+        federation: true,
+        ..churn(5)
+    });
+    let shares: Vec<f64> = o
+        .csv
+        .lines()
+        .skip(1)
+        .map(|l| l.rsplit(',').next().unwrap().parse().unwrap())
+        .collect();
+    eprintln!("{}\nfederated: {shares:?}", o.summary);
+    assert!(
+        shares.iter().any(|&s| s >= 0.99),
+        "it never took the whole zone"
+    );
+    assert!(o.federated_min >= 0.8, "min share {}", o.federated_min);
+    assert_eq!(o.federated_wrong, 0);
+    assert!(o.dissolved);
 }
