@@ -174,18 +174,29 @@ async fn decide(
             offer.name
         ));
     }
-    let busy = node
+    let earlier: Vec<(MigrationId, SharedStaged)> = node
         .migrations
         .incoming
         .lock()
         .unwrap()
-        .values()
-        .any(|(name, _)| *name == offer.name);
-    if busy {
-        return Err(format!(
-            "another migration of {} to this node is under way",
-            offer.name
-        ));
+        .iter()
+        .filter(|(_, (name, _))| *name == offer.name)
+        .map(|(id, (_, staged))| (*id, staged.clone()))
+        .collect();
+    for (id, staged) in earlier {
+        // The same source offering again has given up its earlier attempt (a source runs one
+        // migration of a component at a time): drop what that one staged, unless it got as far
+        // as Ready, which only that migration's own end may settle.
+        let mut st = staged.lock().await;
+        if st.from != from || st.target.serves() {
+            return Err(format!(
+                "another migration of {} to this node is under way",
+                offer.name
+            ));
+        }
+        tracing::info!(id, "superseded by a new offer from the same source");
+        st.target.abort();
+        settle(node, id, &mut st).await;
     }
     let cap = node.components.runtime().limits.memory_cap as u64;
     if offer.memory_bytes > cap {
