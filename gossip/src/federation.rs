@@ -285,6 +285,13 @@ impl Federations {
         (out, events)
     }
 
+    /// Announce the federations this node owns within a second (bursts of newcomers coalesce).
+    pub fn announce_soon(&mut self, now: u64) {
+        for f in self.map.values_mut().filter(|f| f.owning) {
+            f.renew_at = f.renew_at.min(now + 1_000);
+        }
+    }
+
     /// The next time [`Self::handle_timeout`] has work.
     pub fn next_timeout(&self) -> Option<u64> {
         self.map

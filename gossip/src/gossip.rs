@@ -382,8 +382,7 @@ impl Gossip {
                     .advert(now, peer, message.seq, advert, bytes.to_vec())
                     == Heard::New
                 {
-                    self.events.push_back(Event::PeerUp(peer));
-                    self.sync_soon(now);
+                    self.peer_up(now, peer);
                 }
             }
             Body::Alive {
@@ -497,10 +496,18 @@ impl Gossip {
             entry.heard_ago_ms,
         );
         if heard == Some(Heard::New) {
-            self.events.push_back(Event::PeerUp(inner.signer));
-            self.sync_soon(now);
+            self.peer_up(now, inner.signer);
         }
         Ok(())
+    }
+
+    /// A peer appeared (new, or back after it was forgotten): exchange views soon, and announce
+    /// the federations this node owns, so it can join them now rather than at their next
+    /// renewal.
+    fn peer_up(&mut self, now: u64, peer: PeerId) {
+        self.events.push_back(Event::PeerUp(peer));
+        self.sync_soon(now);
+        self.feds.announce_soon(now);
     }
 
     pub fn handle_timeout(&mut self, now: u64) {

@@ -149,8 +149,8 @@ fn neighbour_scoped_membership_costs_each_node_the_same_at_any_size() {
 }
 
 /// Federations at scale, through churn: the west zone's nodes join the federation node 0
-/// proposes (a restarted node at its next renewal, a third of the lease), no east node ever
-/// does, and once the owner dies the federation dissolves everywhere within its lease.
+/// proposes (a restarted node as soon as the owner sees it back), no east node ever does, and
+/// once the owner dies the federation dissolves everywhere within its lease.
 #[test]
 fn a_federation_takes_exactly_its_zone_through_churn_and_dissolves_without_its_owner() {
     let o = run(&Churn {
@@ -170,7 +170,7 @@ fn a_federation_takes_exactly_its_zone_through_churn_and_dissolves_without_its_o
         shares.iter().any(|&s| s >= 0.99),
         "it never took the whole zone"
     );
-    assert!(o.federated_min >= 0.8, "min share {}", o.federated_min);
+    assert!(o.federated_min >= 0.9, "min share {}", o.federated_min);
     assert_eq!(o.federated_wrong, 0);
     assert!(o.dissolved);
 }
