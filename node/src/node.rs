@@ -456,13 +456,17 @@ async fn place_components(node: Arc<Node>) {
     loop {
         timer.tick().await;
         let all = node.components.handles();
-        let my_load = {
+        let (my_load, loads) = {
             let mut meter = node.load.lock().unwrap();
             meter.sample(Instant::now(), &all);
             if let Some(load) = meter.budgeted() {
                 node.mesh.set_load(load);
             }
-            meter.node()
+            let loads: std::collections::HashMap<String, f32> = all
+                .iter()
+                .map(|h| (h.name.clone(), meter.component(&h.name)))
+                .collect();
+            (meter.node(), loads)
         };
         let handles: Vec<_> = all
             .into_iter()
@@ -491,7 +495,7 @@ async fn place_components(node: Arc<Node>) {
                     .stats
                     .memory_bytes
                     .load(std::sync::atomic::Ordering::Relaxed),
-                load: node.load.lock().unwrap().component(&h.name),
+                load: loads.get(&h.name).copied().unwrap_or(0.0),
             })
             .collect();
         let peers: Vec<_> = mesh

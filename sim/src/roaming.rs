@@ -689,10 +689,13 @@ impl Sim<'_> {
             near.retain(|&j| self.reachable(host, j));
             // With membership, what its gossip view holds: its neighbours, and (connecting now,
             // as a real node does when a peer forwards it requests) wherever requests come in.
-            let entries: Vec<usize> = twins
-                .iter()
-                .map(|&t| self.nearest(self.vehicles[t].pos))
-                .collect();
+            let entries: Vec<usize> = match self.world {
+                Some(_) => twins
+                    .iter()
+                    .map(|&t| self.nearest(self.vehicles[t].pos))
+                    .collect(),
+                None => Vec::new(),
+            };
             if let Some(w) = self.world.as_mut() {
                 for entry in entries {
                     w.connect(host, entry);
