@@ -1,4 +1,4 @@
-//! The byte encoding of requests and responses between host and guest (ABI v1).
+//! The byte encoding of requests, responses and call results between host and guest.
 //!
 //! Both sides link this file, so the encoding is written once. It is deliberately plain (length-
 //! prefixed little-endian fields, no schema) because it runs on every call, inside the guest, and
@@ -7,10 +7,12 @@
 //! ```text
 //! request  = str method, str target (path and query), u32 n, n × (str name, bytes value), bytes body
 //! response = u32 status, u32 n, n × (str name, bytes value), bytes body
+//! result   = u32 0, response                     (ABI v2: the answer to a call)
+//!          | u32 kind (1..=4), u32 status, str message     (a CallError, kind as CallError::kind)
 //! str, bytes = u32 length, then that many bytes
 //! ```
 
-use crate::{Request, Response};
+use crate::{CallError, Request, Response};
 use std::fmt;
 
 /// A message that does not decode; the host turns a guest's malformed response into a 502.
@@ -128,6 +130,39 @@ pub fn decode_response(b: &[u8]) -> Result<Response, AbiError> {
     Ok(resp)
 }
 
+/// The answer to a call, as the host hands it to the guest (ABI v2).
+pub fn encode_result(r: &Result<Response, CallError>) -> Vec<u8> {
+    match r {
+        Ok(resp) => {
+            let mut out = 0u32.to_le_bytes().to_vec();
+            out.extend_from_slice(&encode_response(resp));
+            out
+        }
+        Err(e) => {
+            let mut out = Vec::with_capacity(16 + e.message().len());
+            out.extend_from_slice(&e.kind().to_le_bytes());
+            out.extend_from_slice(&(e.status() as u32).to_le_bytes());
+            put(&mut out, e.message().as_bytes());
+            out
+        }
+    }
+}
+
+pub fn decode_result(b: &[u8]) -> Result<Result<Response, CallError>, AbiError> {
+    let mut r = Reader(b);
+    let kind = r.u32()?;
+    if kind == 0 {
+        return decode_response(r.0).map(Ok);
+    }
+    let status = r.u32()?;
+    let message = r.string()?;
+    r.end()?;
+    let status = u16::try_from(status).map_err(|_| AbiError("status code is out of range"))?;
+    CallError::from_parts(kind, status, message)
+        .map(Err)
+        .ok_or(AbiError("unknown call error kind"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,5 +188,23 @@ mod tests {
             decode_response(&bad),
             Err(AbiError("status code is out of range"))
         );
+    }
+
+    #[test]
+    fn call_results_roundtrip() {
+        let ok = Ok(Response::text(200, "7"));
+        assert_eq!(decode_result(&encode_result(&ok)).unwrap(), ok);
+        for e in [
+            CallError::NotFound("no component named x".into()),
+            CallError::Deadline("past 1s".into()),
+            CallError::Loop("16 deep".into()),
+            CallError::Refused(503, "overloaded".into()),
+        ] {
+            let bytes = encode_result(&Err(e.clone()));
+            assert_eq!(decode_result(&bytes).unwrap(), Err(e));
+            for cut in 0..bytes.len() {
+                assert!(decode_result(&bytes[..cut]).is_err());
+            }
+        }
     }
 }

@@ -88,8 +88,9 @@ pub enum ToTarget {
         #[serde(with = "serde_bytes")]
         pages: Vec<u8>,
     },
-    /// After the freeze: the last changed pages, every global, and the digest of the snapshot
-    /// the target must now hold.
+    /// After the freeze: the last changed pages, every global, the digest of the snapshot
+    /// the target must now hold, and what the host keeps for the component beyond its state
+    /// (the requests in flight and what they wait on; opaque here, empty if none).
     Final {
         id: MigrationId,
         #[serde(with = "serde_bytes")]
@@ -97,6 +98,8 @@ pub enum ToTarget {
         globals: Vec<Value>,
         #[serde(with = "serde_bytes")]
         snapshot_digest: Digest,
+        #[serde(with = "serde_bytes", default, skip_serializing_if = "Vec::is_empty")]
+        carried: Vec<u8>,
     },
     Commit {
         id: MigrationId,

@@ -169,6 +169,7 @@ impl World {
                             pages: vec![],
                             globals: vec![],
                             snapshot_digest: [0; 32],
+                            carried: vec![],
                         });
                     }
                     SourceAction::Switch { epoch } => {
@@ -395,6 +396,7 @@ fn a_target_that_took_over_makes_an_in_doubt_source_switch() {
         pages: vec![],
         globals: vec![],
         snapshot_digest: [0; 32],
+        carried: vec![],
     };
     t.expect(&last).unwrap();
     let _lost = t.ready(4);
@@ -444,6 +446,7 @@ fn a_source_that_aborted_keeps_a_ready_target_from_taking_over() {
         pages: vec![],
         globals: vec![],
         snapshot_digest: [0; 32],
+        carried: vec![],
     })
     .unwrap();
     t.ready(1);

@@ -3,7 +3,7 @@
 
 use crate::datadir::{DataDir, write_atomic};
 use crate::metrics::{Metrics, TriggerLabels};
-use crate::runtime::{ComponentHandle, Instance, Runtime};
+use crate::runtime::{Carried, ComponentHandle, Instance, Router, Runtime};
 use continuum_gossip::{PeerId, Policy};
 use continuum_migrate::{ComponentMeta, Snapshot, digest_hex};
 use serde::{Deserialize, Serialize};
@@ -64,6 +64,14 @@ pub struct ComponentInfo {
     /// Its share of a core over the last few seconds (requests and ticks).
     #[serde(default)]
     pub cpu: f32,
+    /// Requests it is serving now (started, not answered: waiting on calls or timers).
+    #[serde(default)]
+    pub in_flight: u64,
+    /// Calls it made to other components, and those waiting for an answer now.
+    #[serde(default)]
+    pub calls_out: u64,
+    #[serde(default)]
+    pub calls_out_in_flight: u64,
     /// The federation it may only run within.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub federation: Option<String>,
@@ -90,6 +98,7 @@ pub struct Components {
     rt: Arc<Runtime>,
     dir: DataDir,
     metrics: Arc<Metrics>,
+    router: Arc<dyn Router>,
     peer_id: String,
     me: PeerId,
     map: RwLock<BTreeMap<String, Arc<ComponentHandle>>>,
@@ -126,11 +135,18 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl Components {
-    pub fn new(rt: Arc<Runtime>, dir: DataDir, metrics: Arc<Metrics>, peer_id: String) -> Self {
+    pub fn new(
+        rt: Arc<Runtime>,
+        dir: DataDir,
+        metrics: Arc<Metrics>,
+        router: Arc<dyn Router>,
+        peer_id: String,
+    ) -> Self {
         Components {
             rt,
             dir,
             metrics,
+            router,
             me: peer_id.parse().expect("the node's own peer id parses"),
             peer_id,
             map: RwLock::default(),
@@ -200,6 +216,9 @@ impl Components {
             failed_calls: h.stats.failed_calls.load(Ordering::Relaxed),
             ticks: h.stats.ticks.load(Ordering::Relaxed),
             cpu: h.stats.cpu_milli.load(Ordering::Relaxed) as f32 / 1000.0,
+            in_flight: h.stats.in_flight.load(Ordering::Relaxed),
+            calls_out: h.stats.calls_out.load(Ordering::Relaxed),
+            calls_out_in_flight: h.stats.calls_out_in_flight.load(Ordering::Relaxed),
             federation: h.federation.clone(),
             require: h.require.clone(),
             policy: h.policy,
@@ -221,17 +240,35 @@ impl Components {
         let (snap, instance) = blocking(move || (instance.checkpoint(), instance)).await?;
         let snap = snap.map_err(|e| ApiError::Internal(format!("first checkpoint failed: {e}")))?;
         self.write_snapshot(&snap, trigger).await?;
-        let handle = self.adopt(instance).await?;
+        let handle = self.adopt(instance, None).await?;
         Ok(self.info(&handle))
     }
 
+    fn spawn(
+        &self,
+        instance: Instance,
+        carried: Option<(Carried, PeerId)>,
+    ) -> Result<Arc<ComponentHandle>, ApiError> {
+        ComponentHandle::spawn(
+            instance,
+            self.metrics.clone(),
+            &self.rt.limits,
+            self.router.clone(),
+            carried,
+        )
+        .map_err(|e| ApiError::Internal(format!("starting the component thread: {e}")))
+    }
+
     /// Start `instance` and make it reachable under its name, replacing (and stopping) any
-    /// previous holder of the name. Nothing is written: a migration target writes the state
-    /// once the component is its own.
-    pub async fn adopt(&self, instance: Instance) -> Result<Arc<ComponentHandle>, ApiError> {
-        let handle =
-            ComponentHandle::spawn(instance, self.metrics.clone(), self.rt.limits.queue_depth)
-                .map_err(|e| ApiError::Internal(format!("starting the component thread: {e}")))?;
+    /// previous holder of the name; `carried` are the requests in flight it brought from the
+    /// node it migrated from. Nothing is written: a migration target writes the state once the
+    /// component is its own.
+    pub async fn adopt(
+        &self,
+        instance: Instance,
+        carried: Option<(Carried, PeerId)>,
+    ) -> Result<Arc<ComponentHandle>, ApiError> {
+        let handle = self.spawn(instance, carried)?;
         self.moved.write().unwrap().remove(&handle.name);
         let old = self
             .map
@@ -350,9 +387,13 @@ impl Components {
             next.upgrade(layout, &saved)?;
             Ok(next)
         })
-        .await?;
-        let next = match next {
-            Ok(n) => n,
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .and_then(|r| r)
+        .and_then(|next| self.spawn(next, None).map_err(|e| anyhow::anyhow!("{e}")));
+        // Whatever went wrong, the old version must not stay frozen.
+        let handle = match next {
+            Ok(h) => h,
             Err(e) => {
                 old.unfreeze().await;
                 self.metrics.update("rolled_back");
@@ -366,8 +407,6 @@ impl Components {
                 ));
             }
         };
-        let handle = ComponentHandle::spawn(next, self.metrics.clone(), self.rt.limits.queue_depth)
-            .map_err(|e| ApiError::Internal(format!("starting the component thread: {e}")))?;
         self.map
             .write()
             .unwrap()

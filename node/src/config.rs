@@ -55,15 +55,20 @@ pub struct NodeConfig {
 pub struct Limits {
     /// Largest linear memory of one component.
     pub memory_cap: ByteSize,
-    /// Longest a single call (request or tick) may run.
+    /// Longest a single request or tick may take, waits for the calls it makes included; a
+    /// call between components gets its caller's remaining time, at most this.
     #[serde(with = "humantime_serde")]
     pub call_timeout: Duration,
     /// Largest request body for a component (413 above).
     pub max_body: ByteSize,
     /// Largest module or snapshot upload to the control API.
     pub max_upload: ByteSize,
-    /// Requests waiting for one component before the node answers 503.
+    /// Requests waiting for (or in flight at) one component before the node answers 503.
     pub queue_depth: usize,
+    /// Calls one component may have in flight to other components; more are refused (503).
+    pub max_calls: usize,
+    /// Longest chain of calls between components; a call that would go deeper gets 508.
+    pub max_call_depth: usize,
 }
 
 impl Default for NodeConfig {
@@ -94,6 +99,8 @@ impl Default for Limits {
             max_body: ByteSize::mib(8),
             max_upload: ByteSize::mib(1024),
             queue_depth: 1024,
+            max_calls: 256,
+            max_call_depth: 16,
         }
     }
 }

@@ -23,6 +23,11 @@ pub struct CallLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ComponentLabels {
+    pub component: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: &'static str,
 }
@@ -59,6 +64,13 @@ pub struct Metrics {
     pub http_requests: Family<HttpLabels, Counter>,
     pub calls: Family<CallLabels, Counter>,
     pub ticks: Family<CallLabels, Counter>,
+    /// Calls components made to other components, by outcome (`ok`, `not_found`, `deadline`,
+    /// `loop`, `refused`), and how long they took.
+    pub outbound_calls: Family<CallLabels, Counter>,
+    pub call_seconds: Histogram,
+    /// Requests each component is serving, and calls it is waiting on.
+    pub requests_in_flight: Family<ComponentLabels, Gauge>,
+    pub calls_in_flight: Family<ComponentLabels, Gauge>,
     pub rejected: Family<ReasonLabels, Counter>,
     pub checkpoints: Family<TriggerLabels, Counter>,
     pub checkpoint_seconds: Histogram,
@@ -88,6 +100,10 @@ impl Default for Metrics {
             http_requests: Family::default(),
             calls: Family::default(),
             ticks: Family::default(),
+            outbound_calls: Family::default(),
+            call_seconds: Histogram::new(exponential_buckets(0.000_01, 2.0, 20)),
+            requests_in_flight: Family::default(),
+            calls_in_flight: Family::default(),
             rejected: Family::default(),
             checkpoints: Family::default(),
             checkpoint_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
@@ -119,6 +135,26 @@ impl Default for Metrics {
             "component_ticks",
             "Periodic ticks run by components, by outcome",
             m.ticks.clone(),
+        );
+        r.register(
+            "component_outbound_calls",
+            "Calls components made to other components, by outcome",
+            m.outbound_calls.clone(),
+        );
+        r.register(
+            "component_call_seconds",
+            "Time from a component's call to its answer",
+            m.call_seconds.clone(),
+        );
+        r.register(
+            "component_requests_in_flight",
+            "Requests a component is serving (started, not answered)",
+            m.requests_in_flight.clone(),
+        );
+        r.register(
+            "component_calls_in_flight",
+            "Calls a component made that wait for an answer",
+            m.calls_in_flight.clone(),
         );
         r.register("rejected", "Inputs refused, by reason", m.rejected.clone());
         r.register(

@@ -25,6 +25,8 @@ pub struct Node {
     pub config: NodeConfig,
     pub token: String,
     pub components: Components,
+    /// Calls between components: routing them, and the replies parked for migrated requests.
+    pub calls: Arc<crate::calls::Calls>,
     pub migrations: crate::migration::Migrations,
     /// The placement policies' state, and their latest decisions (for `status`).
     pub placer: std::sync::Mutex<continuum_gossip::Placer>,
@@ -99,6 +101,9 @@ impl Node {
                     failed_calls: 0,
                     ticks: 0,
                     cpu: 0.0,
+                    in_flight: 0,
+                    calls_out: 0,
+                    calls_out_in_flight: 0,
                     federation: None,
                     require: Default::default(),
                     policy: Default::default(),
@@ -241,10 +246,19 @@ async fn run_node(config: NodeConfig, dir: DataDir, key: libp2p::identity::Keypa
             memory_cap: config.limits.memory_cap.as_u64() as usize,
             call_timeout: config.limits.call_timeout,
             queue_depth: config.limits.queue_depth,
+            max_body: config.limits.max_body.as_u64() as usize,
+            max_calls: config.limits.max_calls,
         },
         Some(dir.modules()),
     )?);
-    let components = Components::new(runtime, dir.clone(), metrics.clone(), peer_id.clone());
+    let calls = crate::calls::Calls::new(peer_id.parse()?);
+    let components = Components::new(
+        runtime,
+        dir.clone(),
+        metrics.clone(),
+        calls.clone(),
+        peer_id.clone(),
+    );
     let restored = components.load_all().await;
     if restored > 0 {
         tracing::info!(
@@ -295,6 +309,7 @@ async fn run_node(config: NodeConfig, dir: DataDir, key: libp2p::identity::Keypa
         swarm_key: fingerprint,
         token,
         components,
+        calls: calls.clone(),
         migrations: Default::default(),
         placer: std::sync::Mutex::new(continuum_gossip::Placer::new(Default::default())),
         decisions: Default::default(),
@@ -306,6 +321,7 @@ async fn run_node(config: NodeConfig, dir: DataDir, key: libp2p::identity::Keypa
         config,
     });
 
+    calls.attach(&node);
     node.announce_components();
     let servers = [
         tokio::spawn(serve_peers(node.clone(), inbound).in_current_span()),
@@ -357,21 +373,75 @@ async fn answer_peer(node: &Arc<Node>, from: continuum_gossip::PeerId, request: 
             hops,
             entry,
             request,
+            deadline,
+            chain,
         } => {
             let entry = entry.and_then(|e| e.parse().ok()).unwrap_or(from);
             node.metrics
                 .forwarded
                 .get_or_create(&crate::metrics::DirectionLabels { direction: "in" })
                 .inc();
+            let limits = &node.config.limits;
+            if chain.len() > limits.max_call_depth
+                || chain
+                    .iter()
+                    .any(|n| crate::components::check_name(n).is_err())
+            {
+                node.metrics.reject("bad_call_chain");
+                return Reply::Refused {
+                    status: 400,
+                    message: format!(
+                        "forwarded request carries an invalid call chain (at most {} valid names)",
+                        limits.max_call_depth
+                    ),
+                };
+            }
+            // The deadline is the peer's claim: this node's own limit caps it.
+            let deadline = deadline.map(|d| std::time::Instant::now() + d.min(limits.call_timeout));
+            let ctx = crate::runtime::CallCtx {
+                deadline,
+                chain,
+                entry,
+                hops,
+            };
             match continuum_guest::abi::decode_request(&request) {
                 Ok(req) => Reply::Forwarded(continuum_guest::abi::encode_response(
-                    &http::serve(node, &name, req, hops, entry).await,
+                    &http::serve(node, &name, req, ctx).await,
                 )),
                 Err(e) => Reply::Refused {
                     status: 400,
                     message: format!("forwarded request did not decode: {e}"),
                 },
             }
+        }
+        Request::Wake {
+            name,
+            op,
+            result,
+            hops,
+        } => {
+            if let Some(h) = node.components.get(&name) {
+                h.wake(op, result, from);
+            } else if let Some((to, _)) = node.components.moved_to(&name)
+                && hops < http::MAX_HOPS
+            {
+                // It moved on from here too: what reached it here follows it.
+                node.calls.send_wake(to, &name, op, result, hops + 1);
+            } else {
+                node.metrics.reject("late_call_result");
+            }
+            Reply::Synced
+        }
+        Request::Answer { key, response } => {
+            match continuum_guest::abi::decode_response(&response) {
+                Ok(resp) => {
+                    if !node.calls.resolve(key, resp) {
+                        node.metrics.reject("answer_nobody_waits_for");
+                    }
+                }
+                Err(_) => node.metrics.reject("bad_answer"),
+            }
+            Reply::Synced
         }
         Request::Deploy {
             name,

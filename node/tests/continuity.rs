@@ -36,6 +36,8 @@ fn runtime() -> Runtime {
         memory_cap: 256 << 20,
         call_timeout: Duration::from_secs(10),
         queue_depth: 16,
+        max_body: 8 << 20,
+        max_calls: 16,
     };
     Runtime::new(limits, Some(module_cache())).unwrap()
 }

@@ -109,6 +109,7 @@ impl Migration {
                         pages: Vec::new(),
                         globals: Vec::new(),
                         snapshot_digest: [0; 32],
+                        carried: Vec::new(),
                     };
                     steps.push(Step::Send { msg, bytes });
                 }

@@ -21,20 +21,36 @@ impl LsArgs {
             println!("{}", serde_json::to_string_pretty(&list)?);
             return Ok(());
         }
+        // CALLS: requests served; WAITING: requests in flight now (waiting on calls or timers);
+        // OUT: calls it made to other components, OUT-WAITING: those still unanswered.
         println!(
-            "{:<20} {:<8} {:>5} {:<12} {:<8} {:>10} {:>9}",
-            "NAME", "HOST", "EPOCH", "DIGEST", "VERSION", "MEMORY", "CALLS"
+            "{:<20} {:<8} {:>5} {:<12} {:<8} {:>10} {:>5} {:>9} {:>7} {:>9} {:>11}",
+            "NAME",
+            "HOST",
+            "EPOCH",
+            "DIGEST",
+            "VERSION",
+            "MEMORY",
+            "CPU",
+            "CALLS",
+            "WAITING",
+            "OUT",
+            "OUT-WAITING"
         );
         for c in list {
             println!(
-                "{:<20} {:<8} {:>5} {:<12} {:<8} {:>10} {:>9}",
+                "{:<20} {:<8} {:>5} {:<12} {:<8} {:>10} {:>5.2} {:>9} {:>7} {:>9} {:>11}",
                 c.name,
                 short_id(&c.host),
                 c.epoch,
                 &c.digest[..12],
                 c.version,
                 human_bytes(c.memory_bytes),
-                c.calls
+                c.cpu,
+                c.calls,
+                c.in_flight,
+                c.calls_out,
+                c.calls_out_in_flight
             );
         }
         Ok(())

@@ -48,9 +48,16 @@ pub struct NodeArgs {
     /// Largest linear memory of one component, e.g. 256MiB.
     #[arg(long)]
     memory_cap: Option<ByteSize>,
-    /// Longest one request or tick may run, e.g. 1s.
+    /// Longest one request or tick may run, waits for the calls it makes included, e.g. 1s;
+    /// a call gets what is left of its caller's, at most this.
     #[arg(long, value_parser = humantime::parse_duration)]
     call_timeout: Option<Duration>,
+    /// Calls one component may have in flight to other components (more are refused at once).
+    #[arg(long)]
+    max_calls: Option<usize>,
+    /// Longest chain of calls between components (a request that would go deeper gets 508).
+    #[arg(long)]
+    max_call_depth: Option<usize>,
     /// Largest request body for a component, e.g. 8MiB.
     #[arg(long)]
     max_body: Option<ByteSize>,
@@ -96,6 +103,12 @@ impl NodeArgs {
         }
         if let Some(b) = self.max_body {
             c.limits.max_body = b;
+        }
+        if let Some(n) = self.max_calls {
+            c.limits.max_calls = n;
+        }
+        if let Some(n) = self.max_call_depth {
+            c.limits.max_call_depth = n;
         }
         crate::node::run(c).await
     }

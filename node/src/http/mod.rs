@@ -11,7 +11,8 @@ pub mod h3;
 
 use crate::mesh::MeshError;
 use crate::node::Node;
-use crate::runtime::Unavailable;
+use crate::runtime::router::CALLER_HEADER;
+use crate::runtime::{CallCtx, Unavailable, error_response};
 use bytes::Bytes;
 use continuum_gossip::PeerId;
 use continuum_guest::{Request as GuestRequest, Response as GuestResponse, abi};
@@ -170,30 +171,52 @@ async fn component(
         headers: parts
             .headers
             .iter()
+            // Only the host says which component calls.
+            .filter(|(k, _)| k.as_str() != CALLER_HEADER)
             .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
             .collect(),
         body: body.to_vec(),
     };
-    to_http(name, serve(node, name, greq, 0, node.mesh.me()).await)
+    let ctx = CallCtx::client(node.mesh.me());
+    to_http(name, serve(node, name, greq, ctx).await)
 }
 
 /// How many times one request may be passed on between nodes (a component that moved on,
 /// news of it on its way), so a stale view can never bounce a request around forever.
 pub const MAX_HOPS: u8 = 4;
 
+/// Longest a request from a client may wait for its component, queueing included, before the
+/// node gives up on it: a safety net, for an answer lost with a node. A migration in doubt
+/// holds requests through every one of its asks; once a request runs, `--call-timeout` bounds
+/// it.
+fn patience(node: &Node) -> std::time::Duration {
+    (continuum_migrate::IN_DOUBT_ASKS + 2) * node.config.migration_timeout
+        + node.config.limits.call_timeout
+}
+
 /// Serve a request for component `name`: here if it lives here, else at its host (which a
 /// migration may have just changed: a request held during the switch follows the component).
-/// Every failure becomes an answer, the same whether the request came from a local client or
-/// from another node. The answer names the node that served it in `x-continuum-host`.
-/// `entry` is the peer where the request entered the mesh: the placement policies count it.
-pub async fn serve(
-    node: &Node,
-    name: &str,
-    req: GuestRequest,
-    hops: u8,
-    entry: PeerId,
-) -> GuestResponse {
+/// Every failure becomes an answer, the same whether the request came from a local client, from
+/// another node or from another component, tagged (`x-continuum-error`) when the mesh made it.
+/// The answer names the node that served it in `x-continuum-host`. `ctx` carries where the
+/// request entered the mesh (the placement policies count it), its deadline and the chain of
+/// components whose calls led to it.
+pub async fn serve(node: &Node, name: &str, req: GuestRequest, ctx: CallCtx) -> GuestResponse {
     let here = &node.peer_id;
+    let fail =
+        |kind: &str, status: u16, msg: String| with_host(error_response(kind, status, msg), here);
+    if ctx.chain.len() >= node.config.limits.max_call_depth {
+        node.metrics.reject("call_chain_too_deep");
+        return fail(
+            "loop",
+            508,
+            format!(
+                "call chain deeper than {}: {} -> {name}",
+                node.config.limits.max_call_depth,
+                ctx.chain.join(" -> ")
+            ),
+        );
+    }
     let mut req = req;
     settle_after_start(node).await;
     // A live update replaces the component here while the request waits: it comes back and
@@ -203,45 +226,71 @@ pub async fn serve(
         // the mesh knows the newer one by its epoch.
         let epoch = handle.stats.epoch.load(Ordering::Relaxed);
         if let Some((newer, _)) = node.mesh.newer_host(name, epoch) {
-            return forward(node, newer, name, req, hops, entry).await;
+            return forward(node, newer, name, req, ctx).await;
         }
-        if handle.policy != continuum_gossip::Policy::Pinned {
+        // Requests from clients pull a component toward where they enter; calls from other
+        // components do not (the caller comes to its data instead), so two components never
+        // chase each other.
+        if handle.policy != continuum_gossip::Policy::Pinned && ctx.chain.is_empty() {
             let now = node.started.elapsed().as_millis() as u64;
-            node.placer.lock().unwrap().record(now, name, entry);
+            node.placer.lock().unwrap().record(now, name, ctx.entry);
         }
-        match handle.call(req).await {
+        let patience = match ctx.deadline {
+            Some(d) => d.saturating_duration_since(std::time::Instant::now()) + GRACE,
+            None => patience(node),
+        };
+        let answer = tokio::time::timeout(patience, handle.call(req, ctx.clone())).await;
+        let Ok(answer) = answer else {
+            return fail(
+                "deadline",
+                504,
+                format!("component {name} did not answer within {patience:?}"),
+            );
+        };
+        match answer {
             Ok(Ok(r)) => return with_host(r, here),
             Ok(Err(e)) => {
-                return with_host(
-                    GuestResponse::text(e.status(), format!("component {name}: {e}\n")),
-                    here,
-                );
+                return fail(e.outcome(), e.status(), format!("component {name}: {e}"));
             }
             Err(Unavailable::Moved { to, req: back, .. }) if to == node.mesh.me() => {
                 req = *back;
             }
             Err(Unavailable::Moved { to, req, .. }) => {
-                return forward(node, to, name, *req, hops, entry).await;
+                return forward(node, to, name, *req, ctx).await;
+            }
+            Err(Unavailable::Overloaded(_)) if ctx.chain.iter().any(|n| n == name) => {
+                return fail(
+                    "loop",
+                    508,
+                    format!(
+                        "call chain {} came back to {name}, which has too many requests waiting to take it",
+                        ctx.chain.join(" -> ")
+                    ),
+                );
             }
             Err(e) => {
-                return with_host(
-                    GuestResponse::text(503, format!("{e}\n")).header("retry-after", "1"),
-                    here,
-                );
+                let mut r = fail("overloaded", 503, e.to_string());
+                r.headers.push(("retry-after".into(), b"1".to_vec()));
+                return r;
             }
         }
     }
     match locate(node, name).await {
-        Some(host) => forward(node, host, name, req, hops, entry).await,
+        Some(host) => forward(node, host, name, req, ctx).await,
         None => {
             node.metrics.reject("unknown_component");
-            with_host(
-                GuestResponse::text(404, format!("no component named {name} in this mesh\n")),
-                here,
+            fail(
+                "unknown",
+                404,
+                format!("no component named {name} in this mesh"),
             )
         }
     }
 }
+
+/// A caller waits this much past its callee's deadline, so that the callee's own 504 (which
+/// says where it happened) reaches it first.
+const GRACE: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// Right after a start, a node that has peers to join waits (up to `route_wait`) until it has
 /// heard from one, so that it does not serve a copy the mesh knows to be stale.
@@ -260,42 +309,54 @@ async fn forward(
     host: PeerId,
     name: &str,
     req: GuestRequest,
-    hops: u8,
-    entry: PeerId,
+    ctx: CallCtx,
 ) -> GuestResponse {
     let at = host.to_string();
-    if hops >= MAX_HOPS {
+    if ctx.hops >= MAX_HOPS {
         node.metrics.reject("too_many_hops");
-        return with_host(
-            GuestResponse::text(
-                508,
-                format!("request for {name} passed between nodes {hops} times; the mesh's view of it is settling, try again\n"),
-            )
-            .header("retry-after", "1"),
+        let mut r = with_host(
+            error_response(
+                "unreachable",
+                503,
+                format!(
+                    "request for {name} passed between nodes {} times; the mesh's view of it is settling, try again",
+                    ctx.hops
+                ),
+            ),
             &node.peer_id,
         );
+        r.headers.push(("retry-after".into(), b"1".to_vec()));
+        return r;
     }
     node.metrics
         .forwarded
         .get_or_create(&crate::metrics::DirectionLabels { direction: "out" })
         .inc();
-    let answer = match node
+    let patience = match ctx.deadline {
+        Some(d) => d.saturating_duration_since(std::time::Instant::now()) + GRACE,
+        None => patience(node),
+    };
+    let sent = node
         .mesh
-        .forward(host, name, hops + 1, entry, abi::encode_request(&req))
-        .await
-    {
-        Ok(bytes) => abi::decode_response(&bytes).unwrap_or_else(|e| {
-            GuestResponse::text(
+        .forward(host, name, &ctx, abi::encode_request(&req));
+    let answer = match tokio::time::timeout(patience, sent).await {
+        Err(_) => error_response(
+            "deadline",
+            504,
+            format!("component {name} on {at} did not answer within {patience:?}"),
+        ),
+        Ok(Ok(bytes)) => abi::decode_response(&bytes).unwrap_or_else(|e| {
+            error_response(
+                "unreachable",
                 502,
-                format!("host {at} answered for {name} with a malformed response: {e}\n"),
+                format!("host {at} answered for {name} with a malformed response: {e}"),
             )
         }),
-        Err(MeshError::Refused(status, message)) => {
-            GuestResponse::text(status, format!("{message}\n"))
-        }
-        Err(e) => GuestResponse::text(
+        Ok(Err(MeshError::Refused(status, message))) => error_response("refused", status, message),
+        Ok(Err(e)) => error_response(
+            "unreachable",
             502,
-            format!("component {name} is hosted on {at}, which did not answer: {e}\n"),
+            format!("component {name} is hosted on {at}, which did not answer: {e}"),
         ),
     };
     // The host names itself; an answer that does not (a refusal, a lost peer) names the peer
@@ -310,7 +371,7 @@ async fn forward(
 /// Where a component this node does not host is: the newest of what the gossip says and
 /// where it went from here. Waits up to `route_wait` for news of it (its host's advert may be
 /// on its way) when the node has peers at all.
-async fn locate(node: &Node, name: &str) -> Option<PeerId> {
+pub async fn locate(node: &Node, name: &str) -> Option<PeerId> {
     let deadline = tokio::time::Instant::now() + node.config.route_wait;
     loop {
         let gossip = node.mesh.locate(name).filter(|l| l.host != node.mesh.me());

@@ -233,20 +233,54 @@ impl Mesh {
         &self,
         host: PeerId,
         name: &str,
-        hops: u8,
-        entry: PeerId,
+        ctx: &crate::runtime::CallCtx,
         request: Vec<u8>,
     ) -> Result<Vec<u8>, MeshError> {
-        let name = name.to_string();
         let forward = rpc::Request::Forward {
-            name,
-            hops,
-            entry: Some(entry.to_string()),
+            name: name.to_string(),
+            hops: ctx.hops + 1,
+            entry: Some(ctx.entry.to_string()),
             request,
+            deadline: ctx
+                .deadline
+                .map(|d| d.saturating_duration_since(std::time::Instant::now())),
+            chain: ctx.chain.clone(),
         };
         match self.request(host, forward).await? {
             rpc::Reply::Forwarded(bytes) => Ok(bytes),
             other => Err(unexpected(host, &other)),
+        }
+    }
+
+    /// Send the result of call `op` on to `to`, where component `name` lives now.
+    pub async fn wake(
+        &self,
+        to: PeerId,
+        name: &str,
+        op: u64,
+        result: Vec<u8>,
+        hops: u8,
+    ) -> Result<(), MeshError> {
+        let wake = rpc::Request::Wake {
+            name: name.to_string(),
+            op,
+            result,
+            hops,
+        };
+        match self.request(to, wake).await? {
+            rpc::Reply::Synced => Ok(()),
+            other => Err(unexpected(to, &other)),
+        }
+    }
+
+    /// Send the answer to a migrated request back to `to`, where its client waits.
+    pub async fn answer(&self, to: PeerId, key: u64, response: Vec<u8>) -> Result<(), MeshError> {
+        match self
+            .request(to, rpc::Request::Answer { key, response })
+            .await?
+        {
+            rpc::Reply::Synced => Ok(()),
+            other => Err(unexpected(to, &other)),
         }
     }
 

@@ -1,6 +1,7 @@
 //! Direct messages between nodes (libp2p request-response, CBOR): gossip syncs, component
-//! requests forwarded to their host, deployments placed on another node, and the migration
-//! handshake. Every request and
+//! requests forwarded to their host (with what a call between components carries: deadline and
+//! call chain), results and answers that follow a migrated component, deployments placed on
+//! another node, and the migration handshake. Every request and
 //! reply is tagged with the swarm key, so a peer without it can neither ask nor answer.
 
 use continuum_gossip::{Reject, SwarmKey};
@@ -34,6 +35,27 @@ pub enum Request {
         entry: Option<String>,
         #[serde(with = "serde_bytes")]
         request: Vec<u8>,
+        /// Time left to answer it (a call from a component; none for a client's request).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        deadline: Option<std::time::Duration>,
+        /// The components whose calls led to it, outermost first.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        chain: Vec<String>,
+    },
+    /// The result of call `op` that component `name` made: it lives here now, or further on.
+    Wake {
+        name: String,
+        op: u64,
+        #[serde(with = "serde_bytes")]
+        result: Vec<u8>,
+        hops: u8,
+    },
+    /// The answer to a request whose client waits on this node (under `key`): its component
+    /// migrated while it was in flight.
+    Answer {
+        key: u64,
+        #[serde(with = "serde_bytes")]
+        response: Vec<u8>,
     },
     /// Deploy a module here.
     Deploy {

@@ -205,6 +205,7 @@ async fn drive(
                             pages,
                             globals: f.globals,
                             snapshot_digest: digest,
+                            carried: f.carried,
                         };
                         exchange(&node, to, last).await
                     }

@@ -3,7 +3,8 @@
 use super::{fault, faulty, now, step_timeout};
 use crate::components::check_name;
 use crate::node::Node;
-use crate::runtime::{ComponentHandle, Instance, LoadedModule};
+use crate::runtime::carried::CarriedLimits;
+use crate::runtime::{Carried, ComponentHandle, Instance, LoadedModule};
 use continuum_gossip::PeerId;
 use continuum_migrate::{
     ComponentMeta, Digest, MigrationId, Offer, Snapshot, Target, TargetAction, ToSource, ToTarget,
@@ -110,22 +111,35 @@ pub async fn on_message(node: &Arc<Node>, from: PeerId, msg: ToTarget) -> ToSour
             pages,
             globals,
             snapshot_digest,
+            carried,
             ..
-        } => match apply(node, &mut st, pages, Some((globals, snapshot_digest))).await {
-            Ok(()) => {
-                let inst = st.instance.take().expect("apply leaves an instance");
-                match node.components.adopt(inst).await {
-                    Ok(h) => {
-                        st.handle = Some(h);
-                        fault("target:ready");
-                        st.target.ready(now(node))
-                    }
-                    Err(e) => st.target.failed(e.to_string()),
-                }
-            }
+        } => match carried_from(node, &carried) {
             Err(e) => {
                 node.metrics.reject("bad_migration");
                 st.target.failed(e)
+            }
+            Ok(carried) => {
+                match apply(node, &mut st, pages, Some((globals, snapshot_digest))).await {
+                    Ok(()) => {
+                        let inst = st.instance.take().expect("apply leaves an instance");
+                        match node
+                            .components
+                            .adopt(inst, carried.map(|c| (c, from)))
+                            .await
+                        {
+                            Ok(h) => {
+                                st.handle = Some(h);
+                                fault("target:ready");
+                                st.target.ready(now(node))
+                            }
+                            Err(e) => st.target.failed(e.to_string()),
+                        }
+                    }
+                    Err(e) => {
+                        node.metrics.reject("bad_migration");
+                        st.target.failed(e)
+                    }
+                }
             }
         },
         ToTarget::Commit { epoch, .. } => {
@@ -142,6 +156,22 @@ pub async fn on_message(node: &Arc<Node>, from: PeerId, msg: ToTarget) -> ToSour
     };
     settle(node, id, &mut st).await;
     answer
+}
+
+/// The requests in flight a source sent with its last pages, checked against this node's
+/// limits (`None`: it sent none, as an ABI v1 component).
+fn carried_from(node: &Node, bytes: &[u8]) -> Result<Option<Carried>, String> {
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    let l = &node.config.limits;
+    let limits = CarriedLimits {
+        tasks: l.queue_depth,
+        ops: l.max_calls + l.queue_depth,
+        depth: l.max_call_depth,
+        longest: l.call_timeout + Duration::from_secs(1),
+    };
+    Carried::decode(bytes, &limits).map(Some)
 }
 
 /// Once a staged migration is over, drop it (and whatever it staged, unless it became ours).

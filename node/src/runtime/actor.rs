@@ -1,25 +1,45 @@
 //! Each component instance lives on its own thread, which serialises calls into it, runs its
 //! ticks on time between requests, and takes checkpoints at the quiescent points between calls.
 //! A runaway call blocks only this thread; the deadline stops it.
+//!
+//! A component of ABI v2 serves each request as a task of its own small executor. The thread
+//! starts the task, carries out the calls and timers the guest asks for (their results come
+//! back here as commands, in any order), enters the guest again with each result, and answers
+//! when the guest says a task finished. Between two entries no Wasm frame is live, so however
+//! many requests wait, checkpoints, migrations, ticks and other requests go on meanwhile.
 
-use super::instance::{CallError, Instance};
-use super::now_ms;
-use crate::metrics::{CallLabels, Metrics};
+use super::carried::{Carried, CarriedOp, CarriedTask, CarriedTick};
+use super::host::{GuestIo, NewOp, OpStart};
+use super::instance::{CallError, Entry, Instance, Ticked, ticked};
+use super::router::{CALLER_HEADER, CallCtx, ERROR_HEADER, Router, error_response};
+use super::{RuntimeLimits, now_ms};
+use crate::metrics::{CallLabels, ComponentLabels, Metrics};
 use continuum_gossip::PeerId;
-use continuum_guest::{Request, Response};
+use continuum_guest::{CallError as GuestCallError, Request, Response, abi};
 use continuum_migrate::{Digest, MemoryDelta, Snapshot, Tracking, Value};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 pub enum Command {
     Call {
         req: Request,
+        ctx: CallCtx,
         reply: oneshot::Sender<Answer>,
+    },
+    /// The result of operation `op` (a call the component made), in the ABI's encoding, from
+    /// `from` (`None`: this node).
+    Wake {
+        op: u64,
+        result: Vec<u8>,
+        from: Option<PeerId>,
     },
     /// Capture the state; with `only_if_dirty`, answer `None` if nothing ran since the last one.
     Checkpoint {
@@ -32,27 +52,30 @@ pub enum Command {
         base: Vec<Vec<Digest>>,
         reply: oneshot::Sender<Result<Captured, String>>,
     },
-    /// Capture the last changed pages and the globals, then hold every request until
-    /// `Unfreeze` (serve them here) or `Moved` (hand them back to be sent to the new host).
+    /// Capture the last changed pages, the globals and the requests in flight, then hold every
+    /// request until `Unfreeze` (serve them here) or `Moved` (hand them back to be sent to the
+    /// new host).
     Freeze {
         base: Vec<Vec<Digest>>,
         reply: oneshot::Sender<Result<FinalState, String>>,
     },
-    /// Live update: the state as the component hands it to its next version (layout, bytes);
+    /// Live update: once no request is in flight (a new version cannot take over this one's
+    /// futures), the state as the component hands it to its next version (layout, bytes);
     /// frozen as by `Freeze` once it succeeds.
     Handoff {
         reply: oneshot::Sender<Result<(u32, Vec<u8>), String>>,
     },
     Unfreeze,
     /// The component lives on `to` now: free the instance, and from here on answer every
-    /// request with [`Answer::Moved`] until the last handle is dropped.
-    /// Answers how long each held request waited.
+    /// request with [`Answer::Moved`] (and send every result on) until the last handle is
+    /// dropped. Answers how long each held request waited.
     Moved {
         to: PeerId,
         reply: oneshot::Sender<Vec<Duration>>,
     },
-    /// Finish what is queued before this, optionally take a last checkpoint, then end the
-    /// thread. Requests queued after it are refused, so none is acknowledged and then lost.
+    /// Finish what is queued before this (with `checkpoint`, also the requests in flight, for
+    /// a bounded time), optionally take a last checkpoint, then end the thread. Requests queued
+    /// after it are refused, so none is acknowledged and then lost.
     Stop {
         checkpoint: bool,
         reply: oneshot::Sender<Option<Result<Snapshot, String>>>,
@@ -86,6 +109,8 @@ pub struct FinalState {
     pub globals: Vec<Value>,
     /// The digest a snapshot of the whole state would have, for the target to check.
     pub digest: Digest,
+    /// The requests in flight and what they wait on ([`Carried`], encoded; empty for ABI v1).
+    pub carried: Vec<u8>,
 }
 
 /// Figures about one component, readable without asking its thread.
@@ -101,6 +126,11 @@ pub struct Stats {
     pub busy_ns: AtomicU64,
     /// Its share of a core lately, in thousandths (kept by the node's load meter).
     pub cpu_milli: AtomicU64,
+    /// Requests it is serving now (started, not answered).
+    pub in_flight: AtomicU64,
+    /// Calls to other components it made, and those still waiting for an answer.
+    pub calls_out: AtomicU64,
+    pub calls_out_in_flight: AtomicU64,
 }
 
 /// Why a request did not reach the component.
@@ -119,6 +149,22 @@ pub enum Unavailable {
     },
 }
 
+/// Where the results of a component's operations go: its thread. Results are never refused
+/// for a full queue: a call in flight is owed its answer.
+#[derive(Clone)]
+pub struct Back(Sender<Command>);
+
+impl Back {
+    pub fn result(&self, op: u64, r: &Result<Response, GuestCallError>) {
+        self.raw(op, abi::encode_result(r), None);
+    }
+
+    /// A result as it came from another node, encoded.
+    pub fn raw(&self, op: u64, result: Vec<u8>, from: Option<PeerId>) {
+        let _ = self.0.send(Command::Wake { op, result, from });
+    }
+}
+
 /// The handle the rest of the node uses to reach a component.
 pub struct ComponentHandle {
     pub name: String,
@@ -130,15 +176,21 @@ pub struct ComponentHandle {
     pub require: std::collections::BTreeMap<String, String>,
     pub policy: continuum_gossip::Policy,
     pub stats: Arc<Stats>,
-    tx: SyncSender<Command>,
+    tx: Sender<Command>,
+    /// Requests sent and not yet taken by the thread, against `queue_depth`.
+    queued: Arc<AtomicUsize>,
+    queue_depth: usize,
 }
 
 impl ComponentHandle {
-    /// Start the thread that owns `inst`.
+    /// Start the thread that owns `inst`; `carried` holds the requests in flight of a
+    /// component that migrated here from `source`.
     pub fn spawn(
         inst: Instance,
         metrics: Arc<Metrics>,
-        queue_depth: usize,
+        limits: &RuntimeLimits,
+        router: Arc<dyn Router>,
+        carried: Option<(Carried, PeerId)>,
     ) -> std::io::Result<Arc<Self>> {
         let meta = inst.meta().clone();
         let stats = Arc::new(Stats::default());
@@ -146,7 +198,8 @@ impl ComponentHandle {
             .memory_bytes
             .store(inst.memory_bytes(), Ordering::Relaxed);
         stats.epoch.store(meta.epoch, Ordering::Relaxed);
-        let (tx, rx) = std::sync::mpsc::sync_channel(queue_depth);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let queued = Arc::new(AtomicUsize::new(0));
         let handle = Arc::new(ComponentHandle {
             name: meta.name.clone(),
             version: meta.version.clone(),
@@ -156,28 +209,52 @@ impl ComponentHandle {
             policy: meta.policy.parse().unwrap_or_default(),
             require: meta.require.clone(),
             stats: stats.clone(),
-            tx,
+            tx: tx.clone(),
+            queued: queued.clone(),
+            queue_depth: limits.queue_depth,
         });
+        let limits = limits.clone();
         std::thread::Builder::new()
             .name(format!("c:{}", meta.name))
             .spawn(move || {
                 let span = tracing::info_span!("component", name = %meta.name);
                 let _entered = span.enter();
-                run(inst, rx, &stats, &metrics);
+                let actor = Actor::new(
+                    inst,
+                    &stats,
+                    &metrics,
+                    limits,
+                    router,
+                    Back(tx),
+                    queued,
+                    carried,
+                );
+                run(actor, rx);
             })?;
         Ok(handle)
     }
 
     fn send(&self, cmd: Command) -> Result<(), Unavailable> {
-        self.tx.try_send(cmd).map_err(|e| match e {
-            TrySendError::Full(_) => Unavailable::Overloaded(self.name.clone()),
-            TrySendError::Disconnected(_) => Unavailable::Gone(self.name.clone()),
-        })
+        self.tx
+            .send(cmd)
+            .map_err(|_| Unavailable::Gone(self.name.clone()))
     }
 
-    pub async fn call(&self, req: Request) -> Result<Result<Response, CallError>, Unavailable> {
+    /// Serve a request; `ctx` says where it comes from and by when it must be answered.
+    pub async fn call(
+        &self,
+        req: Request,
+        ctx: CallCtx,
+    ) -> Result<Result<Response, CallError>, Unavailable> {
+        if self.queued.fetch_add(1, Ordering::Relaxed) >= self.queue_depth {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            return Err(Unavailable::Overloaded(self.name.clone()));
+        }
         let (reply, rx) = oneshot::channel();
-        self.send(Command::Call { req, reply })?;
+        if let Err(e) = self.send(Command::Call { req, ctx, reply }) {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            return Err(e);
+        }
         match rx.await {
             Ok(Answer::Done(r)) => Ok(r),
             Ok(Answer::Moved(to, req)) => Err(Unavailable::Moved {
@@ -189,24 +266,23 @@ impl ComponentHandle {
         }
     }
 
-    /// Send a command that must not be refused for a full queue (it waits for room), and
-    /// wait for its answer.
+    /// The result of one of its calls, sent on by another node (`from`).
+    pub fn wake(&self, op: u64, result: Vec<u8>, from: PeerId) {
+        let _ = self.send(Command::Wake {
+            op,
+            result,
+            from: Some(from),
+        });
+    }
+
+    /// Send a command and wait for its answer.
     async fn ask<T: Send + 'static>(
         &self,
         make: impl FnOnce(oneshot::Sender<T>) -> Command + Send + 'static,
     ) -> Result<T, Unavailable> {
         let (reply, rx) = oneshot::channel();
-        self.tell(make(reply)).await?;
+        self.send(make(reply))?;
         rx.await.map_err(|_| Unavailable::Gone(self.name.clone()))
-    }
-
-    /// Send a command that must not be refused for a full queue.
-    async fn tell(&self, cmd: Command) -> Result<(), Unavailable> {
-        let tx = self.tx.clone();
-        match tokio::task::spawn_blocking(move || tx.send(cmd)).await {
-            Ok(Ok(())) => Ok(()),
-            _ => Err(Unavailable::Gone(self.name.clone())),
-        }
     }
 
     pub async fn checkpoint(&self, only_if_dirty: bool) -> anyhow::Result<Option<Snapshot>> {
@@ -249,7 +325,7 @@ impl ComponentHandle {
     }
 
     pub async fn unfreeze(&self) {
-        let _ = self.tell(Command::Unfreeze).await;
+        let _ = self.send(Command::Unfreeze);
     }
 
     /// Hand the component over to `to`; how long each request held by the freeze waited.
@@ -270,6 +346,75 @@ impl ComponentHandle {
     }
 }
 
+/// The tick task's id; request tasks are numbered from 1.
+const TICK: u32 = 0;
+
+/// A caller's deadline is this much later than the callee's, so that the callee's own 504
+/// reaches it first.
+const GRACE: Duration = Duration::from_millis(5);
+
+/// A request being served (or the tick, as task 0).
+struct Task {
+    reply: Reply,
+    deadline: Instant,
+    chain: Vec<String>,
+    entry: PeerId,
+    started: Instant,
+}
+
+enum Reply {
+    Local(oneshot::Sender<Answer>),
+    /// Its client waits on `node`, where the reply is parked under `key` (it came with a
+    /// migration, or a freeze put it aside).
+    Parked {
+        node: PeerId,
+        key: u64,
+    },
+    Tick,
+}
+
+/// An operation a task waits on.
+struct Op {
+    task: u32,
+    /// When a timer fires, or a call's deadline passes.
+    due: Instant,
+    started: Instant,
+    kind: OpKind,
+}
+
+enum OpKind {
+    Timer,
+    /// A call; its result may come only from `from` (`None`: this node; else the node it
+    /// migrated from, which sends on what reaches it).
+    Call {
+        from: Option<PeerId>,
+    },
+}
+
+enum TickState {
+    Off,
+    At(Instant),
+    Running,
+}
+
+/// What the thread is doing besides serving.
+enum Mode {
+    Serving,
+    /// Waiting for the requests in flight to finish (new ones are held), then `then`; at
+    /// `until` it gives up waiting.
+    Draining {
+        then: AfterDrain,
+        until: Instant,
+    },
+    /// Runs nothing: its state is on its way elsewhere, or to its next version.
+    Frozen,
+}
+
+enum AfterDrain {
+    Handoff(oneshot::Sender<Result<(u32, Vec<u8>), String>>),
+    Stop(oneshot::Sender<Option<Result<Snapshot, String>>>),
+}
+
 /// The component thread's state.
 struct Actor<'a> {
     inst: Instance,
@@ -281,9 +426,74 @@ struct Actor<'a> {
     dirty: bool,
     /// Kernel write tracking during a migration's pre-copy rounds.
     tracking: Option<Tracking>,
+    limits: RuntimeLimits,
+    router: Arc<dyn Router>,
+    back: Back,
+    queued: Arc<AtomicUsize>,
+    tasks: HashMap<u32, Task>,
+    next_task: u32,
+    ops: HashMap<u64, Op>,
+    /// Task deadlines (kind 0) and operations due (kind 1), earliest first; stale entries are
+    /// skipped when they come up.
+    timers: BinaryHeap<Reverse<(Instant, u8, u64)>>,
+    tick: TickState,
+    in_flight_gauge: Gauge,
+    calls_gauge: Gauge,
 }
 
-impl Actor<'_> {
+impl<'a> Actor<'a> {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        inst: Instance,
+        stats: &'a Stats,
+        metrics: &'a Metrics,
+        limits: RuntimeLimits,
+        router: Arc<dyn Router>,
+        back: Back,
+        queued: Arc<AtomicUsize>,
+        carried: Option<(Carried, PeerId)>,
+    ) -> Actor<'a> {
+        let name = inst.meta().name.clone();
+        let label = ComponentLabels {
+            component: name.clone(),
+        };
+        let tick = if inst.has_tick() {
+            TickState::At(Instant::now())
+        } else {
+            TickState::Off
+        };
+        let mut a = Actor {
+            calls_ok: metrics
+                .calls
+                .get_or_create(&CallLabels {
+                    component: name.clone(),
+                    outcome: "ok",
+                })
+                .clone(),
+            in_flight_gauge: metrics.requests_in_flight.get_or_create(&label).clone(),
+            calls_gauge: metrics.calls_in_flight.get_or_create(&label).clone(),
+            inst,
+            stats,
+            metrics,
+            name,
+            dirty: false,
+            tracking: None,
+            limits,
+            router,
+            back,
+            queued,
+            tasks: HashMap::new(),
+            next_task: 1,
+            ops: HashMap::new(),
+            timers: BinaryHeap::new(),
+            tick,
+        };
+        if let Some((c, source)) = carried {
+            a.take_over(c, source);
+        }
+        a
+    }
+
     fn failures(&self, family: &Family<CallLabels, Counter>, outcome: &'static str) -> Counter {
         family
             .get_or_create(&CallLabels {
@@ -293,18 +503,87 @@ impl Actor<'_> {
             .clone()
     }
 
-    fn serve(&mut self, req: Request, reply: oneshot::Sender<Answer>) {
+    fn busy(&self, since: Instant) {
+        let ns = since.elapsed().as_nanos() as u64;
+        self.stats.busy_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    fn gauges(&self) {
+        let requests = self.tasks.len() - self.tasks.contains_key(&TICK) as usize;
+        let calls = self
+            .ops
+            .values()
+            .filter(|o| matches!(o.kind, OpKind::Call { .. }))
+            .count();
+        self.stats
+            .in_flight
+            .store(requests as u64, Ordering::Relaxed);
+        self.stats
+            .calls_out_in_flight
+            .store(calls as u64, Ordering::Relaxed);
+        self.in_flight_gauge.set(requests as i64);
+        self.calls_gauge.set(calls as i64);
+    }
+
+    /// A request arrives (taken off the queue).
+    fn serve(&mut self, req: Request, ctx: CallCtx, reply: oneshot::Sender<Answer>) {
         self.dirty = true;
-        let began = Instant::now();
-        let result = self.inst.call(&req);
-        self.busy(began);
-        self.stats.calls.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = &result {
-            self.stats.failed_calls.fetch_add(1, Ordering::Relaxed);
-            self.failures(&self.metrics.calls, e.outcome()).inc();
-            tracing::warn!(target = %req.target, "call failed: {e}");
+        if !self.inst.is_v2() {
+            return self.serve_v1(req, reply);
+        }
+        let now = Instant::now();
+        if ctx.deadline.is_some_and(|d| d <= now) {
+            let _ = reply.send(Answer::Done(Err(CallError::Late(Duration::ZERO))));
+            return;
+        }
+        if self.tasks.len() >= self.limits.queue_depth {
+            let _ = reply.send(Answer::Done(Err(self.refusal(&ctx, "requests in flight"))));
+            return;
+        }
+        let id = self.new_task();
+        let deadline = ctx.deadline.map_or(now + self.limits.call_timeout, |d| {
+            d.min(now + self.limits.call_timeout)
+        });
+        self.tasks.insert(
+            id,
+            Task {
+                reply: Reply::Local(reply),
+                deadline,
+                chain: ctx.chain,
+                entry: ctx.entry,
+                started: now,
+            },
+        );
+        self.timers.push(Reverse((deadline, 0, id as u64)));
+        let entry = self.inst.start(id, &req);
+        self.busy(now);
+        self.after(entry);
+    }
+
+    /// Too busy for one more: 503, or 508 if the request comes back to this component along
+    /// its own call chain (waiting for room would wait for itself).
+    fn refusal(&self, ctx: &CallCtx, what: &str) -> CallError {
+        if ctx.chain.contains(&self.name) {
+            CallError::Loop(format!(
+                "call chain {} came back to {} , which cannot take it now ({what})",
+                ctx.chain.join(" -> "),
+                self.name
+            ))
         } else {
-            self.calls_ok.inc();
+            CallError::Overloaded(format!(
+                "component {} has too many {what}; try again",
+                self.name
+            ))
+        }
+    }
+
+    fn serve_v1(&mut self, req: Request, reply: oneshot::Sender<Answer>) {
+        let began = Instant::now();
+        let result = self.inst.call(&req).map(own_answer);
+        self.busy(began);
+        self.count(&result);
+        if let Err(e) = &result {
+            tracing::warn!(target = %req.target, "call failed: {e}");
         }
         self.stats
             .memory_bytes
@@ -312,9 +591,376 @@ impl Actor<'_> {
         let _ = reply.send(Answer::Done(result));
     }
 
-    fn busy(&self, since: Instant) {
-        let ns = since.elapsed().as_nanos() as u64;
-        self.stats.busy_ns.fetch_add(ns, Ordering::Relaxed);
+    fn count(&self, result: &Result<Response, CallError>) {
+        self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        match result {
+            Ok(_) => {
+                self.calls_ok.inc();
+            }
+            Err(e) => {
+                self.stats.failed_calls.fetch_add(1, Ordering::Relaxed);
+                self.failures(&self.metrics.calls, e.outcome()).inc();
+            }
+        }
+    }
+
+    fn new_task(&mut self) -> u32 {
+        loop {
+            let id = self.next_task;
+            self.next_task = self.next_task.wrapping_add(1).max(1);
+            if !self.tasks.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    /// Carry out what an entry asked for; if it failed, drop the task it failed in (leaked,
+    /// not dropped: a trap may have left its future half-updated) and answer that task.
+    fn after(&mut self, mut entry: Entry) {
+        loop {
+            self.apply(std::mem::take(&mut entry.io));
+            let Some((task, e)) = entry.failed.take() else {
+                break;
+            };
+            tracing::warn!(task, "request failed: {e}");
+            self.ops.retain(|_, o| o.task != task);
+            if task == TICK {
+                self.tick_failed(&e);
+            } else {
+                self.finish(task, Err(e));
+            }
+            entry = self.inst.cancel(Some(task), true);
+        }
+        self.stats
+            .memory_bytes
+            .store(self.inst.memory_bytes(), Ordering::Relaxed);
+        self.gauges();
+    }
+
+    fn apply(&mut self, io: GuestIo) {
+        for (task, bytes) in io.responses {
+            if task == TICK {
+                continue;
+            }
+            let r = abi::decode_response(&bytes)
+                .map(own_answer)
+                .map_err(|e| CallError::BadResponse(e.to_string()));
+            self.finish(task, r);
+        }
+        for op in io.ops {
+            self.start_op(op);
+        }
+        for op in io.cancelled {
+            self.ops.remove(&op);
+        }
+        if let Some(code) = io.tick_done
+            && matches!(self.tick, TickState::Running)
+        {
+            self.tasks.remove(&TICK);
+            self.tick_ended(Instant::now(), Ok(ticked(code)));
+        }
+    }
+
+    /// Answer task `id`, wherever its client waits.
+    fn finish(&mut self, id: u32, result: Result<Response, CallError>) {
+        let Some(t) = self.tasks.remove(&id) else {
+            return;
+        };
+        self.count(&result);
+        match t.reply {
+            Reply::Local(tx) => {
+                let _ = tx.send(Answer::Done(result));
+            }
+            Reply::Parked { node, key } => {
+                let resp = result.unwrap_or_else(|e| {
+                    error_response(
+                        e.outcome(),
+                        e.status(),
+                        format!("component {}: {e}", self.name),
+                    )
+                });
+                self.router.answer(node, key, resp);
+            }
+            Reply::Tick => {}
+        }
+    }
+
+    fn start_op(&mut self, new: NewOp) {
+        let now = Instant::now();
+        let Some(t) = self.tasks.get(&new.task) else {
+            // Its task is gone (it finished in this same entry, or was dropped).
+            return self.deliver(
+                new.op,
+                &Err(GuestCallError::Refused(
+                    500,
+                    "the task that made this call is gone".into(),
+                )),
+            );
+        };
+        if self.ops.len() >= self.limits.max_calls + self.limits.queue_depth {
+            // More calls and timers waiting than this component may have: the task that
+            // asked for one more fails rather than the host growing without bound.
+            let task = new.task;
+            self.ops.retain(|_, o| o.task != task);
+            let err = CallError::Overloaded(format!(
+                "component {} has too many calls and timers in flight",
+                self.name
+            ));
+            if task == TICK {
+                self.tick_failed(&err);
+            } else {
+                self.finish(task, Err(err));
+            }
+            let entry = self.inst.cancel(Some(task), false);
+            return self.after(entry);
+        }
+        match new.kind {
+            OpStart::Timer(d) => {
+                // A timer past its task's deadline never fires: the deadline ends the task.
+                let due = (now + d).min(t.deadline + Duration::from_millis(1));
+                self.ops.insert(
+                    new.op,
+                    Op {
+                        task: new.task,
+                        due,
+                        started: now,
+                        kind: OpKind::Timer,
+                    },
+                );
+                self.timers.push(Reverse((due, 1, new.op)));
+            }
+            OpStart::Call { name, req } => {
+                let calls = self
+                    .ops
+                    .values()
+                    .filter(|o| matches!(o.kind, OpKind::Call { .. }))
+                    .count();
+                let refused = if calls >= self.limits.max_calls {
+                    Some(GuestCallError::Refused(
+                        503,
+                        format!(
+                            "component {} has {calls} calls in flight, the most it may",
+                            self.name
+                        ),
+                    ))
+                } else if let Err(e) = crate::components::check_name(&name) {
+                    Some(GuestCallError::Refused(400, e.to_string()))
+                } else if t.deadline <= now + GRACE {
+                    Some(GuestCallError::Deadline(format!(
+                        "no time is left to call {name} before the request's deadline"
+                    )))
+                } else {
+                    req.as_ref()
+                        .err()
+                        .map(|why| GuestCallError::Refused(400, why.clone()))
+                };
+                self.stats.calls_out.fetch_add(1, Ordering::Relaxed);
+                if let Some(err) = refused {
+                    self.outbound(err.clone().into_outcome(), Duration::ZERO);
+                    return self.deliver(new.op, &Err(err));
+                }
+                let mut req = req.expect("checked above");
+                let callee_deadline =
+                    t.deadline.min(now + self.limits.call_timeout + GRACE) - GRACE;
+                let mut chain = t.chain.clone();
+                chain.push(self.name.clone());
+                let ctx = CallCtx {
+                    deadline: Some(callee_deadline),
+                    chain,
+                    entry: t.entry,
+                    hops: 0,
+                };
+                req.headers.retain(|(k, _)| k != CALLER_HEADER);
+                req.headers
+                    .push((CALLER_HEADER.to_string(), self.name.as_bytes().to_vec()));
+                let due = callee_deadline + GRACE;
+                self.ops.insert(
+                    new.op,
+                    Op {
+                        task: new.task,
+                        due,
+                        started: now,
+                        kind: OpKind::Call { from: None },
+                    },
+                );
+                self.timers.push(Reverse((due, 1, new.op)));
+                self.router
+                    .call(&self.name, name, req, ctx, new.op, self.back.clone());
+            }
+        }
+    }
+
+    /// Count a call this component made, once it ended.
+    fn outbound(&self, outcome: &'static str, took: Duration) {
+        self.failures(&self.metrics.outbound_calls, outcome).inc();
+        self.metrics.call_seconds.observe(took.as_secs_f64());
+    }
+
+    /// Enter the guest with the result of `op`.
+    fn deliver(&mut self, op: u64, result: &Result<Response, GuestCallError>) {
+        self.deliver_raw(op, &abi::encode_result(result));
+    }
+
+    fn deliver_raw(&mut self, op: u64, result: &[u8]) {
+        self.dirty = true;
+        let began = Instant::now();
+        let entry = self.inst.wake(op, result);
+        self.busy(began);
+        self.after(entry);
+    }
+
+    /// A result came back for `op`.
+    fn woken(&mut self, op: u64, result: Vec<u8>, from: Option<PeerId>) {
+        let Some(o) = self.ops.get(&op) else {
+            // Cancelled, timed out, or its task ended: nobody waits for it any more.
+            self.metrics.reject("late_call_result");
+            return;
+        };
+        match o.kind {
+            OpKind::Call { from: expected } if expected == from || from.is_none() => {}
+            _ => {
+                self.metrics.reject("call_result_from_stranger");
+                tracing::warn!(
+                    op,
+                    ?from,
+                    "refused a call result from a node that did not make the call"
+                );
+                return;
+            }
+        }
+        let o = self.ops.remove(&op).expect("looked up above");
+        let outcome = match result.first_chunk::<4>().map(|k| u32::from_le_bytes(*k)) {
+            Some(0) => "ok",
+            Some(1) => "not_found",
+            Some(2) => "deadline",
+            Some(3) => "loop",
+            _ => "refused",
+        };
+        self.outbound(outcome, o.started.elapsed());
+        self.deliver_raw(op, &result);
+    }
+
+    /// Fire what is due: task deadlines (the task is dropped and answered 504), timers, and
+    /// calls past their deadline (the guest gets a Deadline error).
+    fn fire_timers(&mut self) {
+        loop {
+            let now = Instant::now();
+            let Some(&Reverse((at, kind, id))) = self.timers.peek() else {
+                return;
+            };
+            if at > now {
+                return;
+            }
+            self.timers.pop();
+            if kind == 0 {
+                let task = id as u32;
+                let Some(t) = self.tasks.get(&task).filter(|t| t.deadline == at) else {
+                    continue;
+                };
+                let waited = at - t.started;
+                self.ops.retain(|_, o| o.task != task);
+                if task == TICK {
+                    self.tick_failed(&CallError::Late(waited));
+                } else {
+                    self.finish(task, Err(CallError::Late(waited)));
+                }
+                let entry = self.inst.cancel(Some(task), false);
+                self.after(entry);
+            } else {
+                let Some(o) = self.ops.get(&id).filter(|o| o.due == at) else {
+                    continue;
+                };
+                match o.kind {
+                    OpKind::Timer => {
+                        self.ops.remove(&id);
+                        self.deliver_raw(id, &[]);
+                    }
+                    OpKind::Call { .. } => {
+                        let o = self.ops.remove(&id).expect("looked up above");
+                        self.outbound("deadline", o.started.elapsed());
+                        self.deliver(
+                            id,
+                            &Err(GuestCallError::Deadline(format!(
+                                "no answer within {:?}",
+                                o.due - o.started
+                            ))),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn next_timer(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((at, _, _))| *at)
+    }
+
+    /// Run the tick that was due at `at`.
+    fn run_tick(&mut self, at: Instant) {
+        let now = Instant::now();
+        self.dirty = true;
+        self.stats.ticks.fetch_add(1, Ordering::Relaxed);
+        let deadline = now + self.limits.call_timeout;
+        let v2 = self.inst.is_v2();
+        if v2 {
+            self.tasks.insert(
+                TICK,
+                Task {
+                    reply: Reply::Tick,
+                    deadline,
+                    chain: Vec::new(),
+                    entry: self.router.me(),
+                    started: now,
+                },
+            );
+        }
+        self.tick = TickState::Running;
+        let (result, io) = self.inst.tick(now_ms());
+        self.busy(now);
+        self.apply(io);
+        match result {
+            Ok(Ticked::Pending) => {
+                self.timers.push(Reverse((deadline, 0, TICK as u64)));
+            }
+            Ok(t) => {
+                self.tasks.remove(&TICK);
+                self.tick_ended(at, Ok(t));
+            }
+            Err(e) => {
+                self.ops.retain(|_, o| o.task != TICK);
+                self.tick_failed(&e);
+                if v2 {
+                    let entry = self.inst.cancel(Some(TICK), true);
+                    self.after(entry);
+                }
+            }
+        }
+        self.gauges();
+    }
+
+    /// A tick that was due at `at` ended.
+    fn tick_ended(&mut self, at: Instant, result: Result<Ticked, CallError>) {
+        let now = Instant::now();
+        self.tick = match result {
+            Ok(Ticked::Next(period)) => {
+                self.failures(&self.metrics.ticks, "ok").inc();
+                // Keep the period anchored to the schedule, not to when we woke up; if we
+                // fell a whole period behind, skip rather than burst.
+                let next = at + period;
+                TickState::At(if next <= now { now + period } else { next })
+            }
+            Ok(Ticked::Stop) | Ok(Ticked::Pending) => TickState::Off,
+            Err(e) => {
+                self.failures(&self.metrics.ticks, e.outcome()).inc();
+                tracing::warn!("tick failed: {e}; retrying in 1 s");
+                TickState::At(now + Duration::from_secs(1))
+            }
+        };
+    }
+
+    fn tick_failed(&mut self, e: &CallError) {
+        self.tasks.remove(&TICK);
+        self.tick_ended(Instant::now(), Err(e.clone()));
     }
 
     fn checkpoint(&mut self) -> Result<Snapshot, String> {
@@ -368,61 +1014,226 @@ impl Actor<'_> {
             round,
             globals,
             digest,
+            carried: self.carry(),
         })
+    }
+
+    /// The requests in flight, for the new host. Their clients' replies are parked on this
+    /// node first, so that an answer from the new host finds them whenever it comes.
+    fn carry(&mut self) -> Vec<u8> {
+        if !self.inst.is_v2() {
+            return Vec::new();
+        }
+        let now = Instant::now();
+        let me = self.router.me();
+        let left = |at: Instant| at.saturating_duration_since(now);
+        let mut tasks = Vec::new();
+        for (&id, t) in &mut self.tasks {
+            if id == TICK {
+                continue;
+            }
+            if let Reply::Local(_) = t.reply {
+                let key = self.router.new_key();
+                let Reply::Local(tx) =
+                    std::mem::replace(&mut t.reply, Reply::Parked { node: me, key })
+                else {
+                    unreachable!("matched above")
+                };
+                self.router.park(key, tx);
+            }
+            let Reply::Parked { node, key } = t.reply else {
+                continue;
+            };
+            tasks.push(CarriedTask {
+                id,
+                node: node.to_string(),
+                key,
+                left: left(t.deadline),
+                chain: t.chain.clone(),
+                entry: t.entry.to_string(),
+            });
+        }
+        let ops = self
+            .ops
+            .iter()
+            .map(|(&id, o)| CarriedOp {
+                id,
+                task: o.task,
+                left: left(o.due),
+                timer: matches!(o.kind, OpKind::Timer),
+            })
+            .collect();
+        let tick = match self.tick {
+            TickState::Off => CarriedTick::None,
+            TickState::At(at) => CarriedTick::Next(left(at)),
+            TickState::Running => CarriedTick::Running(
+                self.tasks
+                    .get(&TICK)
+                    .map_or(Duration::ZERO, |t| left(t.deadline)),
+            ),
+        };
+        Carried {
+            next_task: self.next_task,
+            next_op: *self.inst.next_op(),
+            tasks,
+            ops,
+            tick,
+        }
+        .encode()
+    }
+
+    /// Go on with the requests a component brought along from `source`.
+    fn take_over(&mut self, c: Carried, source: PeerId) {
+        let now = Instant::now();
+        self.next_task = c.next_task.max(1);
+        *self.inst.next_op() = c.next_op;
+        for t in c.tasks {
+            let (Ok(node), Ok(entry)) = (t.node.parse(), t.entry.parse()) else {
+                continue;
+            };
+            let deadline = now + t.left;
+            self.tasks.insert(
+                t.id,
+                Task {
+                    reply: Reply::Parked { node, key: t.key },
+                    deadline,
+                    chain: t.chain,
+                    entry,
+                    started: now,
+                },
+            );
+            self.timers.push(Reverse((deadline, 0, t.id as u64)));
+        }
+        self.tick = match c.tick {
+            CarriedTick::None => TickState::Off,
+            CarriedTick::Next(d) => TickState::At(now + d),
+            CarriedTick::Running(d) => {
+                let deadline = now + d;
+                self.tasks.insert(
+                    TICK,
+                    Task {
+                        reply: Reply::Tick,
+                        deadline,
+                        chain: Vec::new(),
+                        entry: self.router.me(),
+                        started: now,
+                    },
+                );
+                self.timers.push(Reverse((deadline, 0, TICK as u64)));
+                TickState::Running
+            }
+        };
+        for o in c.ops {
+            let due = now + o.left;
+            let kind = if o.timer {
+                OpKind::Timer
+            } else {
+                OpKind::Call { from: Some(source) }
+            };
+            self.ops.insert(
+                o.id,
+                Op {
+                    task: o.task,
+                    due,
+                    started: now,
+                    kind,
+                },
+            );
+            self.timers.push(Reverse((due, 1, o.id)));
+        }
+        self.gauges();
+    }
+
+    /// Drop every request in flight, answering each with `why`.
+    fn cancel_all(&mut self, why: &str) {
+        let ids: Vec<u32> = self.tasks.keys().copied().filter(|&t| t != TICK).collect();
+        for id in ids {
+            self.finish(id, Err(CallError::Overloaded(why.to_string())));
+        }
+        self.ops.clear();
+        self.tasks.clear();
+        if self.inst.is_v2() {
+            let entry = self.inst.cancel(None, false);
+            self.after(entry);
+        }
     }
 }
 
-fn run(inst: Instance, rx: Receiver<Command>, stats: &Stats, metrics: &Metrics) {
-    let name = inst.meta().name.clone();
-    let mut next_tick = inst.has_tick().then(Instant::now);
-    let mut a = Actor {
-        calls_ok: metrics
-            .calls
-            .get_or_create(&CallLabels {
-                component: name.clone(),
-                outcome: "ok",
-            })
-            .clone(),
-        inst,
-        stats,
-        metrics,
-        name,
-        dirty: false,
-        tracking: None,
-    };
-    let ticks_ok = a.failures(&metrics.ticks, "ok");
-    // Requests held while frozen for a migration (`None`: not frozen).
-    let mut held: Option<Vec<(Request, oneshot::Sender<Answer>, Instant)>> = None;
+type Held = Vec<(Request, CallCtx, oneshot::Sender<Answer>, Instant)>;
 
-    let moved_to = loop {
-        // Frozen, the component runs nothing: its state is on its way elsewhere.
-        let next = next_tick.filter(|_| held.is_none());
-        if let Some(at) = next {
-            let now = Instant::now();
-            if now >= at {
-                a.dirty = true;
-                stats.ticks.fetch_add(1, Ordering::Relaxed);
-                let ticked = a.inst.tick(now_ms());
-                a.busy(now);
-                next_tick = match ticked {
-                    Ok(Some(period)) => {
-                        ticks_ok.inc();
-                        // Keep the period anchored to the schedule, not to when we woke up;
-                        // if we fell a whole period behind, skip rather than burst.
-                        let next = at + period;
-                        Some(if next <= now { now + period } else { next })
+fn run(mut a: Actor<'_>, rx: Receiver<Command>) {
+    let mut mode = Mode::Serving;
+    // Requests (and call results) that arrived while draining or frozen.
+    let mut held: Held = Vec::new();
+    let mut held_wakes: Vec<(u64, Vec<u8>, Option<PeerId>)> = Vec::new();
+
+    let moved_to = 'run: loop {
+        if !matches!(mode, Mode::Frozen) {
+            a.fire_timers();
+            if let (Mode::Serving, TickState::At(at)) = (&mode, &a.tick) {
+                let at = *at;
+                if Instant::now() >= at {
+                    a.run_tick(at);
+                    continue;
+                }
+            }
+            if let Mode::Draining { until, .. } = &mode {
+                let (drained, timed_out) = (a.tasks.is_empty(), Instant::now() >= *until);
+                if drained || timed_out {
+                    let Mode::Draining { then, .. } = std::mem::replace(&mut mode, Mode::Serving)
+                    else {
+                        unreachable!("matched above")
+                    };
+                    match then {
+                        AfterDrain::Handoff(reply) if drained => {
+                            let result = a.inst.save_state().map_err(|e| format!("{e:#}"));
+                            if result.is_ok() {
+                                mode = Mode::Frozen;
+                            }
+                            let _ = reply.send(result);
+                        }
+                        AfterDrain::Handoff(reply) => {
+                            let _ = reply.send(Err(format!(
+                                "{} requests were still in flight after {:?}, and a new version cannot take over this version's futures; try again when it is quieter",
+                                a.tasks.len(),
+                                a.limits.call_timeout + Duration::from_secs(1)
+                            )));
+                        }
+                        AfterDrain::Stop(reply) => {
+                            if !drained {
+                                a.cancel_all("the node is stopping");
+                            }
+                            let _ = reply.send(Some(a.checkpoint()));
+                            break None;
+                        }
                     }
-                    Ok(None) => None,
-                    Err(e) => {
-                        a.failures(&metrics.ticks, e.outcome()).inc();
-                        tracing::warn!("tick failed: {e}; retrying in 1 s");
-                        Some(now + Duration::from_secs(1))
+                    if matches!(mode, Mode::Serving) {
+                        for (req, ctx, reply, _) in held.drain(..) {
+                            a.serve(req, ctx, reply);
+                        }
+                        for (op, result, from) in held_wakes.drain(..) {
+                            a.woken(op, result, from);
+                        }
                     }
-                };
-                continue;
+                    continue;
+                }
             }
         }
-        let cmd = match next {
+        let wake_at = match &mode {
+            Mode::Frozen => None,
+            Mode::Serving => [
+                a.next_timer(),
+                match a.tick {
+                    TickState::At(at) => Some(at),
+                    _ => None,
+                },
+            ]
+            .into_iter()
+            .flatten()
+            .min(),
+            Mode::Draining { until, .. } => Some(a.next_timer().map_or(*until, |t| t.min(*until))),
+        };
+        let cmd = match wake_at {
             Some(at) => match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
                 Ok(cmd) => cmd,
                 Err(RecvTimeoutError::Timeout) => continue,
@@ -434,9 +1245,23 @@ fn run(inst: Instance, rx: Receiver<Command>, stats: &Stats, metrics: &Metrics) 
             },
         };
         match cmd {
-            Command::Call { req, reply } => match &mut held {
-                Some(held) => held.push((req, reply, Instant::now())),
-                None => a.serve(req, reply),
+            Command::Call { req, ctx, reply } => {
+                a.queued.fetch_sub(1, Ordering::Relaxed);
+                match &mode {
+                    Mode::Serving => a.serve(req, ctx, reply),
+                    // Waiting for this component's own requests to finish: one that came back
+                    // along their call chain would wait for itself.
+                    Mode::Draining { .. } if ctx.chain.contains(&a.name) => {
+                        let _ = reply.send(Answer::Done(Err(
+                            a.refusal(&ctx, "requests to finish first")
+                        )));
+                    }
+                    _ => held.push((req, ctx, reply, Instant::now())),
+                }
+            }
+            Command::Wake { op, result, from } => match mode {
+                Mode::Frozen => held_wakes.push((op, result, from)),
+                _ => a.woken(op, result, from),
             },
             Command::Checkpoint {
                 only_if_dirty,
@@ -447,7 +1272,7 @@ fn run(inst: Instance, rx: Receiver<Command>, stats: &Stats, metrics: &Metrics) 
                 } else {
                     let started = Instant::now();
                     let snap = a.checkpoint().map(Some);
-                    metrics
+                    a.metrics
                         .checkpoint_seconds
                         .observe(started.elapsed().as_secs_f64());
                     a.dirty = snap.is_err();
@@ -456,66 +1281,119 @@ fn run(inst: Instance, rx: Receiver<Command>, stats: &Stats, metrics: &Metrics) 
                 let _ = reply.send(result);
             }
             Command::Round { base, reply } => {
-                let _ = reply.send(match held {
-                    Some(_) => Err("the component is frozen".into()),
-                    None => Ok(a.round(&base)),
+                let _ = reply.send(match mode {
+                    Mode::Serving => Ok(a.round(&base)),
+                    _ => Err("the component is frozen".into()),
                 });
             }
             Command::Freeze { base, reply } => {
-                let result = match held {
-                    Some(_) => Err("the component is frozen already".into()),
-                    None => a.final_state(&base),
+                let result = match mode {
+                    Mode::Serving => a.final_state(&base),
+                    _ => Err("the component is frozen already".into()),
                 };
                 if result.is_ok() {
-                    held = Some(Vec::new());
+                    mode = Mode::Frozen;
                 }
                 let _ = reply.send(result);
             }
-            Command::Handoff { reply } => {
-                let result = match held {
-                    Some(_) => Err("the component is frozen already".into()),
-                    None => a.inst.save_state().map_err(|e| format!("{e:#}")),
-                };
-                if result.is_ok() {
-                    held = Some(Vec::new());
+            Command::Handoff { reply } => match mode {
+                Mode::Serving => {
+                    mode = Mode::Draining {
+                        then: AfterDrain::Handoff(reply),
+                        until: Instant::now() + a.limits.call_timeout + Duration::from_secs(1),
+                    };
                 }
-                let _ = reply.send(result);
-            }
+                _ => {
+                    let _ = reply.send(Err("the component is frozen already".into()));
+                }
+            },
             Command::Unfreeze => {
-                a.tracking = None;
-                for (req, reply, _) in held.take().unwrap_or_default() {
-                    a.serve(req, reply);
+                if matches!(mode, Mode::Frozen) {
+                    mode = Mode::Serving;
+                    a.tracking = None;
+                    for (req, ctx, reply, _) in held.drain(..) {
+                        a.serve(req, ctx, reply);
+                    }
+                    for (op, result, from) in held_wakes.drain(..) {
+                        a.woken(op, result, from);
+                    }
                 }
             }
             Command::Moved { to, reply } => {
                 let mut waited = Vec::new();
-                for (req, r, since) in held.take().unwrap_or_default() {
+                for (req, _, r, since) in held.drain(..) {
                     waited.push(since.elapsed());
                     let _ = r.send(Answer::Moved(to, req));
                 }
+                for (op, result, _) in held_wakes.drain(..) {
+                    a.router.forward_wake(to, &a.name, op, result);
+                }
                 let _ = reply.send(waited);
-                break Some(to);
+                break 'run Some(to);
             }
             Command::Stop { checkpoint, reply } => {
+                if checkpoint && !a.tasks.is_empty() && !matches!(mode, Mode::Frozen) {
+                    mode = Mode::Draining {
+                        then: AfterDrain::Stop(reply),
+                        until: Instant::now() + a.limits.call_timeout + Duration::from_secs(1),
+                    };
+                    continue;
+                }
+                if !checkpoint {
+                    a.cancel_all(&format!("component {} was stopped", a.name));
+                }
                 let _ = reply.send(checkpoint.then(|| a.checkpoint()));
                 break None;
             }
         }
     };
+    // Whatever was held when the thread ended is answered, not dropped silently.
+    for (_, _, reply, _) in held {
+        let _ = reply.send(Answer::Done(Err(CallError::Overloaded(format!(
+            "component {} stopped while the request waited",
+            a.name
+        )))));
+    }
+    a.gauges();
     let Some(to) = moved_to else { return };
-    // The state lives on elsewhere: free it, and send back every request that still comes
-    // (from callers that took the handle before the switch) until the last handle goes.
+    // The state lives on elsewhere: free it, and send on every request and result that still
+    // comes (from callers that took the handle before the switch, from calls in flight) until
+    // the last handle goes.
+    let (router, name, queued) = (a.router.clone(), a.name.clone(), a.queued.clone());
     drop(a);
     tracing::info!(%to, "moved; redirecting late requests");
     for cmd in rx {
         match cmd {
-            Command::Call { req, reply } => {
+            Command::Call { req, reply, .. } => {
+                queued.fetch_sub(1, Ordering::Relaxed);
                 let _ = reply.send(Answer::Moved(to, req));
             }
+            Command::Wake { op, result, .. } => router.forward_wake(to, &name, op, result),
             Command::Stop { reply, .. } => {
                 let _ = reply.send(None);
             }
             _ => {}
+        }
+    }
+}
+
+/// A component's own answer: it may not pass itself off as the mesh.
+fn own_answer(mut resp: Response) -> Response {
+    resp.headers.retain(|(k, _)| k != ERROR_HEADER);
+    resp
+}
+
+trait IntoOutcome {
+    fn into_outcome(self) -> &'static str;
+}
+
+impl IntoOutcome for GuestCallError {
+    fn into_outcome(self) -> &'static str {
+        match self {
+            GuestCallError::NotFound(_) => "not_found",
+            GuestCallError::Deadline(_) => "deadline",
+            GuestCallError::Loop(_) => "loop",
+            GuestCallError::Refused(..) => "refused",
         }
     }
 }

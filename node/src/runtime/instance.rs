@@ -1,7 +1,7 @@
 //! One instance of a component: calls through the guest ABI under a deadline and a memory cap,
 //! checkpoint, and restore into a fresh instance.
 
-use super::host::HostState;
+use super::host::{GuestIo, HostState};
 use super::{LoadedModule, Runtime};
 use anyhow::{Context, Result, bail};
 use continuum_guest::{Request, Response, abi};
@@ -24,26 +24,66 @@ pub enum CallError {
     Trap(String),
     #[error("the component returned a malformed response: {0}")]
     BadResponse(String),
+    /// A request that waited (for calls it made, for timers) past its deadline.
+    #[error("the request was not answered within its deadline of {0:?}")]
+    Late(Duration),
+    /// The call chain is too deep, or came back to a component that cannot take it now.
+    #[error("{0}")]
+    Loop(String),
+    #[error("{0}")]
+    Overloaded(String),
 }
 
 impl CallError {
     /// Label for metrics.
     pub fn outcome(&self) -> &'static str {
         match self {
-            CallError::Deadline(_) => "deadline",
+            CallError::Deadline(_) | CallError::Late(_) => "deadline",
             CallError::MemoryCap(_) => "memory_cap",
             CallError::Trap(_) => "trap",
             CallError::BadResponse(_) => "bad_response",
+            CallError::Loop(_) => "loop",
+            CallError::Overloaded(_) => "overloaded",
         }
     }
 
     /// HTTP status that reports it: the node is a gateway to the component.
     pub fn status(&self) -> u16 {
         match self {
-            CallError::Deadline(_) => 504,
+            CallError::Deadline(_) | CallError::Late(_) => 504,
+            CallError::Loop(_) => 508,
+            CallError::Overloaded(_) => 503,
             _ => 502,
         }
     }
+}
+
+/// The exports of the guest ABI v2 (see guest/README.md).
+#[derive(Clone)]
+struct V2 {
+    start: TypedFunc<(i32, i32, i32), ()>,
+    wake: TypedFunc<(i64, i32, i32), ()>,
+    cancel: TypedFunc<(i32, i32), ()>,
+    current: TypedFunc<(), i32>,
+    tasks: TypedFunc<(), i32>,
+}
+
+/// What one entry into a v2 guest did: what it asked of the host, and, if it failed, which
+/// task it was running then.
+pub struct Entry {
+    pub io: GuestIo,
+    pub failed: Option<(u32, CallError)>,
+}
+
+/// How a tick ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ticked {
+    /// Run it again after this long.
+    Next(Duration),
+    /// No more ticks.
+    Stop,
+    /// It waits (for a call, a timer); it reports through `tick_done` when it finishes.
+    Pending,
 }
 
 pub struct Instance {
@@ -51,7 +91,9 @@ pub struct Instance {
     state: StateHandles,
     memory: Memory,
     alloc: TypedFunc<i32, i32>,
-    handle: TypedFunc<(i32, i32), i64>,
+    /// ABI v1's request export (modules built before ABI v2).
+    handle: Option<TypedFunc<(i32, i32), i64>>,
+    v2: Option<V2>,
     tick: Option<TypedFunc<i64, i32>>,
     on_restore: Option<TypedFunc<(), ()>>,
     /// Live update: the old version hands its state over, the new one takes it.
@@ -74,7 +116,7 @@ impl Instance {
     ) -> Result<Instance> {
         let mut store = Store::new(
             module.pre.module().engine(),
-            HostState::new(&meta.name, rt.limits.memory_cap),
+            HostState::new(&meta.name, rt.limits.memory_cap, rt.limits.max_body),
         );
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(rt.deadline_ticks());
@@ -90,9 +132,34 @@ impl Instance {
         let alloc = inst
             .get_typed_func(&mut store, "continuum_alloc")
             .map_err(abi)?;
-        let handle = inst
-            .get_typed_func(&mut store, "continuum_handle")
-            .map_err(abi)?;
+        let v2 = if inst.get_func(&mut store, super::ABI_V2_MARKER).is_some() {
+            Some(V2 {
+                start: inst
+                    .get_typed_func(&mut store, "continuum_start")
+                    .map_err(abi)?,
+                wake: inst
+                    .get_typed_func(&mut store, "continuum_wake")
+                    .map_err(abi)?,
+                cancel: inst
+                    .get_typed_func(&mut store, "continuum_cancel")
+                    .map_err(abi)?,
+                current: inst
+                    .get_typed_func(&mut store, "continuum_current")
+                    .map_err(abi)?,
+                tasks: inst
+                    .get_typed_func(&mut store, "continuum_tasks")
+                    .map_err(abi)?,
+            })
+        } else {
+            None
+        };
+        let handle = match v2 {
+            Some(_) => None,
+            None => Some(
+                inst.get_typed_func(&mut store, "continuum_handle")
+                    .map_err(abi)?,
+            ),
+        };
         let tick = inst.get_typed_func(&mut store, "continuum_tick").ok();
         let on_restore = inst.get_typed_func(&mut store, "continuum_on_restore").ok();
         let save = inst.get_typed_func(&mut store, "continuum_save").ok();
@@ -111,6 +178,7 @@ impl Instance {
             memory,
             alloc,
             handle,
+            v2,
             tick,
             on_restore,
             save,
@@ -157,6 +225,15 @@ impl Instance {
         let mut inst = Self::blank(rt, module, snap.meta.clone())?;
         inst.write_pages(&snap.memories, true)?;
         inst.finish_restore(&snap.globals)?;
+        // Requests that were waiting when the snapshot was taken waited for a node that is
+        // gone (a crash, a restart, a checkpoint file carried elsewhere): nobody awaits their
+        // answers, and their calls were lost with it. Drop them; the component goes on.
+        if inst.v2.is_some() {
+            let entry = inst.cancel(None, false);
+            if let Some((_, e)) = entry.failed {
+                bail!("dropping the requests that were in flight in the snapshot failed: {e}");
+            }
+        }
         Ok(inst)
     }
 
@@ -227,6 +304,17 @@ impl Instance {
         self.tick.is_some()
     }
 
+    /// Whether it speaks ABI v2 (requests are tasks, it can call other components).
+    pub fn is_v2(&self) -> bool {
+        self.v2.is_some()
+    }
+
+    /// The id the next operation it starts will get, and the place to set it (a migrated
+    /// component goes on numbering where it was).
+    pub fn next_op(&mut self) -> &mut u64 {
+        &mut self.store.data_mut().next_op
+    }
+
     /// Run one Wasm call under the deadline. If it fails, the mutable globals are put back as
     /// they were before it (the shadow stack pointer above all, which a trap leaves lowered);
     /// memory keeps whatever the call wrote.
@@ -251,12 +339,100 @@ impl Instance {
         })
     }
 
-    /// Handle one request.
+    /// Write `bytes` into a buffer the guest allocates; its (ptr, len).
+    fn put(
+        s: &mut Store<HostState>,
+        alloc: &TypedFunc<i32, i32>,
+        memory: Memory,
+        bytes: &[u8],
+    ) -> wasmtime::Result<(i32, i32)> {
+        let len =
+            i32::try_from(bytes.len()).map_err(|_| wasmtime::Error::msg("message too large"))?;
+        if len == 0 {
+            return Ok((0, 0));
+        }
+        let ptr = alloc.call(&mut *s, len)?;
+        memory.write(&mut *s, ptr as u32 as usize, bytes)?;
+        Ok((ptr, len))
+    }
+
+    /// Run one v2 entry and collect what it asked of the host.
+    fn enter(
+        &mut self,
+        f: impl FnOnce(&mut Store<HostState>, &V2, &TypedFunc<i32, i32>, Memory) -> wasmtime::Result<()>,
+    ) -> Entry {
+        let v2 = self.v2.clone().expect("a v2 entry into a v2 instance");
+        let (alloc, memory) = (self.alloc.clone(), self.memory);
+        let result = self.guarded(|s| f(s, &v2, &alloc, memory));
+        let io = std::mem::take(&mut self.store.data_mut().io);
+        let failed = match result {
+            Ok(()) => None,
+            Err(e) => {
+                let current = v2.current.clone();
+                let task = self.guarded(|s| current.call(s, ())).unwrap_or(0);
+                Some((task as u32, e))
+            }
+        };
+        Entry { io, failed }
+    }
+
+    /// ABI v2: start request `task`.
+    pub fn start(&mut self, task: u32, req: &Request) -> Entry {
+        let bytes = abi::encode_request(req);
+        self.enter(|s, v2, alloc, memory| {
+            let (ptr, len) = Self::put(s, alloc, memory, &bytes)?;
+            v2.start.call(s, (task as i32, ptr, len))
+        })
+    }
+
+    /// ABI v2: deliver the result of operation `op` (empty for a timer).
+    pub fn wake(&mut self, op: u64, result: &[u8]) -> Entry {
+        self.enter(|s, v2, alloc, memory| {
+            let (ptr, len) = Self::put(s, alloc, memory, result)?;
+            v2.wake.call(s, (op as i64, ptr, len))
+        })
+    }
+
+    /// ABI v2: drop task `task` (every task with `None`); with `forget`, leak it instead of
+    /// running its destructors (it trapped, its state may be broken).
+    pub fn cancel(&mut self, task: Option<u32>, forget: bool) -> Entry {
+        let task = task.map_or(-1, |t| t as i32);
+        self.enter(|s, v2, _, _| v2.cancel.call(s, (task, forget as i32)))
+    }
+
+    /// ABI v2: how many tasks the guest holds.
+    pub fn live_tasks(&mut self) -> Result<u32, CallError> {
+        let Some(v2) = self.v2.clone() else {
+            return Ok(0);
+        };
+        self.guarded(|s| v2.tasks.call(s, ())).map(|n| n as u32)
+    }
+
+    /// Handle one request (ABI v1).
     pub fn call(&mut self, req: &Request) -> Result<Response, CallError> {
         let bytes = abi::encode_request(req);
         let len =
             i32::try_from(bytes.len()).map_err(|_| CallError::Trap("request too large".into()))?;
-        let (alloc, handle, memory) = (self.alloc.clone(), self.handle.clone(), self.memory);
+        let Some(handle) = self.handle.clone() else {
+            // ABI v2 outside a component thread: only an answer within the entry will do.
+            const TASK: u32 = u32::MAX;
+            let mut entry = self.start(TASK, req);
+            if let Some((_, e)) = entry.failed {
+                return Err(e);
+            }
+            return match entry.io.responses.pop() {
+                Some((TASK, bytes)) => {
+                    abi::decode_response(&bytes).map_err(|e| CallError::BadResponse(e.to_string()))
+                }
+                _ => {
+                    self.cancel(Some(TASK), false);
+                    Err(CallError::Trap(
+                        "the component waits for something; serve it on a component thread".into(),
+                    ))
+                }
+            };
+        };
+        let (alloc, memory) = (self.alloc.clone(), self.memory);
         let packed = self.guarded(|s| {
             let ptr = alloc.call(&mut *s, len)?;
             memory.write(&mut *s, ptr as u32 as usize, &bytes)?;
@@ -312,13 +488,14 @@ impl Instance {
         Ok(())
     }
 
-    /// Run the periodic task; returns when to run it next (`None`: never again).
-    pub fn tick(&mut self, now_ms: u64) -> Result<Option<Duration>, CallError> {
+    /// Run the periodic task; what it asked of the host (ABI v2) comes back with how it ended.
+    pub fn tick(&mut self, now_ms: u64) -> (Result<Ticked, CallError>, GuestIo) {
         let Some(tick) = self.tick.clone() else {
-            return Ok(None);
+            return (Ok(Ticked::Stop), GuestIo::default());
         };
-        let next = self.guarded(|s| tick.call(s, now_ms as i64))?;
-        Ok((next >= 0).then(|| Duration::from_millis(next.max(1) as u64)))
+        let next = self.guarded(|s| tick.call(s, now_ms as i64));
+        let io = std::mem::take(&mut self.store.data_mut().io);
+        (next.map(ticked), io)
     }
 
     /// Capture the state; the instance is quiescent here by construction (no call is running).
@@ -330,5 +507,15 @@ impl Instance {
     /// Rename (a restore under another name than the snapshot's).
     pub fn set_name(&mut self, name: &str) {
         self.meta.name = name.to_string();
+    }
+}
+
+/// What a tick (or `tick_done`) returned: milliseconds to the next one, -1 for none, -2 for
+/// still running.
+pub fn ticked(code: i32) -> Ticked {
+    match code {
+        -2 => Ticked::Pending,
+        n if n < 0 => Ticked::Stop,
+        n => Ticked::Next(Duration::from_millis(n.max(1) as u64)),
     }
 }

@@ -2,12 +2,16 @@
 //! instances with a memory cap and a per-call deadline, each driven by its own thread.
 
 mod actor;
+pub mod carried;
 mod host;
 mod instance;
+pub mod router;
 
-pub use actor::{ComponentHandle, Stats, Unavailable};
+pub use actor::{Answer, Back, ComponentHandle, Stats, Unavailable};
+pub use carried::Carried;
 pub use host::now_ms;
 pub use instance::{CallError, Instance};
+pub use router::{CallCtx, Router, error_kind, error_response};
 
 use crate::datadir::write_atomic;
 use continuum_migrate::{Digest, InstrumentError, digest_hex, instrument};
@@ -22,14 +26,19 @@ use wasmtime::{Config, Engine, InstancePre, Linker, Module};
 /// The engine's epoch advances this often; call deadlines are counted in these ticks.
 pub const EPOCH: Duration = Duration::from_millis(10);
 
-/// Exports of the guest ABI v1 (see guest/README.md).
+/// Marker exports of the guest ABI versions (see guest/README.md).
 pub const ABI_MARKER: &str = "continuum_abi_v1";
+pub const ABI_V2_MARKER: &str = "continuum_abi_v2";
 
 #[derive(Clone, Debug)]
 pub struct RuntimeLimits {
     pub memory_cap: usize,
     pub call_timeout: Duration,
     pub queue_depth: usize,
+    /// Largest request body (also of a call a component makes).
+    pub max_body: usize,
+    /// Calls one component may have in flight; more are refused (503) at once.
+    pub max_calls: usize,
 }
 
 /// Why a module was refused.
@@ -121,7 +130,20 @@ impl Runtime {
             return Ok(m.clone());
         }
         let module = self.compile(&digest, wasm)?;
-        for name in [ABI_MARKER, "continuum_alloc", "continuum_handle", "memory"] {
+        let needed: &[&'static str] = if module.get_export(ABI_V2_MARKER).is_some() {
+            &[
+                "continuum_alloc",
+                "continuum_start",
+                "continuum_wake",
+                "continuum_cancel",
+                "continuum_current",
+                "continuum_tasks",
+                "memory",
+            ]
+        } else {
+            &[ABI_MARKER, "continuum_alloc", "continuum_handle", "memory"]
+        };
+        for &name in needed {
             if module.get_export(name).is_none() {
                 return Err(LoadError::NoAbi(name));
             }

@@ -1,0 +1,93 @@
+//! `relay`: calls another component by name. `ANY /to/NAME/REST` sends the request (same
+//! method, body and content type) to component NAME at `/REST`, wherever in the mesh it runs,
+//! and answers with the callee's status and body (or the error the call ended with: 404 no such
+//! component, 504 deadline, 508 loop, 503 refused). `GET /stats` gives the calls made, those in
+//! flight and those that failed, as JSON.
+
+use continuum_guest::{AsyncComponent, Request, Response, call, export_async};
+use std::cell::Cell;
+
+#[derive(Default)]
+struct Relay {
+    made: Cell<u64>,
+    in_flight: Cell<u64>,
+    failed: Cell<u64>,
+}
+
+/// Counts a call in flight for as long as it is, even if the host drops the request (its
+/// deadline passed) before the answer comes.
+struct InFlight<'a>(&'a Cell<u64>);
+
+impl<'a> InFlight<'a> {
+    fn new(c: &'a Cell<u64>) -> Self {
+        c.set(c.get() + 1);
+        InFlight(c)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
+/// `NAME/REST?QUERY` into the callee's name and its target.
+fn split(rest: &str) -> (String, String) {
+    match rest.find(['/', '?']) {
+        Some(i) if rest[i..].starts_with('/') => (rest[..i].into(), rest[i..].into()),
+        Some(i) => (rest[..i].into(), format!("/{}", &rest[i..])),
+        None => (rest.into(), "/".into()),
+    }
+}
+
+impl AsyncComponent for Relay {
+    async fn handle(&self, req: Request) -> Response {
+        let Some(rest) = req.target.strip_prefix("/to/") else {
+            return match (req.method.as_str(), req.path()) {
+                ("GET", "/stats") => Response::json(
+                    200,
+                    format!(
+                        "{{\"made\":{},\"in_flight\":{},\"failed\":{}}}",
+                        self.made.get(),
+                        self.in_flight.get(),
+                        self.failed.get()
+                    ),
+                ),
+                _ => Response::not_found(),
+            };
+        };
+        let (name, target) = split(rest);
+        let mut out = Request::new(&req.method, target).with_body(req.body);
+        if let Some(ct) = req.headers.iter().find(|(k, _)| k == "content-type") {
+            out = out.with_header("content-type", &ct.1);
+        }
+        self.made.set(self.made.get() + 1);
+        let _counted = InFlight::new(&self.in_flight);
+        match call(&name, out).await {
+            Ok(mut r) => {
+                r.headers.retain(|(k, _)| k == "content-type");
+                r
+            }
+            Err(e) => {
+                self.failed.set(self.failed.get() + 1);
+                e.into()
+            }
+        }
+    }
+}
+
+export_async!(Relay);
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn targets_split_into_name_and_rest() {
+        assert_eq!(
+            super::split("counter/incr"),
+            ("counter".into(), "/incr".into())
+        );
+        assert_eq!(super::split("counter"), ("counter".into(), "/".into()));
+        assert_eq!(super::split("kv?x=1"), ("kv".into(), "/?x=1".into()));
+        assert_eq!(super::split("r1/to/r1/x"), ("r1".into(), "/to/r1/x".into()));
+    }
+}
