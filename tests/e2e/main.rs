@@ -6,6 +6,7 @@
 
 mod bad_gossip;
 mod bad_input;
+mod calls;
 mod durability;
 mod mdns;
 mod mesh;

@@ -9,12 +9,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-fn args(_: usize) -> Vec<String> {
+pub(crate) fn args(_: usize) -> Vec<String> {
     vec!["--advert-expiry".into(), "3s".into()]
 }
 
 /// `continuum migrate NAME --to PEER --json` against the node that hosts it.
-fn migrate(host: &TestNode, name: &str, to: &TestNode, extra: &[&str]) -> serde_json::Value {
+pub(crate) fn migrate(
+    host: &TestNode,
+    name: &str,
+    to: &TestNode,
+    extra: &[&str],
+) -> serde_json::Value {
     let mut a = vec!["migrate", name, "--to", to.peer_id(), "--json"];
     a.extend(extra);
     let p: serde_json::Value = serde_json::from_str(&host.ok(&a)).unwrap();
@@ -22,7 +27,7 @@ fn migrate(host: &TestNode, name: &str, to: &TestNode, extra: &[&str]) -> serde_
     p
 }
 
-fn host_of(r: &continuum::client::Reply) -> String {
+pub(crate) fn host_of(r: &continuum::client::Reply) -> String {
     r.headers[continuum::http::HOST_HEADER]
         .to_str()
         .unwrap()

@@ -2,7 +2,8 @@
 //! method, body and content type) to component NAME at `/REST`, wherever in the mesh it runs,
 //! and answers with the callee's status and body (or the error the call ended with: 404 no such
 //! component, 504 deadline, 508 loop, 503 refused). `GET /stats` gives the calls made, those in
-//! flight and those that failed, as JSON.
+//! flight and those that failed, as JSON. On a live update it hands its counts to the next
+//! version.
 
 use continuum_guest::{AsyncComponent, Request, Response, call, export_async};
 use std::cell::Cell;
@@ -73,6 +74,25 @@ impl AsyncComponent for Relay {
                 e.into()
             }
         }
+    }
+
+    // Live update: the counts made and failed, 16 little-endian bytes.
+    fn save(&self) -> Option<Vec<u8>> {
+        let mut out = self.made.get().to_le_bytes().to_vec();
+        out.extend_from_slice(&self.failed.get().to_le_bytes());
+        Some(out)
+    }
+
+    fn upgrade(from_version: u32, saved: &[u8]) -> Result<Self, String> {
+        let (Some(made), Some(failed)) = (saved.get(..8), saved.get(8..16)) else {
+            return Err(format!("cannot read relay state of layout {from_version}"));
+        };
+        let n = |b: &[u8]| u64::from_le_bytes(b.try_into().expect("8 bytes"));
+        Ok(Relay {
+            made: Cell::new(n(made)),
+            failed: Cell::new(n(failed)),
+            ..Relay::default()
+        })
     }
 }
 

@@ -12,15 +12,31 @@ struct Slow {
     waiting: Cell<u64>,
 }
 
+/// Counts a request as waiting for as long as it does, even if the host drops it (its deadline
+/// passed, or it was restored from a checkpoint where nobody awaits it any more).
+struct Waiting<'a>(&'a Cell<u64>);
+
+impl<'a> Waiting<'a> {
+    fn new(c: &'a Cell<u64>) -> Self {
+        c.set(c.get() + 1);
+        Waiting(c)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
 impl AsyncComponent for Slow {
     async fn handle(&self, req: Request) -> Response {
         if let Some(ms) = req.path().strip_prefix("/after/") {
             let Ok(ms) = ms.parse::<u32>() else {
                 return Response::bad_request("expected /after/MILLISECONDS\n");
             };
-            self.waiting.set(self.waiting.get() + 1);
+            let _waiting = Waiting::new(&self.waiting);
             sleep(ms.min(60_000)).await;
-            self.waiting.set(self.waiting.get() - 1);
             self.answered.set(self.answered.get() + 1);
             return Response::text(200, format!("waited {ms} ms\n"));
         }
