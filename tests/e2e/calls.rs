@@ -393,3 +393,250 @@ async fn a_checkpoint_taken_while_requests_wait_restores_without_them() {
     let orig = json(&node.h1(Method::GET, "/c/slow/stats", b"").await);
     assert_eq!(orig["answered"], 4, "{orig}");
 }
+
+/// A raw libp2p peer (not a continuum node) that speaks the node's rpc protocol.
+struct Stranger {
+    swarm: libp2p::Swarm<
+        libp2p::request_response::cbor::Behaviour<
+            continuum::mesh::rpc::Envelope,
+            continuum::mesh::rpc::Envelope,
+        >,
+    >,
+    node: libp2p::PeerId,
+}
+
+impl Stranger {
+    async fn connect(node: &TestNode) -> Stranger {
+        use futures::StreamExt;
+        use libp2p::request_response::{self, ProtocolSupport};
+        let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_quic()
+            .with_behaviour(|_| {
+                request_response::cbor::Behaviour::new(
+                    [(
+                        libp2p::StreamProtocol::new(continuum::mesh::rpc::PROTOCOL),
+                        ProtocolSupport::Full,
+                    )],
+                    request_response::Config::default(),
+                )
+            })
+            .unwrap()
+            .build();
+        swarm
+            .dial(node.p2p().parse::<libp2p::Multiaddr>().unwrap())
+            .unwrap();
+        let peer: libp2p::PeerId = node.peer_id().parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let e = tokio::time::timeout_at(deadline.into(), swarm.select_next_some())
+                .await
+                .expect("never connected to the node");
+            if let libp2p::swarm::SwarmEvent::ConnectionEstablished { peer_id, .. } = e
+                && peer_id == peer
+            {
+                break;
+            }
+        }
+        Stranger { swarm, node: peer }
+    }
+
+    /// Send one rpc request; the node's reply.
+    async fn ask(&mut self, req: &continuum::mesh::rpc::Request) -> continuum::mesh::rpc::Reply {
+        use futures::StreamExt;
+        use libp2p::request_response::{Event, Message};
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .send_request(&self.node, continuum::mesh::rpc::seal(None, req));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let e = tokio::time::timeout_at(deadline.into(), self.swarm.select_next_some())
+                .await
+                .expect("no reply from the node");
+            if let libp2p::swarm::SwarmEvent::Behaviour(Event::Message {
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            }) = e
+                && request_id == id
+            {
+                return continuum::mesh::rpc::open(None, &response).unwrap();
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_calls_are_values_and_strangers_cannot_answer_for_a_call() {
+    use continuum::mesh::rpc::{Reply, Request};
+    let node = TestNode::start(&["--call-timeout", "3s"]);
+    node.ok(&["deploy", &guest("misbehave"), "--name", "misbehave"]);
+    node.ok(&["deploy", &guest("relay"), "--name", "relay"]);
+    node.ok(&["deploy", &guest("slow"), "--name", "slow"]);
+
+    // A guest that calls badly gets values, or a trap for itself alone.
+    let post = |path: &'static str| node.h1(Method::POST, path, b"");
+    let r = post("/c/misbehave/storm?n=300").await;
+    assert_eq!(r.text(), "{\"ok\":256,\"refused\":44}", "{}", r.text());
+    let r = post("/c/misbehave/storm?n=5000").await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(r.text().contains("more than 4096 times"), "{}", r.text());
+    let r = post("/c/misbehave/bad-call").await;
+    assert!(
+        r.text().contains("invalid component name") && r.text().contains("(400)"),
+        "{}",
+        r.text()
+    );
+    let r = post("/c/misbehave/huge-call?mb=16").await;
+    assert!(
+        r.text().contains("larger than this node's limit"),
+        "{}",
+        r.text()
+    );
+    let began = Instant::now();
+    let r = post("/c/misbehave/forever").await;
+    assert_eq!(r.status, 504, "{}", r.text());
+    eprintln!(
+        "a request that sleeps forever: {} after {:.1?}",
+        r.status,
+        began.elapsed()
+    );
+    assert_eq!(
+        node.h1(Method::GET, "/c/misbehave/ok", b"").await.status,
+        200
+    );
+    assert!(
+        node.metric(
+            "continuum_component_outbound_calls_total{component=\"misbehave\",outcome=\"refused\"}"
+        )
+        .await
+            >= 46
+    );
+
+    // A stranger forges the answer to relay's call in flight, answers for a request nobody
+    // made, and sends chains no node would build.
+    let waiting = {
+        let addr = node.addr();
+        tokio::spawn(async move {
+            continuum::client::h1(
+                addr,
+                Method::GET,
+                "/c/relay/to/slow/after/1000",
+                Bytes::new(),
+                None,
+            )
+            .await
+            .unwrap()
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while json(&node.h1(Method::GET, "/c/slow/stats", b"").await)["waiting"] != 1 {
+        assert!(Instant::now() < deadline, "the request never reached slow");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut s = Stranger::connect(&node).await;
+    let forged =
+        continuum_guest::abi::encode_result(&Ok(continuum_guest::Response::text(200, "forged")));
+    for op in 1..=4 {
+        let reply = s
+            .ask(&Request::Wake {
+                name: "relay".into(),
+                op,
+                result: forged.clone(),
+                hops: 1,
+            })
+            .await;
+        assert!(matches!(reply, Reply::Synced), "{reply:?}");
+    }
+    let reply = s
+        .ask(&Request::Answer {
+            key: 42,
+            response: continuum_guest::abi::encode_response(&continuum_guest::Response::text(
+                200, "x",
+            )),
+        })
+        .await;
+    assert!(matches!(reply, Reply::Synced), "{reply:?}");
+    let forward = |chain: Vec<String>| Request::Forward {
+        name: "relay".into(),
+        hops: 1,
+        entry: None,
+        request: continuum_guest::abi::encode_request(&continuum_guest::Request::get("/stats")),
+        deadline: Some(Duration::from_secs(3600)),
+        chain,
+    };
+    for chain in [
+        vec!["relay".to_string(); 40],
+        vec!["no such name!".to_string()],
+    ] {
+        let reply = s.ask(&forward(chain)).await;
+        assert!(
+            matches!(reply, Reply::Refused { status: 400, .. }),
+            "{reply:?}"
+        );
+    }
+    // A well-formed one is served (its hour-long deadline cut to the node's own).
+    let reply = s.ask(&forward(vec!["somebody".into()])).await;
+    assert!(matches!(reply, Reply::Forwarded(_)), "{reply:?}");
+
+    let r = waiting.await.unwrap();
+    assert_eq!((r.status, r.text()), (200, "waited 1000 ms\n".to_string()));
+    for (reason, at_least) in [
+        ("call_result_from_stranger", 1),
+        ("answer_nobody_waits_for", 1),
+        ("bad_call_chain", 2),
+    ] {
+        let n = node
+            .metric(&format!("continuum_rejected_total{{reason=\"{reason}\"}}"))
+            .await;
+        assert!(n >= at_least, "{reason}: {n}");
+    }
+    assert_eq!(
+        node.h1(Method::GET, "/c/relay/stats", b"").await.status,
+        200
+    );
+}
+
+/// A component as the ABI v1 SDK built them: `continuum_handle` answers each request within
+/// its call. This one counts its requests in one byte of memory and answers the count's last
+/// digit.
+const V1_COUNTER: &str = r#"
+(module
+  (memory (export "memory") 1)
+  ;; response: status 200, no headers, a 1-byte body (the digit at offset 12)
+  (data (i32.const 0) "\c8\00\00\00\00\00\00\00\01\00\00\00\30")
+  (func (export "continuum_abi_v1"))
+  (func (export "continuum_alloc") (param i32) (result i32) (i32.const 1024))
+  (func (export "continuum_handle") (param i32 i32) (result i64)
+    (i32.store8 (i32.const 12)
+      (i32.add (i32.const 48)
+        (i32.rem_u (i32.sub (i32.load8_u (i32.const 12)) (i32.const 47))
+                   (i32.const 10))))
+    (i64.const 13)))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abi_v1_module_still_serves_moves_and_is_called() {
+    let nodes = mesh(2, args);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    until_full_views(&[a, b], Duration::from_secs(30)).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("v1.wasm");
+    std::fs::write(&file, wat::parse_str(V1_COUNTER).unwrap()).unwrap();
+    a.ok(&["deploy", file.to_str().unwrap(), "--name", "old"]);
+    b.ok(&["deploy", &guest("relay"), "--name", "relay"]);
+    assert_eq!(a.h1(Method::GET, "/c/old/", b"").await.text(), "1");
+    assert_eq!(a.h1(Method::GET, "/c/old/", b"").await.text(), "2");
+    tokio::task::block_in_place(|| migrate(a, "old", b, &[]));
+    let r = a.h1(Method::GET, "/c/old/", b"").await;
+    assert_eq!(
+        (r.text(), host_of(&r)),
+        ("3".into(), b.peer_id().to_string())
+    );
+    // A v2 component calls it like any other.
+    assert_eq!(a.h1(Method::GET, "/c/relay/to/old/", b"").await.text(), "4");
+}

@@ -437,6 +437,8 @@ struct Actor<'a> {
     /// skipped when they come up.
     timers: BinaryHeap<Reverse<(Instant, u8, u64)>>,
     tick: TickState,
+    /// Results to deliver as soon as the thread is between commands.
+    ready: std::collections::VecDeque<(u64, Vec<u8>)>,
     in_flight_gauge: Gauge,
     calls_gauge: Gauge,
 }
@@ -487,6 +489,7 @@ impl<'a> Actor<'a> {
             ops: HashMap::new(),
             timers: BinaryHeap::new(),
             tick,
+            ready: Default::default(),
         };
         if let Some((c, source)) = carried {
             a.take_over(c, source);
@@ -618,8 +621,14 @@ impl<'a> Actor<'a> {
     /// not dropped: a trap may have left its future half-updated) and answer that task.
     fn after(&mut self, mut entry: Entry) {
         loop {
-            self.apply(std::mem::take(&mut entry.io));
-            let Some((task, e)) = entry.failed.take() else {
+            let mut io = std::mem::take(&mut entry.io);
+            let failed = entry.failed.take();
+            if let Some((task, _)) = &failed {
+                // What the failed task asked for dies with it.
+                io.ops.retain(|o| o.task != *task);
+            }
+            self.apply(io);
+            let Some((task, e)) = failed else {
                 break;
             };
             tracing::warn!(task, "request failed: {e}");
@@ -689,7 +698,7 @@ impl<'a> Actor<'a> {
         let now = Instant::now();
         let Some(t) = self.tasks.get(&new.task) else {
             // Its task is gone (it finished in this same entry, or was dropped).
-            return self.deliver(
+            return self.soon(
                 new.op,
                 &Err(GuestCallError::Refused(
                     500,
@@ -757,7 +766,7 @@ impl<'a> Actor<'a> {
                 self.stats.calls_out.fetch_add(1, Ordering::Relaxed);
                 if let Some(err) = refused {
                     self.outbound(err.clone().into_outcome(), Duration::ZERO);
-                    return self.deliver(new.op, &Err(err));
+                    return self.soon(new.op, &Err(err));
                 }
                 let mut req = req.expect("checked above");
                 let callee_deadline =
@@ -799,6 +808,23 @@ impl<'a> Actor<'a> {
     /// Enter the guest with the result of `op`.
     fn deliver(&mut self, op: u64, result: &Result<Response, GuestCallError>) {
         self.deliver_raw(op, &abi::encode_result(result));
+    }
+
+    /// A result known at once (a call refused before it went out): delivered by the main
+    /// loop, never from inside the handling of the entry that asked for it.
+    fn soon(&mut self, op: u64, result: &Result<Response, GuestCallError>) {
+        self.ready.push_back((op, abi::encode_result(result)));
+    }
+
+    /// Deliver what [`Actor::soon`] queued, a bounded number at a time, so that a guest that
+    /// answers every refusal with another call cannot keep the thread from its commands.
+    fn deliver_ready(&mut self) {
+        for _ in 0..64 {
+            let Some((op, result)) = self.ready.pop_front() else {
+                return;
+            };
+            self.deliver_raw(op, &result);
+        }
     }
 
     fn deliver_raw(&mut self, op: u64, result: &[u8]) {
@@ -1072,12 +1098,18 @@ impl<'a> Actor<'a> {
                     .map_or(Duration::ZERO, |t| left(t.deadline)),
             ),
         };
+        let ready = self
+            .ready
+            .drain(..)
+            .map(|(op, r)| (op, serde_bytes::ByteBuf::from(r)))
+            .collect();
         Carried {
             next_task: self.next_task,
             next_op: *self.inst.next_op(),
             tasks,
             ops,
             tick,
+            ready,
         }
         .encode()
     }
@@ -1141,6 +1173,11 @@ impl<'a> Actor<'a> {
             );
             self.timers.push(Reverse((due, 1, o.id)));
         }
+        self.ready = c
+            .ready
+            .into_iter()
+            .map(|(op, r)| (op, r.into_vec()))
+            .collect();
         self.gauges();
     }
 
@@ -1169,6 +1206,7 @@ fn run(mut a: Actor<'_>, rx: Receiver<Command>) {
 
     let moved_to = 'run: loop {
         if !matches!(mode, Mode::Frozen) {
+            a.deliver_ready();
             a.fire_timers();
             if let (Mode::Serving, TickState::At(at)) = (&mode, &a.tick) {
                 let at = *at;
@@ -1221,6 +1259,7 @@ fn run(mut a: Actor<'_>, rx: Receiver<Command>) {
         }
         let wake_at = match &mode {
             Mode::Frozen => None,
+            _ if !a.ready.is_empty() => Some(Instant::now()),
             Mode::Serving => [
                 a.next_timer(),
                 match a.tick {

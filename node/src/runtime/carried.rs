@@ -14,6 +14,9 @@ pub struct Carried {
     pub tasks: Vec<CarriedTask>,
     pub ops: Vec<CarriedOp>,
     pub tick: CarriedTick,
+    /// Results known but not yet delivered (calls refused at once): (operation, result).
+    #[serde(default)]
+    pub ready: Vec<(u64, serde_bytes::ByteBuf)>,
 }
 
 /// A request being served.
@@ -72,7 +75,7 @@ impl Carried {
         }
         let c: Carried = ciborium::from_reader(bytes)
             .map_err(|e| format!("the requests in flight did not decode: {e}"))?;
-        if c.tasks.len() > limits.tasks || c.ops.len() > limits.ops {
+        if c.tasks.len() > limits.tasks || c.ops.len() + c.ready.len() > limits.ops {
             return Err(format!(
                 "{} requests and {} operations in flight are more than this node takes ({} and {})",
                 c.tasks.len(),

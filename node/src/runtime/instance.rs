@@ -334,7 +334,7 @@ impl Instance {
                 Some(Trap::Interrupt) => CallError::Deadline(self.timeout),
                 _ if limiter.hit => CallError::MemoryCap(limiter.cap >> 20),
                 Some(t) => CallError::Trap(t.to_string()),
-                None => CallError::Trap(format!("{e}")),
+                None => CallError::Trap(e.root_cause().to_string()),
             }
         })
     }
