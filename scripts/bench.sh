@@ -2,7 +2,7 @@
 # Benchmarks behind BENCHMARKS.md. All on 127.0.0.1, every load bounded in time; prints a
 # summary to paste into BENCHMARKS.md.
 #
-#   scripts/bench.sh [node] [snapshot] [mesh] [migrate]     (default: all four)
+#   scripts/bench.sh [node] [snapshot] [mesh] [migrate] [calls]     (default: all five)
 #
 # node:     idle RSS, stripped binary size, requests/s and latency over HTTP/1.1 (wrk) and
 #           HTTP/3 (our h3load), the tick gap of sensor-filter under that load
@@ -12,10 +12,12 @@
 # migrate:  downtime, total time and request latency of live migrations between two nodes,
 #           for 1, 16, 64 MiB of state rewritten at 0, 1, 10 % per 100 ms, pre-copy and
 #           stop-and-copy (our migbench)
+# calls:    a call between components on one node and across two (round trips timed inside the
+#           caller, relay's /time), throughput of one relay with 64 requests waiting on slow
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${BENCH_SECS:-10}
-SECTIONS=${*:-node snapshot mesh migrate}
+SECTIONS=${*:-node snapshot mesh migrate calls}
 want() { [[ " $SECTIONS " == *" $1 "* ]]; }
 
 for tool in wrk curl; do
@@ -127,6 +129,37 @@ scripts/swarm.sh start 2 --dir "$SW" -- --checkpoint-every 1h >/dev/null
 note "- live migration between two nodes on loopback, 5 migrations per row (downtime: freeze to the target's Ready; requests: GET every 2 ms through the first node during the migrations):"
 echo >>"$SUMMARY"
 target/release/examples/migbench --a "$SW/node1" --b "$SW/node2" | tee -a "$SUMMARY"
+scripts/swarm.sh stop --dir "$SW" >/dev/null
+fi
+
+if want calls; then
+export CONTINUUM_BIN=$BIN
+SW=$WORK/swarm
+echo "==> calls between components"
+scripts/swarm.sh start 2 --dir "$SW" -- --checkpoint-every 1h >/dev/null
+n1=(--node http://127.0.0.1:7071 --data-dir "$SW/node1")
+n2=(--node http://127.0.0.1:7072 --data-dir "$SW/node2")
+"$BIN" deploy target/guests/counter.wasm "${n2[@]}" >/dev/null
+"$BIN" deploy target/guests/relay.wasm --name near "${n2[@]}" >/dev/null
+"$BIN" deploy target/guests/relay.wasm --name far "${n1[@]}" >/dev/null
+"$BIN" deploy target/guests/slow.wasm "${n1[@]}" >/dev/null
+sleep 1
+# The callee's own time per request, from its busy time.
+busy() { "$BIN" ls --json "${n2[@]}" | python3 -c 'import json,sys; c=[x for x in json.load(sys.stdin) if x["name"]=="counter"][0]; print(c["busy_ns"], c["calls"])'; }
+field() { python3 -c "import json,sys; print(json.load(sys.stdin)[\"$1\"])"; }
+curl -s "http://127.0.0.1:7072/c/near/time/counter/count?n=2000" >/dev/null # warm up
+read -r b0 c0 < <(busy)
+near=$(curl -s "http://127.0.0.1:7072/c/near/time/counter/count?n=20000")
+read -r b1 c1 < <(busy)
+own=$(python3 -c "print(f'{($b1 - $b0) / ($c1 - $c0) / 1000:.1f}')")
+far=$(curl -s "http://127.0.0.1:7071/c/far/time/counter/count?n=1000")
+note "- a call between components on one node (relay -> counter /count, 20,000 one after the other, timed in the caller): p50 $(echo "$near" | field p50_us) us, p99 $(echo "$near" | field p99_us) us; the callee's own time $own us per request"
+note "- the same call to the other node (relay on node 1 -> counter on node 2, 1,000): p50 $(echo "$far" | field p50_us) us, p99 $(echo "$far" | field p99_us) us"
+curl -s "http://127.0.0.1:7071/c/slow/after/50" >/dev/null
+one=$(curl -s -o /dev/null -w '%{time_total}' "http://127.0.0.1:7071/c/far/to/slow/after/50")
+wrk -t1 -c64 -d"${SECS}s" --latency "http://127.0.0.1:7071/c/far/to/slow/after/50" >"$WORK/slow.txt"
+rps=$(awk '/Requests\/sec/ {printf "%.0f", $2}' "$WORK/slow.txt")
+note "- one relay instance, 64 requests waiting on slow /after/50 (wrk -t1 -c64): $rps req/s, p50 $(awk '$1=="50%" {print $2}' "$WORK/slow.txt"), p99 $(awk '$1=="99%" {print $2}' "$WORK/slow.txt"); one request alone takes ${one}s, so a design that serves one request at a time (a blocking call) does $(python3 -c "print(f'{1/$one:.0f}')") req/s: $(python3 -c "print(f'{$rps*$one:.0f}')")x"
 scripts/swarm.sh stop --dir "$SW" >/dev/null
 fi
 

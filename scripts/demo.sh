@@ -4,7 +4,10 @@
 # HTTP/1.1), a second is placed on a remote node, the first moves live from node to node while
 # a client keeps calling it (no request lost), it is updated live to a version with another
 # state layout (and a broken version rolls back), a federation forms from the nodes' labels, and
-# a checkpoint restores elsewhere. Everything it starts, it stops.
+# a checkpoint restores elsewhere. Then an application of three components that call each
+# other by name (a sensor, a filter, a controller) runs on the three nodes, its middle stage
+# moves live while the others keep calling it, and a component that reads the sensor moves next
+# to it on its own. Everything it starts, it stops.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,7 +36,7 @@ peer() { sed -n 's/.*"peer_id": "\([^"]*\)".*/\1/p' "$WORK/swarm/node$1/node.jso
 
 step "make a swarm key and start three nodes (node 1 is the others' bootstrap peer)"
 "$BIN" keygen -o "$WORK/swarm.key"
-export CONTINUUM_NODE_ARGS_1="--label zone=a" CONTINUUM_NODE_ARGS_2="--label zone=a" CONTINUUM_NODE_ARGS_3="--label zone=b"
+export CONTINUUM_NODE_ARGS_1="--label zone=a --label sensor=temp" CONTINUUM_NODE_ARGS_2="--label zone=a" CONTINUUM_NODE_ARGS_3="--label zone=b"
 scripts/swarm.sh start 3 --dir "$WORK/swarm" -- --swarm-key "$WORK/swarm.key"
 on 1 status
 
@@ -85,5 +88,35 @@ on 2 checkpoint counter -o "$WORK/counter.ckpt"
 on 3 restore "$WORK/counter.ckpt" --name counter-copy
 on 2 call counter-copy /count
 on 2 status
+
+step "an application of three components that call each other by name: sensor (every 10 ms) on node 1, which has the sensor; filter (reads it every 10 ms) on node 2; controller (reads the filter every 20 ms, PI control to a setpoint) on node 3"
+on 1 deploy target/guests/sensor.wasm --name sensor --require sensor=temp
+on 2 deploy target/guests/filter.wasm --name filter
+on 3 deploy target/guests/controller.wasm --name controller
+sleep 1
+on 3 call controller /setpoint -X PUT -d 22.5
+sleep 1
+on 3 call controller /state
+
+step "move the filter live, node 2 -> node 3 -> node 2, while the controller reads it and it reads the sensor (calls in flight move with it)"
+on 2 call filter /reset-gap -X POST >/dev/null
+on 3 call controller /reset-gap -X POST >/dev/null
+on 2 migrate filter --to "$(peer 3)"
+on 3 migrate filter --to "$(peer 2)"
+sleep 0.5
+echo "errors stay 0; max_gap_ms is the longest pause between two readings (period 10 ms / 20 ms):"
+on 1 call filter /stats
+on 1 call controller /state
+on 1 ls
+
+step "data locality: a second filter, deployed on node 3 with --policy follow-traffic, moves next to the sensor it reads on its own"
+on 3 deploy target/guests/filter.wasm --name nearby --policy follow-traffic
+for _ in $(seq 100); do
+    host=$(curl -s -D - -o /dev/null "http://127.0.0.1:$((BASE + 3))/c/nearby/stats" | tr -d '\r' | sed -n 's/^x-continuum-host: //p')
+    [ "$host" = "$(peer 1)" ] && break
+    sleep 0.1
+done
+echo "nearby now runs on $host (node 1: $(peer 1))"
+on 3 status | sed -n '/placement decisions/,$p' | head -3
 
 step "done: stopping the three nodes"

@@ -7,21 +7,24 @@
 use crate::http::{self, HOST_HEADER};
 use crate::node::Node;
 use crate::runtime::router::call_result;
-use crate::runtime::{Answer, Back, CallCtx, Router, error_kind};
+use crate::runtime::{Answer, Back, CallCtx, ComponentHandle, ReplyTo, Router, error_kind};
 use continuum_gossip::PeerId;
 use continuum_guest::{CallError, Request, Response, abi};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use tokio::sync::oneshot;
+use std::time::{Duration, Instant};
 
-/// Parked replies beyond this are swept of those whose clients gave up.
+/// Parked replies beyond this are swept of those long past their deadline.
 const PARKED_SWEEP: usize = 4096;
+/// How long past its deadline a parked reply is kept for a late answer (the new host answers
+/// 504 at the deadline; this covers the trip).
+const PARKED_SLACK: Duration = Duration::from_secs(10);
 
 pub struct Calls {
     me: PeerId,
     node: OnceLock<Weak<Node>>,
     rt: tokio::runtime::Handle,
-    parked: Mutex<HashMap<u64, oneshot::Sender<Answer>>>,
+    parked: Mutex<HashMap<u64, (ReplyTo, Instant)>>,
 }
 
 impl Calls {
@@ -57,9 +60,12 @@ impl Calls {
 
     /// The answer to a request whose reply was parked under `key`; false if nobody waits.
     pub fn resolve(&self, key: u64, resp: Response) -> bool {
-        let tx = self.parked.lock().unwrap().remove(&key);
-        match tx {
-            Some(tx) => tx.send(Answer::Done(Ok(resp))).is_ok(),
+        let parked = self.parked.lock().unwrap().remove(&key);
+        match parked {
+            Some((reply, _)) => {
+                reply.send(Answer::Done(Ok(resp)));
+                true
+            }
             None => false,
         }
     }
@@ -100,12 +106,34 @@ impl Router for Calls {
         });
     }
 
-    fn park(&self, key: u64, reply: oneshot::Sender<Answer>) {
+    fn local(&self, from: &str, to: &str) -> Option<Arc<ComponentHandle>> {
+        let node = self.node()?;
+        let callee = node.components.get(to)?;
+        let epoch = callee
+            .stats
+            .epoch
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if node.mesh.newer_host(to, epoch).is_some() {
+            return None;
+        }
+        if node
+            .components
+            .get(from)
+            .is_some_and(|h| h.policy != continuum_gossip::Policy::Pinned)
+        {
+            let now = node.started.elapsed().as_millis() as u64;
+            node.placer.lock().unwrap().record(now, from, self.me);
+        }
+        Some(callee)
+    }
+
+    fn park(&self, key: u64, reply: ReplyTo, deadline: Instant) {
         let mut parked = self.parked.lock().unwrap();
         if parked.len() >= PARKED_SWEEP {
-            parked.retain(|_, tx| !tx.is_closed());
+            let now = Instant::now();
+            parked.retain(|_, (_, d)| *d + PARKED_SLACK > now);
         }
-        parked.insert(key, reply);
+        parked.insert(key, (reply, deadline));
     }
 
     fn answer(&self, node: PeerId, key: u64, resp: Response) {

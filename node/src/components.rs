@@ -64,6 +64,9 @@ pub struct ComponentInfo {
     /// Its share of a core over the last few seconds (requests and ticks).
     #[serde(default)]
     pub cpu: f32,
+    /// Time its code ran (requests and ticks), ns in all.
+    #[serde(default)]
+    pub busy_ns: u64,
     /// Requests it is serving now (started, not answered: waiting on calls or timers).
     #[serde(default)]
     pub in_flight: u64,
@@ -216,6 +219,7 @@ impl Components {
             failed_calls: h.stats.failed_calls.load(Ordering::Relaxed),
             ticks: h.stats.ticks.load(Ordering::Relaxed),
             cpu: h.stats.cpu_milli.load(Ordering::Relaxed) as f32 / 1000.0,
+            busy_ns: h.stats.busy_ns.load(Ordering::Relaxed),
             in_flight: h.stats.in_flight.load(Ordering::Relaxed),
             calls_out: h.stats.calls_out.load(Ordering::Relaxed),
             calls_out_in_flight: h.stats.calls_out_in_flight.load(Ordering::Relaxed),

@@ -101,6 +101,7 @@ impl Node {
                     failed_calls: 0,
                     ticks: 0,
                     cpu: 0.0,
+                    busy_ns: 0,
                     in_flight: 0,
                     calls_out: 0,
                     calls_out_in_flight: 0,
@@ -248,6 +249,7 @@ async fn run_node(config: NodeConfig, dir: DataDir, key: libp2p::identity::Keypa
             queue_depth: config.limits.queue_depth,
             max_body: config.limits.max_body.as_u64() as usize,
             max_calls: config.limits.max_calls,
+            max_depth: config.limits.max_call_depth,
         },
         Some(dir.modules()),
     )?);

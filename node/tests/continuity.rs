@@ -38,6 +38,7 @@ fn runtime() -> Runtime {
         queue_depth: 16,
         max_body: 8 << 20,
         max_calls: 16,
+        max_depth: 16,
     };
     Runtime::new(limits, Some(module_cache())).unwrap()
 }

@@ -7,7 +7,7 @@ mod host;
 mod instance;
 pub mod router;
 
-pub use actor::{Answer, Back, ComponentHandle, Stats, Unavailable};
+pub use actor::{Answer, Back, ComponentHandle, ReplyTo, Stats, Unavailable};
 pub use carried::Carried;
 pub use host::now_ms;
 pub use instance::{CallError, Instance};
@@ -39,6 +39,8 @@ pub struct RuntimeLimits {
     pub max_body: usize,
     /// Calls one component may have in flight; more are refused (503) at once.
     pub max_calls: usize,
+    /// Longest chain of calls between components.
+    pub max_depth: usize,
 }
 
 /// Why a module was refused.

@@ -2,11 +2,11 @@
 //! component's thread uses it to start the calls its guest makes, to park the answers of
 //! requests that moved with it, and to send results on to where it lives now.
 
-use super::actor::{Answer, Back};
+use super::actor::{Back, ComponentHandle, ReplyTo};
 use continuum_gossip::PeerId;
 use continuum_guest::{CallError as GuestCallError, Request, Response};
+use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::oneshot;
 
 /// Marks an answer the mesh made (not the component): `unknown`, `deadline`, `loop`,
 /// `overloaded`, `unreachable`, `trap`, ... A caller tells a component's own 404 from "no such
@@ -46,9 +46,13 @@ pub trait Router: Send + Sync {
     /// Start call `op` of component `from` to component `to`; its result must come back
     /// through `back`, once.
     fn call(&self, from: &str, to: String, req: Request, ctx: CallCtx, op: u64, back: Back);
-    /// Keep `reply` under `key`: the request's answer will come back through [`Router::answer`]
-    /// (from whichever node the component lives on by then).
-    fn park(&self, key: u64, reply: oneshot::Sender<Answer>);
+    /// The component `to` if it runs on this node (and no newer copy runs elsewhere), for a
+    /// call from `from` that may then go straight to its thread.
+    fn local(&self, from: &str, to: &str) -> Option<Arc<ComponentHandle>>;
+    /// Keep `reply` under `key` until `deadline` (and a while after): the request's answer
+    /// will come back through [`Router::answer`] (from whichever node the component lives on
+    /// by then).
+    fn park(&self, key: u64, reply: ReplyTo, deadline: Instant);
     /// A request ended; `node` parked its reply under `key`.
     fn answer(&self, node: PeerId, key: u64, resp: Response);
     /// The result of operation `op` of component `name`, which lives on `to` now.

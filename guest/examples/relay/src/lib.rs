@@ -2,7 +2,9 @@
 //! method, body and content type) to component NAME at `/REST`, wherever in the mesh it runs,
 //! and answers with the callee's status and body (or the error the call ended with: 404 no such
 //! component, 504 deadline, 508 loop, 503 refused). `GET /stats` gives the calls made, those in
-//! flight and those that failed, as JSON. On a live update it hands its counts to the next
+//! flight and those that failed, as JSON. `GET /time/NAME/REST?n=N` makes N calls to NAME
+//! one after the other and answers their round-trip times (p50, p99, mean, in microseconds, by
+//! the WASI monotonic clock), for benchmarks. On a live update it hands its counts to the next
 //! version.
 
 use continuum_guest::{AsyncComponent, Request, Response, call, export_async};
@@ -41,8 +43,41 @@ fn split(rest: &str) -> (String, String) {
     }
 }
 
+/// `n` calls to `name`, one at a time: their round trips.
+async fn time(name: &str, target: &str, n: usize) -> Response {
+    let mut us = Vec::with_capacity(n);
+    for _ in 0..n {
+        let began = std::time::Instant::now();
+        match call(name, Request::get(target)).await {
+            Ok(r) if r.status < 300 => {}
+            Ok(r) => return Response::new(r.status, r.body),
+            Err(e) => return e.into(),
+        }
+        us.push(began.elapsed().as_secs_f64() * 1e6);
+    }
+    us.sort_by(f64::total_cmp);
+    let at = |q: f64| us[((us.len() - 1) as f64 * q).round() as usize];
+    let mean = us.iter().sum::<f64>() / us.len() as f64;
+    Response::json(
+        200,
+        format!(
+            "{{\"n\":{n},\"p50_us\":{:.1},\"p99_us\":{:.1},\"mean_us\":{mean:.1}}}",
+            at(0.5),
+            at(0.99)
+        ),
+    )
+}
+
 impl AsyncComponent for Relay {
     async fn handle(&self, req: Request) -> Response {
+        if let Some(rest) = req.path().strip_prefix("/time/") {
+            let n = req
+                .query("n")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(1000usize);
+            let (name, target) = split(rest);
+            return time(&name, &target, n.clamp(1, 100_000)).await;
+        }
         let Some(rest) = req.target.strip_prefix("/to/") else {
             return match (req.method.as_str(), req.path()) {
                 ("GET", "/stats") => Response::json(
