@@ -121,7 +121,8 @@ pub struct Decision {
 /// This node's side of the placement policies.
 pub struct Placer {
     cfg: PolicyConfig,
-    /// Per component, per second of the window, requests by the peer they entered at.
+    /// Per component, per second of the window, requests by the peer they entered at, and
+    /// calls it made by the peer that answered them.
     traffic: HashMap<String, BTreeMap<u64, BTreeMap<PeerId, u64>>>,
     quiet_until: HashMap<String, u64>,
 }
@@ -139,7 +140,8 @@ impl Placer {
         &self.cfg
     }
 
-    /// A request for `component` entered the mesh at `entry` and was served here.
+    /// A request for `component` entered the mesh at `entry` and was served here, or a call it
+    /// made was answered by `entry`.
     pub fn record(&mut self, now: u64, component: &str, entry: PeerId) {
         self.record_many(now, component, entry, 1);
     }
@@ -285,7 +287,7 @@ impl Placer {
         Some((
             top,
             format!(
-                "{:.0} % of its {total} requests in the last {} s entered at {top} (rtt {rtt:.2} ms): saves ~{gain_ms:.0} ms of latency per {} s against ~{cost_ms:.0} ms to move {} KiB",
+                "{:.0} % of its {total} requests and calls in the last {} s entered at or were answered by {top} (rtt {rtt:.2} ms): saves ~{gain_ms:.0} ms of latency per {} s against ~{cost_ms:.0} ms to move {} KiB",
                 share * 100.0,
                 self.cfg.window_ms / 1000,
                 self.cfg.horizon_ms / 1000,

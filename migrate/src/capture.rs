@@ -2,7 +2,7 @@
 
 use crate::instrument::{EXPORT_GLOBAL_PREFIX, EXPORT_MEMORY_PREFIX, EXPORT_START};
 use crate::snapshot::{ComponentMeta, MemoryImage, Snapshot, Value};
-use crate::{Digest, MemoryDelta};
+use crate::{Digest, MemoryDelta, PAGE_SIZE, WrittenPages};
 use wasmtime::{AsContext, AsContextMut, Extern, Func, Global, Instance, Memory, Val};
 
 /// Why state could not be read from or written into an instance.
@@ -31,7 +31,7 @@ pub struct Tracking {
 impl Tracking {
     /// Pages of memory `i` written since the last look; `None` if the kernel failed us (the
     /// caller then hashes every page).
-    fn written(&mut self, i: usize, len: usize) -> Option<Vec<u32>> {
+    pub fn written(&mut self, i: usize, len: usize) -> Option<Vec<u32>> {
         #[cfg(target_os = "linux")]
         {
             self.trackers.get_mut(i)?.take_written(len).ok()
@@ -173,6 +173,63 @@ impl StateHandles {
                 let mut copy = crate::prefault::zeroed(mem.len());
                 copy.copy_from_slice(mem);
                 copy
+            })
+            .collect()
+    }
+
+    /// The length of every memory, in bytes.
+    pub fn memory_lens(&self, store: impl AsContext) -> Vec<usize> {
+        self.memories.iter().map(|m| m.data_size(&store)).collect()
+    }
+
+    /// Copy memory `index` from `offset` into `dst`, as much as the memory holds; how many
+    /// bytes. Lets a caller copy a large memory a piece at a time, between calls.
+    pub fn copy_into(
+        &self,
+        store: impl AsContext,
+        index: usize,
+        offset: usize,
+        dst: &mut [u8],
+    ) -> usize {
+        let Some(m) = self.memories.get(index) else {
+            return 0;
+        };
+        let src = m.data(&store).get(offset..).unwrap_or_default();
+        let n = src.len().min(dst.len());
+        dst[..n].copy_from_slice(&src[..n]);
+        n
+    }
+
+    /// Copies of the pages of every memory written since `tracking` last looked (every page
+    /// of a memory the kernel could not say for): the part of a pre-copy round that needs the
+    /// memory, leaving the hashing to another thread.
+    pub fn copy_written(
+        &self,
+        store: impl AsContext,
+        tracking: &mut Tracking,
+    ) -> Vec<WrittenPages> {
+        self.memories
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let mem = m.data(&store);
+                let pages = tracking
+                    .written(i, mem.len())
+                    .unwrap_or_else(|| (0..(mem.len() / PAGE_SIZE) as u32).collect());
+                let mut data = Vec::with_capacity(pages.len() * PAGE_SIZE);
+                for &p in &pages {
+                    let at = p as usize * PAGE_SIZE;
+                    if let Some(page) = mem.get(at..at + PAGE_SIZE) {
+                        data.extend_from_slice(page);
+                    } else {
+                        data.resize(data.len() + PAGE_SIZE, 0);
+                    }
+                }
+                WrittenPages {
+                    size: mem.len(),
+                    pages,
+                    data,
+                }
             })
             .collect()
     }

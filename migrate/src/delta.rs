@@ -13,6 +13,16 @@ use serde::{Deserialize, Serialize};
 /// pages that changed (zero pages included) rather than the pages that are not zero.
 pub type MemoryDelta = MemoryImage;
 
+/// Pages of one memory written since some point, copied out: `data` holds `pages.len()` pages
+/// in the order of `pages`.
+#[derive(Clone, Debug, Default)]
+pub struct WrittenPages {
+    /// The memory's length in bytes.
+    pub size: usize,
+    pub pages: Vec<u32>,
+    pub data: Vec<u8>,
+}
+
 /// What turns the snapshot `base` into the snapshot `result`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -72,10 +82,79 @@ impl MemoryImage {
         (MemoryImage::select(mem, &map, changed), map)
     }
 
+    /// Like [`Self::changed_among`], from copies of the written pages taken earlier: the
+    /// hashing runs wherever the caller likes, not where the memory is.
+    pub fn changed_among_copies(base: &[Digest], w: &WrittenPages) -> (MemoryDelta, Vec<Digest>) {
+        use rayon::prelude::*;
+        let pages = w.size / PAGE_SIZE;
+        let mut map = base.to_vec();
+        map.resize(pages, *ZERO_PAGE_DIGEST);
+        let hashed: Vec<Digest> = w
+            .data
+            .par_chunks_exact(PAGE_SIZE)
+            .with_min_len(64)
+            .map(|p| *blake3::hash(p).as_bytes())
+            .collect();
+        let mut changed: Vec<(u32, usize)> = Vec::with_capacity(hashed.len());
+        for (k, (&i, d)) in w.pages.iter().zip(&hashed).enumerate() {
+            if (i as usize) < pages && map[i as usize] != *d {
+                map[i as usize] = *d;
+                changed.push((i, k));
+            }
+        }
+        changed.sort_unstable();
+        changed.dedup_by_key(|c| c.0);
+        let mut data = Vec::with_capacity(changed.len() * PAGE_SIZE);
+        let mut digests = Vec::with_capacity(changed.len() * 32);
+        for &(i, k) in &changed {
+            data.extend_from_slice(&w.data[k * PAGE_SIZE..(k + 1) * PAGE_SIZE]);
+            digests.extend_from_slice(&map[i as usize]);
+        }
+        let image = MemoryImage {
+            size: w.size as u64,
+            present: changed.iter().map(|c| c.0).collect(),
+            digests,
+            data: data.into(),
+        };
+        (image, map)
+    }
+
     /// Write only the listed pages into `mem` (which must be `size` bytes long already).
     pub fn write_pages_into(&self, mem: &mut [u8]) {
         self.write_into(mem, 0);
     }
+}
+
+/// Split a round (one delta per memory) into parts of at most `max_pages` pages each, in
+/// order; every part names every memory with its size, so each decodes and applies on its own.
+/// The page data is shared, not copied. At least one part, maybe empty.
+pub fn split_round(round: &[MemoryDelta], max_pages: usize) -> Vec<Vec<MemoryDelta>> {
+    let max_pages = max_pages.max(1);
+    let empty = |m: &MemoryDelta| MemoryDelta {
+        size: m.size,
+        present: Vec::new(),
+        digests: Vec::new(),
+        data: Bytes::new(),
+    };
+    let mut parts = vec![round.iter().map(empty).collect::<Vec<_>>()];
+    let mut room = max_pages;
+    for (i, m) in round.iter().enumerate() {
+        let mut k = 0;
+        while k < m.present.len() {
+            if room == 0 {
+                parts.push(round.iter().map(empty).collect());
+                room = max_pages;
+            }
+            let n = room.min(m.present.len() - k);
+            let part = &mut parts.last_mut().expect("never empty")[i];
+            part.present = m.present[k..k + n].to_vec();
+            part.digests = m.digests[k * 32..(k + n) * 32].to_vec();
+            part.data = m.data.slice(k * PAGE_SIZE..(k + n) * PAGE_SIZE);
+            k += n;
+            room -= n;
+        }
+    }
+    parts
 }
 
 /// Encode the pages of a pre-copy round (one image per memory) for the wire.
@@ -106,6 +185,38 @@ pub fn decode_pages(bytes: impl Into<Bytes>) -> Result<Vec<MemoryDelta>, Snapsho
         }
     }
     Ok(memories)
+}
+
+#[cfg(test)]
+mod split_tests {
+    use super::*;
+
+    #[test]
+    fn a_round_split_into_parts_applies_to_the_same_memory() {
+        let mut mem = vec![0u8; 4 * 65536];
+        for (i, b) in mem.iter_mut().enumerate().step_by(1000) {
+            *b = (i % 251) as u8 + 1;
+        }
+        let (round, _) = MemoryImage::changed_since(&mem, &[]);
+        let other = MemoryImage::changed_since(&[0u8; 65536], &[]).0;
+        let round = vec![round, other];
+        let parts = split_round(&round, 7);
+        assert!(parts.len() > 2);
+        assert!(
+            parts
+                .iter()
+                .all(|p| p.len() == 2 && p.iter().map(|m| m.present.len()).sum::<usize>() <= 7)
+        );
+        let mut whole = vec![0xAAu8; mem.len()];
+        let mut pieces = vec![0xAAu8; mem.len()];
+        round[0].write_pages_into(&mut whole);
+        for p in &parts {
+            let decoded = decode_pages(encode_pages(p)).unwrap();
+            decoded[0].write_pages_into(&mut pieces);
+        }
+        assert_eq!(whole, pieces);
+        assert_eq!(split_round(&[], 7), vec![Vec::<MemoryDelta>::new()]);
+    }
 }
 
 impl Delta {

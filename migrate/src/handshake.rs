@@ -80,8 +80,16 @@ pub enum ToTarget {
         #[serde(with = "serde_bytes")]
         wasm: Vec<u8>,
     },
+    /// Part of the pages of the `Pages` or `Final` that comes next, as encoded by
+    /// `encode_pages`: a large round travels as parts of about a megabyte (see `split_round`),
+    /// so that decoding one never holds up the other messages of the connection for long.
+    Part {
+        id: MigrationId,
+        #[serde(with = "serde_bytes")]
+        pages: Vec<u8>,
+    },
     /// A pre-copy round: the pages changed since the previous round (round 0: every live
-    /// page), as encoded by `encode_pages`.
+    /// page), as encoded by `encode_pages`; with the parts before it, if any.
     Pages {
         id: MigrationId,
         round: u32,
@@ -116,6 +124,7 @@ impl ToTarget {
         match self {
             ToTarget::Offer(o) => o.id,
             ToTarget::Module { id, .. }
+            | ToTarget::Part { id, .. }
             | ToTarget::Pages { id, .. }
             | ToTarget::Final { id, .. }
             | ToTarget::Commit { id, .. }
@@ -136,6 +145,10 @@ pub enum ToSource {
         reason: String,
     },
     ModuleStored {
+        id: MigrationId,
+    },
+    /// A `Part` was written.
+    PartApplied {
         id: MigrationId,
     },
     RoundApplied {
@@ -608,8 +621,9 @@ impl Target {
             (TargetState::Accepted { module: false }, ToTarget::Module { .. }) => true,
             (
                 TargetState::Accepted { module: true },
-                ToTarget::Pages { round: 0, .. } | ToTarget::Final { .. },
+                ToTarget::Part { .. } | ToTarget::Pages { round: 0, .. } | ToTarget::Final { .. },
             ) => true,
+            (TargetState::Receiving { .. }, ToTarget::Part { .. }) => true,
             (TargetState::Receiving { next_round }, ToTarget::Pages { round, .. }) => {
                 *round == next_round
             }
@@ -634,6 +648,12 @@ impl Target {
     fn step(&mut self, now: u64, state: TargetState) {
         self.state = state;
         self.deadline = now + self.step_timeout_ms;
+    }
+
+    /// A part of the next pages was written: the source is alive, the state stays.
+    pub fn part_applied(&mut self, now: u64) -> ToSource {
+        self.deadline = now + self.step_timeout_ms;
+        ToSource::PartApplied { id: self.offer.id }
     }
 
     pub fn module_stored(&mut self, now: u64) -> ToSource {

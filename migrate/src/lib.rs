@@ -23,7 +23,7 @@ mod capture;
 #[cfg(feature = "runtime")]
 mod instrument;
 
-pub use delta::{Delta, MemoryDelta, decode_pages, encode_pages};
+pub use delta::{Delta, MemoryDelta, WrittenPages, decode_pages, encode_pages, split_round};
 #[cfg(target_os = "linux")]
 pub use dirty::WriteTracker;
 pub use handshake::{
@@ -31,6 +31,7 @@ pub use handshake::{
     TAKEOVER_PROBES, Target, TargetAction, ToSource, ToTarget,
 };
 pub use hash::{Digest, PAGE_SIZE, ZERO_PAGE_DIGEST, digest_hex, page_digests};
+pub use prefault::zeroed as prefaulted;
 pub use snapshot::{ComponentMeta, FORMAT_VERSION, MemoryImage, Snapshot, SnapshotError, Value};
 
 #[cfg(feature = "runtime")]

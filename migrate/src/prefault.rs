@@ -5,8 +5,8 @@
 /// Below this, faults are cheap enough and the system calls are not worth it.
 const MIN: usize = 2 << 20;
 
-/// A zeroed buffer, populated up front when large.
-pub(crate) fn zeroed(len: usize) -> Vec<u8> {
+/// A zeroed buffer, populated up front when large: for a caller about to fill it.
+pub fn zeroed(len: usize) -> Vec<u8> {
     let mut v = vec![0u8; len];
     populate(&mut v);
     v

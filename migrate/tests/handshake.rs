@@ -93,6 +93,7 @@ impl World {
         }
         Some(match msg {
             ToTarget::Module { .. } => t.module_stored(self.now),
+            ToTarget::Part { .. } => t.part_applied(self.now),
             ToTarget::Pages { round, .. } => t.round_applied(self.now, round),
             ToTarget::Final { .. } => {
                 let reply = t.ready(self.now);
@@ -218,6 +219,7 @@ fn kind(m: &ToTarget) -> &'static str {
     match m {
         ToTarget::Offer(_) => "offer",
         ToTarget::Module { .. } => "module",
+        ToTarget::Part { .. } => "part",
         ToTarget::Pages { .. } => "pages",
         ToTarget::Final { .. } => "final",
         ToTarget::Commit { .. } => "commit",
@@ -484,4 +486,42 @@ fn messages_out_of_order_are_refused_and_abort_the_migration() {
     assert!(t.expect(&other_migration).is_err());
     // A silent source: the target drops what it staged.
     assert_eq!(t.handle_timeout(1_000), Some(TargetAction::Discard));
+}
+
+#[test]
+fn parts_of_a_round_are_taken_in_the_states_that_take_its_pages() {
+    let offer = Offer {
+        id: 7,
+        name: "c".into(),
+        version: "1".into(),
+        module_digest: [1; 32],
+        memory_bytes: 1 << 20,
+        epoch: 1,
+        federation: None,
+        require: Default::default(),
+        policy: String::new(),
+    };
+    let (t, _) = Target::new(0, offer, Ok(true), 1000);
+    let mut t = t.unwrap();
+    let part = ToTarget::Part {
+        id: 7,
+        pages: vec![],
+    };
+    t.expect(&part).unwrap();
+    assert_eq!(t.part_applied(500), ToSource::PartApplied { id: 7 });
+    // A part keeps the target alive: its step timer starts again.
+    assert_eq!(t.poll_timeout(), Some(1500));
+    t.expect(&ToTarget::Pages {
+        id: 7,
+        round: 0,
+        pages: vec![],
+    })
+    .unwrap();
+    assert!(
+        t.expect(&ToTarget::Part {
+            id: 8,
+            pages: vec![]
+        })
+        .is_err()
+    );
 }

@@ -2,7 +2,8 @@
 //! between two running nodes for each state size, write rate and mode, and prints a table of
 //! downtime (freeze to the target's Ready, as the source measured it), total time, and the
 //! latency of requests sent every 2 ms through the first node meanwhile (the slowest of them
-//! waited out the freeze).
+//! waited out the freeze), next to the latency of the same requests during a quiet second
+//! before each migration, in the same run.
 //!
 //! Run: `scripts/bench.sh migrate` (it starts the nodes and builds the guests), or
 //! `cargo run --release -p continuum --example migbench -- --a DIR_A --b DIR_B`.
@@ -142,9 +143,9 @@ async fn main() -> Result<()> {
     let (a, b) = (Node::open(&args.a)?, Node::open(&args.b)?);
     let wasm = std::fs::read(&args.wasm).with_context(|| format!("{}", args.wasm.display()))?;
     println!(
-        "| state | rewritten per 100 ms | mode | rounds | last delta | downtime p50 (max) | total p50 | held requests: n, wait p50 / p99 | all requests meanwhile p50 / p99 / max |"
+        "| state | rewritten per 100 ms | mode | rounds | last delta | downtime p50 (max) | total p50 | held requests: n, wait p50 / p99 | all requests meanwhile p50 / p99 / max | the same in a quiet second before each p50 / p99 / max |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for &mib in &args.sizes {
         let name = format!("churn{mib}");
         a.call(Method::PUT, &format!("/v1/components/{name}"), wasm.clone())
@@ -160,8 +161,16 @@ async fn main() -> Result<()> {
                 .await?;
             for stop_and_copy in [false, true] {
                 let (mut down, mut total, mut rounds, mut last) = (vec![], vec![], vec![], vec![]);
-                let (mut lat, mut held) = (Vec::new(), Vec::new());
+                let (mut lat, mut held, mut quiet) = (Vec::new(), Vec::new(), Vec::new());
                 for _ in 0..args.runs {
+                    // First a quiet second (after the last migration settled), for comparison.
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    let stop = Arc::new(AtomicBool::new(false));
+                    let probing =
+                        tokio::spawn(probe(a.addr, format!("/c/{name}/ping"), stop.clone()));
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    stop.store(true, Ordering::Relaxed);
+                    quiet.extend(probing.await??);
                     let stop = Arc::new(AtomicBool::new(false));
                     let probing =
                         tokio::spawn(probe(a.addr, format!("/c/{name}/ping"), stop.clone()));
@@ -186,7 +195,7 @@ async fn main() -> Result<()> {
                 }
                 let max_down = *down.iter().max().unwrap_or(&0);
                 println!(
-                    "| {mib} MiB | {pct_dirty} % ({kb} KiB/10 ms) | {} | {} | {} KiB | {} ms ({max_down} ms) | {} ms | {}, {:.1} / {:.1} ms | {:.1} / {:.1} / {:.1} ms |",
+                    "| {mib} MiB | {pct_dirty} % ({kb} KiB/10 ms) | {} | {} | {} KiB | {} ms ({max_down} ms) | {} ms | {}, {:.1} / {:.1} ms | {:.1} / {:.1} / {:.1} ms | {:.1} / {:.1} / {:.1} ms |",
                     if stop_and_copy {
                         "stop-and-copy"
                     } else {
@@ -202,6 +211,9 @@ async fn main() -> Result<()> {
                     pct(&lat, 0.5),
                     pct(&lat, 0.99),
                     pct(&lat, 1.0),
+                    pct(&quiet, 0.5),
+                    pct(&quiet, 0.99),
+                    pct(&quiet, 1.0),
                 );
             }
         }

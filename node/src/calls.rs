@@ -23,7 +23,6 @@ const PARKED_SLACK: Duration = Duration::from_secs(10);
 pub struct Calls {
     me: PeerId,
     node: OnceLock<Weak<Node>>,
-    rt: tokio::runtime::Handle,
     parked: Mutex<HashMap<u64, (ReplyTo, Instant)>>,
 }
 
@@ -34,7 +33,6 @@ impl Calls {
         Arc::new(Calls {
             me,
             node: OnceLock::new(),
-            rt: tokio::runtime::Handle::current(),
             parked: Mutex::default(),
         })
     }
@@ -51,7 +49,7 @@ impl Calls {
     pub fn send_wake(&self, to: PeerId, name: &str, op: u64, result: Vec<u8>, hops: u8) {
         let Some(n) = self.node() else { return };
         let name = name.to_string();
-        self.rt.spawn(async move {
+        n.mesh.runtime().clone().spawn(async move {
             if let Err(e) = n.mesh.wake(to, &name, op, result, hops).await {
                 tracing::warn!(%to, component = %name, "a call's result did not get through: {e}");
             }
@@ -85,7 +83,9 @@ impl Router for Calls {
             return;
         };
         let from = from.to_string();
-        self.rt.spawn(async move {
+        // Not here (a local callee goes straight from thread to thread): it waits on the
+        // mesh, so it runs next to it.
+        node.mesh.runtime().clone().spawn(async move {
             let resp = http::serve(&node, &to, req, ctx).await;
             // follow-traffic counts a component's calls by the node that answered them, so a
             // component that mostly reads from another moves next to it.
@@ -146,7 +146,7 @@ impl Router for Calls {
             return;
         }
         let Some(n) = self.node() else { return };
-        self.rt.spawn(async move {
+        n.mesh.runtime().clone().spawn(async move {
             if let Err(e) = n.mesh.answer(node, key, abi::encode_response(&resp)).await {
                 tracing::warn!(%node, "the answer to a migrated request did not get through: {e}");
             }

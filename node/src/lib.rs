@@ -3,6 +3,7 @@
 //!
 //! The binary's `main.rs` only parses the command line; each subcommand lives in `cli/`.
 
+pub mod bulk;
 pub mod calls;
 pub mod cli;
 pub mod client;

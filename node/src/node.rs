@@ -192,6 +192,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
             "cpu_budget must be a positive number of cores (e.g. 0.5), not {b}"
         );
     }
+    crate::bulk::init();
     let dir = DataDir::open(&config.data_dir)?;
     dir.remove_node_json();
     let key = identity::load_or_create(&dir)?;
@@ -326,7 +327,9 @@ async fn run_node(config: NodeConfig, dir: DataDir, key: libp2p::identity::Keypa
     calls.attach(&node);
     node.announce_components();
     let servers = [
-        tokio::spawn(serve_peers(node.clone(), inbound).in_current_span()),
+        node.mesh
+            .runtime()
+            .spawn(serve_peers(node.clone(), inbound).in_current_span()),
         tokio::spawn(http::h1::serve(tcp, node.clone()).in_current_span()),
         tokio::spawn(http::h3::serve(udp.clone(), node.clone()).in_current_span()),
         tokio::spawn(periodic_checkpoints(node.clone()).in_current_span()),
@@ -353,15 +356,24 @@ async fn run_node(config: NodeConfig, dir: DataDir, key: libp2p::identity::Keypa
 async fn serve_peers(node: Arc<Node>, mut inbound: tokio::sync::mpsc::Receiver<Inbound>) {
     while let Some(Inbound {
         from,
-        request,
+        envelope,
         channel,
     }) = inbound.recv().await
     {
         let node = node.clone();
         tokio::spawn(
             async move {
-                let reply = answer_peer(&node, from, request).await;
-                node.mesh.respond(channel, reply);
+                let reply = match node.mesh.open(envelope).await {
+                    Ok(request) => answer_peer(&node, from, request).await,
+                    Err(e) => {
+                        tracing::debug!(%from, "refused a request from a peer: {e}");
+                        Reply::Refused {
+                            status: 403,
+                            message: e.to_string(),
+                        }
+                    }
+                };
+                node.mesh.respond(channel, reply).await;
             }
             .in_current_span(),
         );

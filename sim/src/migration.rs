@@ -134,6 +134,7 @@ impl Migration {
                 Err(r) => r,
                 Ok(()) => match msg {
                     ToTarget::Module { .. } => target.module_stored(now),
+                    ToTarget::Part { .. } => target.part_applied(now),
                     ToTarget::Pages { round, .. } => target.round_applied(now, round),
                     ToTarget::Final { .. } => target.ready(now),
                     ToTarget::Commit { epoch, .. } => target.commit(epoch).0,

@@ -25,11 +25,12 @@ const TOPIC: &str = "continuum/gossip/1";
 /// Peers a node connects to on its own once it hears of them.
 const DIRECT_PEERS: usize = 8;
 
-/// A request from another node that the node (not the driver) must answer, through
-/// `Mesh::respond`.
+/// A request from another node that the node (not the driver) must open (`Mesh::open`) and
+/// answer (`Mesh::respond`): the driver never decodes what it does not handle itself, so a
+/// migration's rounds of pages do not hold up the swarm's event loop.
 pub struct Inbound {
     pub from: PeerId,
-    pub request: Request,
+    pub envelope: Envelope,
     pub channel: ResponseChannel<Envelope>,
 }
 
@@ -131,7 +132,8 @@ fn prefer_quic(addrs: Vec<Multiaddr>) -> Vec<Multiaddr> {
 }
 
 enum Pending {
-    Call(oneshot::Sender<Result<Reply, MeshError>>),
+    /// The reply goes back sealed: the asker opens it.
+    Call(oneshot::Sender<Result<Envelope, MeshError>>),
     Sync,
 }
 
@@ -376,76 +378,61 @@ impl Driver {
     }
 
     fn on_request(&mut self, from: PeerId, env: Envelope, channel: ResponseChannel<Envelope>) {
-        let request: Request = match rpc::open(self.key.as_ref(), &env) {
-            Ok(r) => r,
-            Err(e) => {
-                self.reject(&e);
+        if !rpc::is_sync(&env) {
+            if let Err(mpsc::error::TrySendError::Full(i) | mpsc::error::TrySendError::Closed(i)) =
+                self.inbound.try_send(Inbound {
+                    from,
+                    envelope: env,
+                    channel,
+                })
+            {
                 let reply = Reply::Refused {
-                    status: 403,
-                    message: e.to_string(),
+                    status: 503,
+                    message: "node is overloaded".into(),
                 };
                 let _ = self
                     .swarm
                     .behaviour_mut()
                     .rpc
-                    .send_response(channel, rpc::seal(self.key.as_ref(), &reply));
-                return;
+                    .send_response(i.channel, rpc::seal(self.key.as_ref(), &reply));
             }
-        };
-        match request {
-            Request::Sync(bytes) => {
+            return;
+        }
+        let reply = match rpc::open(self.key.as_ref(), &env) {
+            Ok(Request::Sync(bytes)) => {
                 self.dirty = true;
                 self.metrics.gossip_in(bytes.len());
                 let now = self.now();
                 if let Err(e) = self.gossip.handle_direct(now, from, &bytes) {
                     self.reject(&e);
                 }
-                let _ = self
-                    .swarm
-                    .behaviour_mut()
-                    .rpc
-                    .send_response(channel, rpc::seal(self.key.as_ref(), &Reply::Synced));
+                Reply::Synced
             }
-            request => {
-                if let Err(
-                    mpsc::error::TrySendError::Full(i) | mpsc::error::TrySendError::Closed(i),
-                ) = self.inbound.try_send(Inbound {
-                    from,
-                    request,
-                    channel,
-                }) {
-                    let reply = Reply::Refused {
-                        status: 503,
-                        message: "node is overloaded".into(),
-                    };
-                    let _ = self
-                        .swarm
-                        .behaviour_mut()
-                        .rpc
-                        .send_response(i.channel, rpc::seal(self.key.as_ref(), &reply));
+            Ok(_) => Reply::Refused {
+                status: 400,
+                message: "malformed sync".into(),
+            },
+            Err(e) => {
+                self.reject(&e);
+                Reply::Refused {
+                    status: 403,
+                    message: e.to_string(),
                 }
             }
-        }
+        };
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .rpc
+            .send_response(channel, rpc::seal(self.key.as_ref(), &reply));
     }
 
     fn on_response(&mut self, id: OutboundRequestId, env: Envelope) {
-        let Some((peer, pending)) = self.pending.remove(&id) else {
+        let Some((_, pending)) = self.pending.remove(&id) else {
             return;
         };
-        let reply: Result<Reply, Reject> = rpc::open(self.key.as_ref(), &env);
-        if let Err(e) = &reply {
-            self.reject(e);
-        }
-        let result = match reply {
-            Ok(Reply::Refused { status, message }) => Err(MeshError::Refused(status, message)),
-            Ok(reply) => Ok(reply),
-            Err(e) => Err(MeshError::Refused(
-                502,
-                format!("answer from {peer} refused: {e}"),
-            )),
-        };
         if let Pending::Call(tx) = pending {
-            let _ = tx.send(result);
+            let _ = tx.send(Ok(env));
         }
     }
 
@@ -470,15 +457,11 @@ impl Driver {
         }
     }
 
-    fn send(&mut self, to: PeerId, request: &Request, pending: Pending) {
+    fn send(&mut self, to: PeerId, envelope: Envelope, pending: Pending) {
         if !self.swarm.is_connected(&to) {
             self.learn_addresses(to);
         }
-        let id = self
-            .swarm
-            .behaviour_mut()
-            .rpc
-            .send_request(&to, rpc::seal(self.key.as_ref(), request));
+        let id = self.swarm.behaviour_mut().rpc.send_request(&to, envelope);
         self.pending.insert(id, (to, pending));
     }
 
@@ -487,9 +470,9 @@ impl Driver {
         match command {
             Command::Request {
                 peer,
-                request,
+                envelope,
                 reply,
-            } => self.send(peer, &request, Pending::Call(reply)),
+            } => self.send(peer, envelope, Pending::Call(reply)),
             Command::Disconnect(peer) => {
                 let _ = self.swarm.disconnect_peer_id(peer);
             }
@@ -510,12 +493,12 @@ impl Driver {
                 };
                 let _ = reply.send(result.map_err(|e| e.to_string()));
             }
-            Command::Respond { channel, reply } => {
+            Command::Respond { channel, envelope } => {
                 let _ = self
                     .swarm
                     .behaviour_mut()
                     .rpc
-                    .send_response(channel, rpc::seal(self.key.as_ref(), &reply));
+                    .send_response(channel, envelope);
             }
         }
     }
@@ -535,7 +518,8 @@ impl Driver {
                 }
                 Output::Send { to, bytes } => {
                     self.metrics.gossip_out(bytes.len());
-                    self.send(to, &Request::Sync(bytes), Pending::Sync);
+                    let sync = rpc::seal(self.key.as_ref(), &Request::Sync(bytes));
+                    self.send(to, sync, Pending::Sync);
                 }
             }
         }

@@ -124,11 +124,11 @@ pub enum FederationOp {
 }
 
 pub(crate) enum Command {
-    /// Send a request to a peer; its reply (or a refusal, or a lost connection) comes back.
+    /// Send a sealed request to a peer; its sealed reply (or a lost connection) comes back.
     Request {
         peer: PeerId,
-        request: rpc::Request,
-        reply: oneshot::Sender<Result<rpc::Reply, MeshError>>,
+        envelope: rpc::Envelope,
+        reply: oneshot::Sender<Result<rpc::Envelope, MeshError>>,
     },
     SetComponents(Vec<continuum_gossip::Hosted>),
     /// The node's own load figure, which replaces the host's load average in its adverts.
@@ -138,7 +138,7 @@ pub(crate) enum Command {
     Federate(FederationOp, oneshot::Sender<Result<(), String>>),
     Respond {
         channel: libp2p::request_response::ResponseChannel<rpc::Envelope>,
-        reply: rpc::Reply,
+        envelope: rpc::Envelope,
     },
 }
 
@@ -152,6 +152,9 @@ pub struct Mesh {
     me: PeerId,
     cmd: mpsc::UnboundedSender<Command>,
     snapshot: Arc<RwLock<Arc<Snapshot>>>,
+    key: Option<SwarmKey>,
+    metrics: Arc<Metrics>,
+    rt: tokio::runtime::Handle,
 }
 
 impl Mesh {
@@ -173,30 +176,72 @@ impl Mesh {
             slots: 64,
             ..Resources::default()
         });
-        let swarm =
-            driver::build_swarm(key.clone(), &cfg, &mut registry).context("starting libp2p")?;
-        metrics.attach(registry);
+        // The swarm, its connections and QUIC's endpoint run on a runtime of their own: they
+        // poll for long stretches when a migration streams megabytes (encoding, encryption),
+        // and tokio does not preempt a task, so on the node's runtime they would hold up the
+        // HTTP handlers. On their own threads the kernel shares the cores fairly. Two, so that
+        // QUIC's endpoint keeps moving packets while a connection decodes a large message (on
+        // one, a 16 MiB transfer took five times as long).
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("mesh")
+            .enable_all()
+            .build()
+            .context("starting the mesh's runtime")?;
         let (cmd, cmd_rx) = mpsc::unbounded_channel();
+        let swarm_key = cfg.key.clone();
         let (inbound_tx, inbound_rx) = mpsc::channel(256);
         let snapshot = Arc::new(RwLock::new(Arc::new(Snapshot::default())));
         let (ready_tx, ready_rx) = oneshot::channel();
-        let driver = driver::Driver::new(
-            swarm,
-            key,
-            cfg,
-            local,
-            metrics,
-            snapshot.clone(),
-            inbound_tx,
-            ready_tx,
-        )?;
-        tokio::spawn(driver.run(cmd_rx));
+        let (built_tx, built_rx) = oneshot::channel();
+        let shared = snapshot.clone();
+        let m = metrics.clone();
+        rt.spawn(async move {
+            let built = driver::build_swarm(key.clone(), &cfg, &mut registry)
+                .context("starting libp2p")
+                .and_then(|swarm| {
+                    driver::Driver::new(swarm, key, cfg, local, m, shared, inbound_tx, ready_tx)
+                });
+            match built {
+                Ok(driver) => {
+                    let _ = built_tx.send(Ok(registry));
+                    driver.run(cmd_rx).await;
+                }
+                Err(e) => {
+                    let _ = built_tx.send(Err(e));
+                }
+            }
+        });
+        let handle = rt.handle().clone();
+        // It lives as long as the process (dropping a runtime from async code is not allowed).
+        std::mem::forget(rt);
+        let registry = built_rx
+            .await
+            .map_err(|_| anyhow::anyhow!("the mesh did not start"))??;
+        metrics.attach(registry);
         let _ = tokio::time::timeout(Duration::from_secs(5), ready_rx).await;
-        Ok((Mesh { me, cmd, snapshot }, inbound_rx))
+        Ok((
+            Mesh {
+                me,
+                cmd,
+                snapshot,
+                key: swarm_key,
+                metrics,
+                rt: handle,
+            },
+            inbound_rx,
+        ))
     }
 
     pub fn me(&self) -> PeerId {
         self.me
+    }
+
+    /// The mesh's own runtime: work that is mostly waiting on peers (answering them, calls to
+    /// components on other nodes) runs there, next to the swarm, saving a hop between threads
+    /// each way.
+    pub fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.rt
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
@@ -215,17 +260,57 @@ impl Mesh {
         (l.host != self.me && l.epoch > epoch).then_some((l.host, l.epoch))
     }
 
+    /// Seal `value` for a peer; a large one on the bulk pool.
+    async fn seal<T: Serialize + Send + 'static>(&self, value: T, bulk: bool) -> rpc::Envelope {
+        if !bulk {
+            return rpc::seal(self.key.as_ref(), &value);
+        }
+        let key = self.key.clone();
+        crate::bulk::run(move || rpc::seal(key.as_ref(), &value))
+            .await
+            .expect("sealing does not panic")
+    }
+
+    /// Open what a peer sent; a large envelope on the bulk pool. Refusals are counted.
+    pub async fn open<T: serde::de::DeserializeOwned + Send + 'static>(
+        &self,
+        env: rpc::Envelope,
+    ) -> Result<T, continuum_gossip::Reject> {
+        let opened = if env.len() > rpc::BULK {
+            let key = self.key.clone();
+            crate::bulk::run(move || rpc::open(key.as_ref(), &env))
+                .await
+                .unwrap_or_else(|e| Err(continuum_gossip::Reject::Malformed(e.to_string())))
+        } else {
+            rpc::open(self.key.as_ref(), &env)
+        };
+        if let Err(e) = &opened {
+            self.metrics.mesh_reject(e.reason());
+        }
+        opened
+    }
+
     /// Send a request to a peer and wait for its reply.
     async fn request(&self, peer: PeerId, request: rpc::Request) -> Result<rpc::Reply, MeshError> {
+        let bulk = request.is_bulk();
+        let envelope = self.seal(request, bulk).await;
         let (reply, rx) = oneshot::channel();
         self.cmd
             .send(Command::Request {
                 peer,
-                request,
+                envelope,
                 reply,
             })
             .map_err(|_| MeshError::Closed)?;
-        rx.await.map_err(|_| MeshError::Closed)?
+        let env = rx.await.map_err(|_| MeshError::Closed)??;
+        match self.open(env).await {
+            Ok(rpc::Reply::Refused { status, message }) => Err(MeshError::Refused(status, message)),
+            Ok(reply) => Ok(reply),
+            Err(e) => Err(MeshError::Refused(
+                502,
+                format!("answer from {peer} refused: {e}"),
+            )),
+        }
     }
 
     /// Send a component request (guest ABI encoding) to its host; its answer comes back.
@@ -370,11 +455,13 @@ impl Mesh {
     }
 
     /// Answer an inbound request.
-    pub fn respond(
+    pub async fn respond(
         &self,
         channel: libp2p::request_response::ResponseChannel<rpc::Envelope>,
         reply: rpc::Reply,
     ) {
-        let _ = self.cmd.send(Command::Respond { channel, reply });
+        let bulk = matches!(&reply, rpc::Reply::Forwarded(b) | rpc::Reply::Deployed(b) if b.len() > rpc::BULK);
+        let envelope = self.seal(reply, bulk).await;
+        let _ = self.cmd.send(Command::Respond { channel, envelope });
     }
 }

@@ -6,6 +6,26 @@
 
 use continuum_gossip::{Reject, SwarmKey};
 use continuum_migrate::{MigrationId, Outcome, ToSource, ToTarget};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn syncs_are_told_by_their_first_bytes() {
+        assert!(is_sync(&seal(None, &Request::Sync(vec![1, 2, 3]))));
+        assert!(!is_sync(&seal(None, &Request::MigrationStatus(7))));
+        assert!(!is_sync(&seal(
+            None,
+            &Request::Wake {
+                name: "Sync".into(),
+                op: 1,
+                result: vec![],
+                hops: 0
+            }
+        )));
+    }
+}
 use serde::{Deserialize, Serialize};
 
 pub const PROTOCOL: &str = "/continuum/rpc/1";
@@ -99,6 +119,44 @@ pub enum Reply {
         status: u16,
         message: String,
     },
+}
+
+/// Whether an envelope holds a gossip sync, which the mesh driver answers itself: told by its
+/// first bytes (a one-entry CBOR map keyed "Sync", as `Request::Sync` encodes) without decoding
+/// the rest. The driver hands everything else on sealed.
+pub fn is_sync(env: &Envelope) -> bool {
+    env.body.starts_with(&[0xA1, 0x64, b'S', b'y', b'n', b'c'])
+}
+
+/// Envelopes larger than this are sealed and opened on the bulk pool, not on an async worker.
+pub const BULK: usize = 256 << 10;
+
+impl Envelope {
+    pub fn len(&self) -> usize {
+        self.body.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.body.is_empty()
+    }
+}
+
+impl Request {
+    /// Whether it may carry much data (module bytes, pages, a request body).
+    pub fn is_bulk(&self) -> bool {
+        match self {
+            Request::Deploy { .. } => true,
+            Request::Migrate(m) => !matches!(
+                m,
+                ToTarget::Offer(_) | ToTarget::Commit { .. } | ToTarget::Abort { .. }
+            ),
+            Request::Forward { request, .. } => request.len() > BULK,
+            Request::Wake { result, .. } => result.len() > BULK,
+            Request::Answer { response, .. } => response.len() > BULK,
+            Request::Control { body, .. } => body.len() > BULK,
+            _ => false,
+        }
+    }
 }
 
 pub fn seal<T: Serialize>(key: Option<&SwarmKey>, value: &T) -> Envelope {

@@ -7,7 +7,7 @@ use crate::runtime::ComponentHandle;
 use continuum_gossip::PeerId;
 use continuum_migrate::{
     Digest, MemoryDelta, MigrationId, Offer, Outcome, Report, Source, SourceAction, SourceConfig,
-    ToSource, ToTarget, encode_pages,
+    ToSource, ToTarget, encode_pages, split_round,
 };
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -109,8 +109,34 @@ fn page_bytes(pages: &[MemoryDelta]) -> u64 {
     pages.iter().map(|m| m.data.len() as u64).sum()
 }
 
+/// Pages in one message at most: a round larger than this goes as parts, each a message of its
+/// own, so that no decode holds up the connection (and the requests it carries) for long.
+const PART_PAGES: usize = 256;
+
+/// Send all but the last part of `pages` as `Part`s, each answered before the next; the last
+/// part, encoded, for the message that ends them. An answer other than `PartApplied` (or a
+/// transport error) comes back as it is, for the machine.
+async fn send_parts(
+    node: &Node,
+    to: PeerId,
+    id: MigrationId,
+    pages: Vec<MemoryDelta>,
+) -> Result<Vec<u8>, Result<ToSource, String>> {
+    let mut parts = split_round(&pages, PART_PAGES);
+    drop(pages);
+    let last = parts.pop().expect("a round has at least one part");
+    for part in parts {
+        let bytes = encode(part).await;
+        match exchange(node, to, ToTarget::Part { id, pages: bytes }).await {
+            Ok(ToSource::PartApplied { .. }) => {}
+            other => return Err(other),
+        }
+    }
+    Ok(encode(last).await)
+}
+
 async fn encode(pages: Vec<MemoryDelta>) -> Vec<u8> {
-    tokio::task::spawn_blocking(move || encode_pages(&pages))
+    crate::bulk::run(move || encode_pages(&pages))
         .await
         .unwrap_or_default()
 }
@@ -179,8 +205,12 @@ async fn drive(
                                 bytes,
                             });
                         });
-                        let pages = encode(r.pages).await;
-                        exchange(&node, to, ToTarget::Pages { id, round, pages }).await
+                        match send_parts(&node, to, id, r.pages).await {
+                            Ok(pages) => {
+                                exchange(&node, to, ToTarget::Pages { id, round, pages }).await
+                            }
+                            Err(answer) => answer,
+                        }
                     }
                     Err(e) => {
                         src.abort(now(&node), &format!("capturing round {round}: {e:#}"));
@@ -195,19 +225,23 @@ async fn drive(
                         src.final_sent(now(&node), bytes);
                         node.metrics.migration_bytes.inc_by(bytes);
                         migrations.update(id, |p| p.step = "frozen".into());
-                        let pages = encode(f.round.pages).await;
                         let mut digest = f.digest;
                         if faulty("source:bad-digest") {
                             digest[0] ^= 1;
                         }
-                        let last = ToTarget::Final {
-                            id,
-                            pages,
-                            globals: f.globals,
-                            snapshot_digest: digest,
-                            carried: f.carried,
-                        };
-                        exchange(&node, to, last).await
+                        match send_parts(&node, to, id, f.round.pages).await {
+                            Ok(pages) => {
+                                let last = ToTarget::Final {
+                                    id,
+                                    pages,
+                                    globals: f.globals,
+                                    snapshot_digest: digest,
+                                    carried: f.carried,
+                                };
+                                exchange(&node, to, last).await
+                            }
+                            Err(answer) => answer,
+                        }
                     }
                     Err(e) => {
                         src.abort(now(&node), &format!("freezing: {e:#}"));

@@ -33,7 +33,7 @@ pub(super) type SharedStaged = Arc<tokio::sync::Mutex<Staged>>;
 pub async fn on_message(node: &Arc<Node>, from: PeerId, msg: ToTarget) -> ToSource {
     let id = msg.id();
     static CUT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    if matches!(msg, ToTarget::Pages { .. })
+    if matches!(msg, ToTarget::Pages { .. } | ToTarget::Part { .. })
         && faulty("target:cut")
         && !CUT.swap(true, Ordering::Relaxed)
     {
@@ -43,7 +43,7 @@ pub async fn on_message(node: &Arc<Node>, from: PeerId, msg: ToTarget) -> ToSour
     }
     match &msg {
         ToTarget::Offer(_) => fault("target:offer"),
-        ToTarget::Pages { .. } => fault("target:pages"),
+        ToTarget::Pages { .. } | ToTarget::Part { .. } => fault("target:pages"),
         ToTarget::Final { .. } => fault("target:final"),
         _ => {}
     }
@@ -100,6 +100,13 @@ pub async fn on_message(node: &Arc<Node>, from: PeerId, msg: ToTarget) -> ToSour
                 }
             }
         }
+        ToTarget::Part { pages, .. } => match apply(node, &mut st, pages, None).await {
+            Ok(()) => st.target.part_applied(now(node)),
+            Err(e) => {
+                node.metrics.reject("bad_migration");
+                st.target.failed(e)
+            }
+        },
         ToTarget::Pages { round, pages, .. } => match apply(node, &mut st, pages, None).await {
             Ok(()) => st.target.round_applied(now(node), round),
             Err(e) => {
@@ -305,7 +312,7 @@ async fn apply(
     let module = st.module.clone();
     let mut inst = st.instance.take();
     let mut maps = std::mem::take(&mut st.maps);
-    let (inst, maps, result) = tokio::task::spawn_blocking(move || {
+    let (inst, maps, result) = crate::bulk::run(move || {
         let result = (|| -> Result<(), String> {
             let images = decode_pages(pages).map_err(|e| format!("pages refused: {e}"))?;
             let whole = inst.is_none();

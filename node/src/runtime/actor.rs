@@ -47,10 +47,20 @@ pub enum Command {
         only_if_dirty: bool,
         reply: oneshot::Sender<Result<Option<Snapshot>, String>>,
     },
-    /// A pre-copy round: the pages changed since `base` (a digest map per memory), and the
-    /// new maps. The component goes on serving.
+    /// A pre-copy round after the first: the pages changed since `base` (a digest map per
+    /// memory), and the new maps. The component goes on serving.
     Round {
         base: Vec<Vec<Digest>>,
+        reply: oneshot::Sender<Result<Captured, String>>,
+    },
+    /// The first round, part one: start write tracking; the length of every memory.
+    Track {
+        reply: oneshot::Sender<Result<Vec<usize>, String>>,
+    },
+    /// The first round, part two: copy every memory into `buffers` (sized by `Track`), a
+    /// piece at a time between requests, and hand them back filled.
+    Copy {
+        buffers: Vec<Vec<u8>>,
         reply: oneshot::Sender<Result<Captured, String>>,
     },
     /// Capture the last changed pages, the globals and the requests in flight, then hold every
@@ -114,6 +124,9 @@ pub enum Answer {
 /// What the component thread hands out for a round.
 pub enum Captured {
     Pages(Round),
+    /// A later round with kernel tracking: copies of the written pages (and the base maps), to
+    /// be hashed and compared off the component's thread.
+    Written(Vec<Vec<Digest>>, Vec<continuum_migrate::WrittenPages>),
     /// The first round: a plain copy of each memory, to be hashed off the component's thread
     /// (which goes back to serving after a memcpy rather than after hashing everything).
     Whole(Vec<Vec<u8>>),
@@ -321,21 +334,54 @@ impl ComponentHandle {
         .map_err(|e| anyhow::anyhow!(e))
     }
 
+    /// One pre-copy round (the first when `base` is empty). The first copies the memories out
+    /// whole, into buffers populated off the component's thread, a megabyte at a time between
+    /// requests, and hashes them off it too, at low priority: requests meanwhile wait for a
+    /// megabyte's copy at most.
     pub async fn round(&self, base: Vec<Vec<Digest>>) -> anyhow::Result<Round> {
-        let captured = self
-            .ask(move |reply| Command::Round { base, reply })
-            .await?
-            .map_err(|e| anyhow::anyhow!(e))?;
-        match captured {
-            Captured::Pages(round) => Ok(round),
-            Captured::Whole(copies) => Ok(tokio::task::spawn_blocking(move || {
-                let (pages, maps) = copies
-                    .iter()
-                    .map(|m| MemoryDelta::changed_since(m, &[]))
-                    .unzip();
-                Round { pages, maps }
+        let captured = if base.is_empty() {
+            let lens = self
+                .ask(|reply| Command::Track { reply })
+                .await?
+                .map_err(|e| anyhow::anyhow!(e))?;
+            let buffers = crate::bulk::run(move || {
+                lens.into_iter()
+                    .map(continuum_migrate::prefaulted)
+                    .collect::<Vec<_>>()
             })
-            .await?),
+            .await?;
+            self.ask(move |reply| Command::Copy { buffers, reply })
+                .await?
+        } else {
+            self.ask(move |reply| Command::Round { base, reply })
+                .await?
+        };
+        match captured.map_err(|e| anyhow::anyhow!(e))? {
+            Captured::Pages(round) => Ok(round),
+            Captured::Written(base, written) => {
+                crate::bulk::run(move || {
+                    let (pages, maps) = written
+                        .iter()
+                        .enumerate()
+                        .map(|(i, w)| {
+                            let b = base.get(i).map_or(&[][..], |v| v);
+                            MemoryDelta::changed_among_copies(b, w)
+                        })
+                        .unzip();
+                    Round { pages, maps }
+                })
+                .await
+            }
+            Captured::Whole(copies) => {
+                crate::bulk::run(move || {
+                    let (pages, maps) = copies
+                        .iter()
+                        .map(|m| MemoryDelta::changed_since(m, &[]))
+                        .unzip();
+                    Round { pages, maps }
+                })
+                .await
+            }
         }
     }
 
@@ -436,6 +482,32 @@ enum Mode {
     /// Runs nothing: its state is on its way elsewhere, or to its next version.
     Frozen,
 }
+
+/// The first round's copy, under way.
+struct CopyJob {
+    buffers: Vec<Vec<u8>>,
+    memory: usize,
+    at: usize,
+    then: Then,
+}
+
+/// What a finished copy is for.
+enum Then {
+    /// A migration's first round.
+    Round(oneshot::Sender<Result<Captured, String>>),
+    /// A checkpoint of a large component: writes since the copy began are tracked, and copied
+    /// again at one quiescent point once the rest is, so the component never stops for longer
+    /// than that.
+    Checkpoint {
+        tracking: Tracking,
+        reply: oneshot::Sender<Result<Option<Snapshot>, String>>,
+        started: Instant,
+    },
+}
+
+/// Components with less memory than this are checkpointed in one go (it takes a millisecond
+/// or two).
+const CHUNKED_CHECKPOINT: u64 = 4 << 20;
 
 enum AfterDrain {
     Handoff(oneshot::Sender<Result<(u32, Vec<u8>), String>>),
@@ -1072,14 +1144,11 @@ impl<'a> Actor<'a> {
         self.inst.checkpoint().map_err(|e| e.to_string())
     }
 
-    /// A round: the first of a migration (empty `base`) starts write tracking, so that the
-    /// later ones, the freeze above all, look only at pages written since, and copies the
-    /// memories out whole; the later ones carry the pages changed since `base`.
-    fn round(&mut self, base: &[Vec<Digest>]) -> Captured {
-        if !base.is_empty() {
-            return Captured::Pages(self.pages_since(base));
-        }
-        // Track first, then copy: a write in between shows up twice, never not at all.
+    /// The first round of a migration starts write tracking, so that the later ones, the
+    /// freeze above all, look only at pages written since; then the memories are copied out.
+    /// Track first, then copy: a write in between shows up twice, never not at all, and so
+    /// does one to a part already copied while the rest is.
+    fn track(&mut self) -> Vec<usize> {
         self.tracking = match self.inst.track() {
             Ok(t) => Some(t),
             Err(e) => {
@@ -1087,7 +1156,124 @@ impl<'a> Actor<'a> {
                 None
             }
         };
-        Captured::Whole(self.inst.copy_memories())
+        self.inst.memory_lens()
+    }
+
+    /// Start a checkpoint a megabyte at a time between requests, if it is worth it and the
+    /// kernel tracks writes (a migration's tracking is not disturbed: then it is taken in one
+    /// go); else hand the reply back.
+    fn begin_checkpoint(
+        &mut self,
+        reply: oneshot::Sender<Result<Option<Snapshot>, String>>,
+    ) -> Result<CopyJob, oneshot::Sender<Result<Option<Snapshot>, String>>> {
+        if self.tracking.is_some() || self.inst.memory_bytes() < CHUNKED_CHECKPOINT {
+            return Err(reply);
+        }
+        let Ok(tracking) = self.inst.track() else {
+            return Err(reply);
+        };
+        // Zeroed, not populated: the pages fault in a megabyte at a time as they are copied.
+        let buffers = self
+            .inst
+            .memory_lens()
+            .into_iter()
+            .map(|len| vec![0u8; len])
+            .collect();
+        Ok(CopyJob {
+            buffers,
+            memory: 0,
+            at: 0,
+            then: Then::Checkpoint {
+                tracking,
+                reply,
+                started: Instant::now(),
+            },
+        })
+    }
+
+    /// Finish a copy job: now, whatever is left of it.
+    fn complete(&mut self, mut job: CopyJob) {
+        while !self.copy_step(&mut job) {}
+        match job.then {
+            Then::Round(reply) => {
+                let _ = reply.send(Ok(Captured::Whole(job.buffers)));
+            }
+            Then::Checkpoint {
+                tracking,
+                reply,
+                started,
+            } => self.finish_checkpoint(job.buffers, tracking, reply, started),
+        }
+    }
+
+    /// The copy of a checkpoint is done: copy again what was written meanwhile (at this one
+    /// point the buffers are the state), then build the snapshot off this thread.
+    fn finish_checkpoint(
+        &mut self,
+        mut buffers: Vec<Vec<u8>>,
+        mut tracking: Tracking,
+        reply: oneshot::Sender<Result<Option<Snapshot>, String>>,
+        started: Instant,
+    ) {
+        let lens = self.inst.memory_lens();
+        for (i, buf) in buffers.iter_mut().enumerate() {
+            let len = lens.get(i).copied().unwrap_or(0);
+            buf.resize(len, 0);
+            match tracking.written(i, len) {
+                Some(pages) => {
+                    for p in pages {
+                        let at = p as usize * continuum_migrate::PAGE_SIZE;
+                        if at < len {
+                            let end = (at + continuum_migrate::PAGE_SIZE).min(len);
+                            self.inst.copy_into(i, at, &mut buf[at..end]);
+                        }
+                    }
+                }
+                None => {
+                    self.inst.copy_into(i, 0, buf);
+                }
+            }
+        }
+        drop(tracking);
+        let globals = match self.inst.globals() {
+            Ok(g) => g,
+            Err(e) => {
+                let _ = reply.send(Err(e.to_string()));
+                return;
+            }
+        };
+        self.inst
+            .set_epoch(self.stats.epoch.load(Ordering::Relaxed));
+        let (meta, digest) = (self.inst.meta().clone(), self.inst.module().digest);
+        self.dirty = false;
+        let seconds = self.metrics.checkpoint_seconds.clone();
+        rayon::spawn(move || {
+            let memories = buffers
+                .iter()
+                .map(|b| continuum_migrate::MemoryImage::capture(b))
+                .collect();
+            let snap = Snapshot::new(meta, digest, memories, globals);
+            seconds.observe(started.elapsed().as_secs_f64());
+            let _ = reply.send(Ok(Some(snap)));
+        });
+    }
+
+    /// Copy the next megabyte of the first round; true once every memory is copied.
+    fn copy_step(&mut self, job: &mut CopyJob) -> bool {
+        const STEP: usize = 1 << 20;
+        while let Some(buf) = job.buffers.get_mut(job.memory) {
+            if job.at < buf.len() {
+                let end = (job.at + STEP).min(buf.len());
+                let n = self
+                    .inst
+                    .copy_into(job.memory, job.at, &mut buf[job.at..end]);
+                job.at = if n == 0 { buf.len() } else { job.at + n };
+                return false;
+            }
+            job.memory += 1;
+            job.at = 0;
+        }
+        true
     }
 
     /// The pages changed since `base` (every page when `base` is empty).
@@ -1320,7 +1506,14 @@ fn run(mut a: Actor<'_>, rx: Receiver<Command>) {
     let mut held: Held = Vec::new();
     let mut held_wakes: Vec<(u64, Vec<u8>, Option<PeerId>)> = Vec::new();
 
+    let mut copying: Option<CopyJob> = None;
     let moved_to = 'run: loop {
+        if let (Mode::Serving, Some(job)) = (&mode, copying.as_mut())
+            && a.copy_step(job)
+        {
+            let job = copying.take().expect("matched above");
+            a.complete(job);
+        }
         if !matches!(mode, Mode::Frozen) {
             a.deliver_ready();
             a.fire_timers();
@@ -1375,7 +1568,7 @@ fn run(mut a: Actor<'_>, rx: Receiver<Command>) {
         }
         let wake_at = match &mode {
             Mode::Frozen => None,
-            _ if !a.ready.is_empty() => Some(Instant::now()),
+            _ if !a.ready.is_empty() || copying.is_some() => Some(Instant::now()),
             Mode::Serving => [
                 a.next_timer(),
                 match a.tick {
@@ -1393,6 +1586,13 @@ fn run(mut a: Actor<'_>, rx: Receiver<Command>) {
             Err(RecvTimeoutError::Timeout) => continue,
             Err(RecvTimeoutError::Disconnected) => break None,
         };
+        // A checkpoint under way is finished first by anything but requests and results: the
+        // migration, update and stop commands need the memory to themselves.
+        if !matches!(cmd, Command::Call { .. } | Command::Wake { .. })
+            && let Some(job) = copying.take_if(|j| matches!(j.then, Then::Checkpoint { .. }))
+        {
+            a.complete(job);
+        }
         match cmd {
             Command::Call { req, ctx, reply } => {
                 a.queued.fetch_sub(1, Ordering::Relaxed);
@@ -1416,9 +1616,21 @@ fn run(mut a: Actor<'_>, rx: Receiver<Command>) {
                 only_if_dirty,
                 reply,
             } => {
-                let result = if only_if_dirty && !a.dirty {
-                    Ok(None)
+                let reply = if only_if_dirty && !a.dirty {
+                    let _ = reply.send(Ok(None));
+                    continue;
+                } else if matches!(mode, Mode::Serving) && copying.is_none() {
+                    match a.begin_checkpoint(reply) {
+                        Ok(job) => {
+                            copying = Some(job);
+                            continue;
+                        }
+                        Err(reply) => reply,
+                    }
                 } else {
+                    reply
+                };
+                let result = {
                     let started = Instant::now();
                     let snap = a.checkpoint().map(Some);
                     a.metrics
@@ -1430,11 +1642,34 @@ fn run(mut a: Actor<'_>, rx: Receiver<Command>) {
                 let _ = reply.send(result);
             }
             Command::Round { base, reply } => {
-                let _ = reply.send(match mode {
-                    Mode::Serving => Ok(a.round(&base)),
+                let _ = reply.send(match (&mode, a.tracking.as_mut()) {
+                    (Mode::Serving, Some(t)) => {
+                        let written = a.inst.copy_written(t);
+                        Ok(Captured::Written(base, written))
+                    }
+                    (Mode::Serving, None) => Ok(Captured::Pages(a.pages_since(&base))),
                     _ => Err("the component is frozen".into()),
                 });
             }
+            Command::Track { reply } => {
+                let _ = reply.send(match mode {
+                    Mode::Serving => Ok(a.track()),
+                    _ => Err("the component is frozen".into()),
+                });
+            }
+            Command::Copy { buffers, reply } => match mode {
+                Mode::Serving => {
+                    copying = Some(CopyJob {
+                        buffers,
+                        memory: 0,
+                        at: 0,
+                        then: Then::Round(reply),
+                    })
+                }
+                _ => {
+                    let _ = reply.send(Err("the component is frozen".into()));
+                }
+            },
             Command::Freeze { base, reply } => {
                 let result = match mode {
                     Mode::Serving => a.final_state(&base),
@@ -1457,9 +1692,11 @@ fn run(mut a: Actor<'_>, rx: Receiver<Command>) {
                 }
             },
             Command::Unfreeze => {
+                // The migration is over here (aborted, or it never froze): no more tracking.
+                a.tracking = None;
+                copying = None;
                 if matches!(mode, Mode::Frozen) {
                     mode = Mode::Serving;
-                    a.tracking = None;
                     for (req, ctx, reply, _) in held.drain(..) {
                         a.serve(req, ctx, reply);
                     }

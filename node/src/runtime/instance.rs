@@ -269,9 +269,19 @@ impl Instance {
         self.state.capture_changed(&self.store, base, tracking)
     }
 
-    /// A plain copy of every memory.
-    pub fn copy_memories(&self) -> Vec<Vec<u8>> {
-        self.state.copy_memories(&self.store)
+    /// Copies of the pages written since `tracking` last looked.
+    pub fn copy_written(&self, tracking: &mut Tracking) -> Vec<continuum_migrate::WrittenPages> {
+        self.state.copy_written(&self.store, tracking)
+    }
+
+    /// The length of every memory.
+    pub fn memory_lens(&self) -> Vec<usize> {
+        self.state.memory_lens(&self.store)
+    }
+
+    /// Copy part of memory `index` from `offset` into `dst`; how many bytes.
+    pub fn copy_into(&self, index: usize, offset: usize, dst: &mut [u8]) -> usize {
+        self.state.copy_into(&self.store, index, offset, dst)
     }
 
     /// Start kernel write tracking of the memories, for the rounds that follow.

@@ -1,0 +1,36 @@
+//! Bulk work: hashing, encoding, decoding and writing the pages a migration moves, and the
+//! page hashing of checkpoints. It runs on rayon's pool, whose threads this node starts as
+//! batch work at a slightly lower priority (SCHED_BATCH, nice 5): they never preempt a thread
+//! that wakes to serve a request, and they yield a share of a busy machine to those threads,
+//! without starving (at nice 10 a loaded machine gave them a tenth of a core, and a 64 MiB
+//! migration ran past its step timeout).
+
+/// Start the pool; once per process (later calls keep the first pool).
+pub fn init() {
+    let _ = rayon::ThreadPoolBuilder::new()
+        .thread_name(|i| format!("bulk-{i}"))
+        .start_handler(|_| lower_priority())
+        .panic_handler(|_| tracing::error!("bulk work panicked"))
+        .build_global();
+}
+
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: plain system calls on this thread's own id (Linux keeps the policy and the nice
+    // value per thread), with a live struct of the declared layout.
+    unsafe {
+        let param = libc::sched_param { sched_priority: 0 };
+        libc::sched_setscheduler(0, libc::SCHED_BATCH, &param);
+        libc::setpriority(libc::PRIO_PROCESS as _, libc::gettid() as _, 5);
+    }
+}
+
+/// Run `f` on the bulk pool and wait for it without holding an async worker.
+pub async fn run<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> anyhow::Result<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    rayon::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.await
+        .map_err(|_| anyhow::anyhow!("bulk work failed (it panicked)"))
+}
