@@ -656,10 +656,14 @@ impl<'a> Actor<'a> {
                 started: now,
             },
         );
-        self.timers.push(Reverse((deadline, 0, id as u64)));
         let entry = self.inst.start(id, &req);
         self.busy(now);
         self.after(entry);
+        // Most requests are answered within their first entry: only one still waiting needs
+        // its deadline watched.
+        if self.tasks.contains_key(&id) {
+            self.timers.push(Reverse((deadline, 0, id as u64)));
+        }
     }
 
     /// Too busy for one more: 503, or 508 if the request comes back to this component along
@@ -1461,7 +1465,7 @@ impl<'a> Actor<'a> {
 
 type Held = Vec<(Request, CallCtx, ReplyTo, Instant)>;
 
-/// How long a component thread keeps polling its queue before it sleeps. Waking a sleeping
+/// How long a component thread keeps polling (and yielding) before it sleeps. Waking a sleeping
 /// thread costs tens of microseconds (a futex wake and a context switch; 28 us each way
 /// measured on a 2-core VM), more than a whole call between two components on one node, so a
 /// command that comes this soon after the last is caught awake instead. Zero on one core,
@@ -1488,8 +1492,10 @@ fn next_command(
             Err(std::sync::mpsc::TryRecvError::Disconnected) => {
                 return Err(RecvTimeoutError::Disconnected);
             }
+            // Yield rather than spin: on a busy machine the threads that will send the next
+            // command get this core; on an idle one the yield returns at once.
             Err(std::sync::mpsc::TryRecvError::Empty) if Instant::now() < spin_until => {
-                std::hint::spin_loop()
+                std::thread::yield_now()
             }
             Err(std::sync::mpsc::TryRecvError::Empty) => break,
         }

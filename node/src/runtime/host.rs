@@ -21,6 +21,9 @@ pub struct HostState {
     pub next_op: u64,
     /// Largest request body a call may carry.
     pub max_body: usize,
+    /// The instance's memory, once instantiated: imports read the guest's buffers from it
+    /// (looking the export up by name on every call costs more than the copy).
+    pub memory: Option<wasmtime::Memory>,
 }
 
 impl HostState {
@@ -39,6 +42,7 @@ impl HostState {
             io: GuestIo::default(),
             next_op: 1,
             max_body,
+            memory: None,
         }
     }
 }
@@ -121,8 +125,12 @@ impl ResourceLimiter for MemoryCap {
 
 /// `len` bytes of the guest's memory at `ptr`, if they lie inside it.
 fn guest_bytes(caller: &mut Caller<'_, HostState>, ptr: i32, len: i32) -> Option<Vec<u8>> {
-    let Some(Extern::Memory(mem)) = caller.get_export("memory") else {
-        return None;
+    let mem = match caller.data().memory {
+        Some(m) => m,
+        None => match caller.get_export("memory") {
+            Some(Extern::Memory(m)) => m,
+            _ => return None,
+        },
     };
     let (ptr, len) = (ptr as u32 as usize, len as u32 as usize);
     mem.data(&caller)

@@ -171,6 +171,7 @@ impl Instance {
         let memory = inst
             .get_memory(&mut store, "memory")
             .context("the module exports no memory named `memory`")?;
+        store.data_mut().memory = Some(memory);
         let state = StateHandles::new(&mut store, &inst)?;
         Ok(Instance {
             store,
