@@ -287,9 +287,7 @@ pub trait Component: Default + 'static {
         Self: Sized,
     {
         let _ = saved;
-        Err(format!(
-            "this version cannot take over state of layout {from_version}"
-        ))
+        Err(rt::cannot_upgrade(from_version))
     }
 }
 
@@ -329,9 +327,7 @@ pub trait AsyncComponent: Default + 'static {
         Self: Sized,
     {
         let _ = saved;
-        Err(format!(
-            "this version cannot take over state of layout {from_version}"
-        ))
+        Err(rt::cannot_upgrade(from_version))
     }
 }
 

@@ -131,6 +131,11 @@ impl<C: AsyncComponent> Guest for Tasks<C> {
     }
 }
 
+/// What a version without `upgrade` says to a live update.
+pub fn cannot_upgrade(from_version: u32) -> String {
+    format!("this version cannot take over state of layout {from_version}")
+}
+
 pub fn alloc(len: i32) -> i32 {
     let mut buf = Vec::<u8>::with_capacity(len.max(0) as usize);
     let ptr = buf.as_mut_ptr();

@@ -4,7 +4,7 @@
 
 use crate::mesh::{mesh, until_full_views};
 use crate::migrate::{args, host_of, migrate};
-use crate::support::{Background, Tally, TestNode, guest};
+use crate::support::{Background, Tally, TestNode, guest, h1_load};
 use bytes::Bytes;
 use http::Method;
 use std::sync::Arc;
@@ -89,39 +89,8 @@ async fn relay_calls_counter_across_nodes_with_every_call_answered_once_while_ea
     assert_eq!(host_of(&r), a.peer_id());
 }
 
-/// One client that keeps one request in flight at a time, over a kept-alive HTTP/1.1
-/// connection, until `stop`.
-async fn waiting_client(
-    node: std::net::SocketAddr,
-    path: &'static str,
-    stop: Arc<AtomicBool>,
-    tally: Arc<Tally>,
-) {
-    use http_body_util::{BodyExt, Full};
-    let stream = tokio::net::TcpStream::connect(node).await.unwrap();
-    let (mut send, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    while !stop.load(Ordering::Relaxed) {
-        let req = http::Request::get(path)
-            .header(http::header::HOST, node.to_string())
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        let resp = send.send_request(req).await.expect("the connection broke");
-        let status = resp.status();
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        if status == 200 {
-            tally.ok.fetch_add(1, Ordering::Relaxed);
-        } else {
-            tally.failed.fetch_add(1, Ordering::Relaxed);
-            eprintln!("{status} {}", String::from_utf8_lossy(&body));
-        }
-    }
-}
-
-/// `n` [`waiting_client`]s; stop them with the flag, then read the tally.
+/// `n` clients that each keep one request in flight, one after the other ([`h1_load`]); stop
+/// them with the flag, then read the tally.
 fn waiting_clients(
     via: &TestNode,
     path: &'static str,
@@ -134,9 +103,11 @@ fn waiting_clients(
     let (stop, tally) = (Arc::new(AtomicBool::new(false)), Arc::new(Tally::default()));
     let tasks = (0..n)
         .map(|_| {
-            tokio::spawn(waiting_client(
+            tokio::spawn(h1_load(
                 via.addr(),
+                Method::GET,
                 path,
+                None,
                 stop.clone(),
                 tally.clone(),
             ))

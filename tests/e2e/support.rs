@@ -253,12 +253,13 @@ pub struct Tally {
     pub failed: AtomicU64,
 }
 
-/// Send `POST path` over one kept-alive HTTP/1.1 connection, at most `rate` per second, until
-/// `stop`.
+/// Send `METHOD path` over one kept-alive HTTP/1.1 connection, at most `rate` per second (one
+/// after the other with `None`), until `stop`.
 pub async fn h1_load(
     node: SocketAddr,
+    method: Method,
     path: &'static str,
-    rate: u64,
+    rate: Option<u64>,
     stop: Arc<AtomicBool>,
     tally: Arc<Tally>,
 ) {
@@ -269,10 +270,14 @@ pub async fn h1_load(
             .await
             .unwrap();
     tokio::spawn(conn);
-    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
+    let mut tick = rate.map(|r| tokio::time::interval(Duration::from_micros(1_000_000 / r)));
     while !stop.load(Ordering::Relaxed) {
-        tick.tick().await;
-        let req = http::Request::post(path)
+        if let Some(t) = tick.as_mut() {
+            t.tick().await;
+        }
+        let req = http::Request::builder()
+            .method(method.clone())
+            .uri(path)
             .header(http::header::HOST, node.to_string())
             .body(Full::new(Bytes::new()))
             .unwrap();
@@ -303,8 +308,9 @@ impl Background {
         let (stop, tally) = (Arc::new(AtomicBool::new(false)), Arc::new(Tally::default()));
         let task = tokio::spawn(h1_load(
             node.addr(),
+            Method::POST,
             path,
-            RATE,
+            Some(RATE),
             stop.clone(),
             tally.clone(),
         ));

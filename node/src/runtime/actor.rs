@@ -1082,16 +1082,7 @@ impl<'a> Actor<'a> {
         let deadline = now + self.limits.call_timeout;
         let v2 = self.inst.is_v2();
         if v2 {
-            self.tasks.insert(
-                TICK,
-                Task {
-                    reply: Reply::Tick,
-                    deadline,
-                    chain: Vec::new(),
-                    entry: self.router.me(),
-                    started: now,
-                },
-            );
+            self.tick_task(now, deadline);
         }
         self.tick = TickState::Running;
         let (result, io) = self.inst.tick(now_ms());
@@ -1115,6 +1106,18 @@ impl<'a> Actor<'a> {
             }
         }
         self.gauges();
+    }
+
+    /// The tick as task 0, for the calls and timers it starts.
+    fn tick_task(&mut self, now: Instant, deadline: Instant) {
+        let task = Task {
+            reply: Reply::Tick,
+            deadline,
+            chain: Vec::new(),
+            entry: self.router.me(),
+            started: now,
+        };
+        self.tasks.insert(TICK, task);
     }
 
     /// A tick that was due at `at` ended.
@@ -1408,16 +1411,7 @@ impl<'a> Actor<'a> {
             CarriedTick::Next(d) => TickState::At(now + d),
             CarriedTick::Running(d) => {
                 let deadline = now + d;
-                self.tasks.insert(
-                    TICK,
-                    Task {
-                        reply: Reply::Tick,
-                        deadline,
-                        chain: Vec::new(),
-                        entry: self.router.me(),
-                        started: now,
-                    },
-                );
+                self.tick_task(now, deadline);
                 self.timers.push(Reverse((deadline, 0, TICK as u64)));
                 TickState::Running
             }

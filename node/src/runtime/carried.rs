@@ -115,3 +115,79 @@ impl Carried {
         Ok(c)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> CarriedLimits {
+        CarriedLimits {
+            tasks: 4,
+            ops: 8,
+            depth: 16,
+            longest: Duration::from_secs(2),
+        }
+    }
+
+    fn peer() -> String {
+        continuum_gossip::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id()
+            .to_string()
+    }
+
+    fn task(id: u32) -> CarriedTask {
+        CarriedTask {
+            id,
+            node: peer(),
+            key: 7,
+            left: Duration::from_millis(500),
+            chain: vec!["relay".into()],
+            entry: peer(),
+        }
+    }
+
+    #[test]
+    fn a_peer_hands_over_only_what_this_node_takes() {
+        let good = Carried {
+            next_task: 3,
+            next_op: 9,
+            tasks: vec![task(1), task(2)],
+            ops: vec![CarriedOp {
+                id: 8,
+                task: 1,
+                left: Duration::from_millis(100),
+                timer: true,
+            }],
+            tick: CarriedTick::Next(Duration::from_millis(10)),
+            ready: vec![],
+        };
+        assert_eq!(Carried::decode(&good.encode(), &limits()).unwrap(), good);
+        assert_eq!(Carried::decode(&[], &limits()).unwrap(), Carried::default());
+
+        let refused = |c: Carried, why: &str| {
+            let e = Carried::decode(&c.encode(), &limits()).unwrap_err();
+            assert!(e.contains(why), "{e}");
+        };
+        let mut c = good.clone();
+        c.tasks = (0..5).map(task).collect();
+        refused(c, "more than this node takes");
+        let mut c = good.clone();
+        c.tasks[0].chain = vec!["not a name!".into()];
+        refused(c, "invalid call chain");
+        let mut c = good.clone();
+        c.tasks[0].chain = vec!["r".into(); 17];
+        refused(c, "invalid call chain");
+        let mut c = good.clone();
+        c.tasks[1].node = "nobody".into();
+        refused(c, "invalid peer");
+        let mut c = good.clone();
+        c.ops[0].left = Duration::from_secs(3600);
+        refused(c, "further away");
+        let mut c = good.clone();
+        c.tick = CarriedTick::Next(Duration::MAX);
+        refused(c, "further away");
+        let e = Carried::decode(b"\\xff\\x00garbage", &limits()).unwrap_err();
+        assert!(e.contains("did not decode"), "{e}");
+    }
+}
