@@ -163,20 +163,6 @@ impl StateHandles {
         Ok(Snapshot::new(meta, module_digest, memories, globals))
     }
 
-    /// A plain copy of every memory: the cheapest way to take the state off the instance when
-    /// the hashing can happen elsewhere, later.
-    pub fn copy_memories(&self, store: impl AsContext) -> Vec<Vec<u8>> {
-        self.memories
-            .iter()
-            .map(|m| {
-                let mem = m.data(&store);
-                let mut copy = crate::prefault::zeroed(mem.len());
-                copy.copy_from_slice(mem);
-                copy
-            })
-            .collect()
-    }
-
     /// The length of every memory, in bytes.
     pub fn memory_lens(&self, store: impl AsContext) -> Vec<usize> {
         self.memories.iter().map(|m| m.data_size(&store)).collect()

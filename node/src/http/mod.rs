@@ -259,14 +259,8 @@ pub async fn serve(node: &Node, name: &str, req: GuestRequest, ctx: CallCtx) -> 
                 return forward(node, to, name, *req, ctx).await;
             }
             Err(Unavailable::Overloaded(_)) if ctx.chain.iter().any(|n| n == name) => {
-                return fail(
-                    "loop",
-                    508,
-                    format!(
-                        "call chain {} came back to {name}, which has too many requests waiting to take it",
-                        ctx.chain.join(" -> ")
-                    ),
-                );
+                let why = crate::runtime::router::came_back(&ctx.chain, name, "requests waiting");
+                return fail("loop", 508, why);
             }
             Err(e) => {
                 let mut r = fail("overloaded", 503, e.to_string());

@@ -181,7 +181,7 @@ impl Mesh {
         // and tokio does not preempt a task, so on the node's runtime they would hold up the
         // HTTP handlers. On their own threads the kernel shares the cores fairly. Two, so that
         // QUIC's endpoint keeps moving packets while a connection decodes a large message (on
-        // one, a 16 MiB transfer took five times as long).
+        // one, a 16 MiB transfer in a debug build took five times as long: 3.1 s, not 0.6 s).
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("mesh")

@@ -464,6 +464,56 @@ enum OpKind {
     },
 }
 
+/// The operations the tasks wait on, with the count of calls among them kept as they come and
+/// go (it bounds the next call and feeds the gauges, on every entry).
+#[derive(Default)]
+struct Ops {
+    map: HashMap<u64, Op>,
+    calls: usize,
+}
+
+impl Ops {
+    fn insert(&mut self, id: u64, op: Op) {
+        self.calls += matches!(op.kind, OpKind::Call { .. }) as usize;
+        if let Some(old) = self.map.insert(id, op) {
+            self.calls -= matches!(old.kind, OpKind::Call { .. }) as usize;
+        }
+    }
+
+    fn remove(&mut self, id: &u64) -> Option<Op> {
+        let op = self.map.remove(id)?;
+        self.calls -= matches!(op.kind, OpKind::Call { .. }) as usize;
+        Some(op)
+    }
+
+    fn get(&self, id: &u64) -> Option<&Op> {
+        self.map.get(id)
+    }
+
+    /// Forget what `task` waits on.
+    fn drop_task(&mut self, task: u32) {
+        self.map.retain(|_, o| o.task != task);
+        self.calls = self
+            .map
+            .values()
+            .filter(|o| matches!(o.kind, OpKind::Call { .. }))
+            .count();
+    }
+
+    fn clear(&mut self) {
+        self.map.clear();
+        self.calls = 0;
+    }
+
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&u64, &Op)> {
+        self.map.iter()
+    }
+}
+
 enum TickState {
     Off,
     At(Instant),
@@ -531,7 +581,7 @@ struct Actor<'a> {
     queued: Arc<AtomicUsize>,
     tasks: HashMap<u32, Task>,
     next_task: u32,
-    ops: HashMap<u64, Op>,
+    ops: Ops,
     /// Task deadlines (kind 0) and operations due (kind 1), earliest first; stale entries are
     /// skipped when they come up.
     timers: BinaryHeap<Reverse<(Instant, u8, u64)>>,
@@ -585,7 +635,7 @@ impl<'a> Actor<'a> {
             queued,
             tasks: HashMap::new(),
             next_task: 1,
-            ops: HashMap::new(),
+            ops: Ops::default(),
             timers: BinaryHeap::new(),
             tick,
             ready: Default::default(),
@@ -612,11 +662,7 @@ impl<'a> Actor<'a> {
 
     fn gauges(&self) {
         let requests = self.tasks.len() - self.tasks.contains_key(&TICK) as usize;
-        let calls = self
-            .ops
-            .values()
-            .filter(|o| matches!(o.kind, OpKind::Call { .. }))
-            .count();
+        let calls = self.ops.calls;
         self.stats
             .in_flight
             .store(requests as u64, Ordering::Relaxed);
@@ -670,11 +716,7 @@ impl<'a> Actor<'a> {
     /// its own call chain (waiting for room would wait for itself).
     fn refusal(&self, ctx: &CallCtx, what: &str) -> CallError {
         if ctx.chain.contains(&self.name) {
-            CallError::Loop(format!(
-                "call chain {} came back to {} , which cannot take it now ({what})",
-                ctx.chain.join(" -> "),
-                self.name
-            ))
+            CallError::Loop(super::router::came_back(&ctx.chain, &self.name, what))
         } else {
             CallError::Overloaded(format!(
                 "component {} has too many {what}; try again",
@@ -735,7 +777,7 @@ impl<'a> Actor<'a> {
                 break;
             };
             tracing::warn!(task, "request failed: {e}");
-            self.ops.retain(|_, o| o.task != task);
+            self.ops.drop_task(task);
             if task == TICK {
                 self.tick_failed(&e);
             } else {
@@ -811,7 +853,7 @@ impl<'a> Actor<'a> {
             // More calls and timers waiting than this component may have: the task that
             // asked for one more fails rather than the host growing without bound.
             let task = new.task;
-            self.ops.retain(|_, o| o.task != task);
+            self.ops.drop_task(task);
             let err = CallError::Overloaded(format!(
                 "component {} has too many calls and timers in flight",
                 self.name
@@ -828,23 +870,10 @@ impl<'a> Actor<'a> {
             OpStart::Timer(d) => {
                 // A timer past its task's deadline never fires: the deadline ends the task.
                 let due = (now + d).min(t.deadline + Duration::from_millis(1));
-                self.ops.insert(
-                    new.op,
-                    Op {
-                        task: new.task,
-                        due,
-                        started: now,
-                        kind: OpKind::Timer,
-                    },
-                );
-                self.timers.push(Reverse((due, 1, new.op)));
+                self.add_op(new.op, new.task, due, now, OpKind::Timer);
             }
             OpStart::Call { name, req } => {
-                let calls = self
-                    .ops
-                    .values()
-                    .filter(|o| matches!(o.kind, OpKind::Call { .. }))
-                    .count();
+                let calls = self.ops.calls;
                 let refused = if calls >= self.limits.max_calls {
                     Some(GuestCallError::Refused(
                         503,
@@ -866,7 +895,7 @@ impl<'a> Actor<'a> {
                 };
                 self.stats.calls_out.fetch_add(1, Ordering::Relaxed);
                 if let Some(err) = refused {
-                    self.outbound(err.clone().into_outcome(), Duration::ZERO);
+                    self.outbound(outcome(err.kind()), Duration::ZERO);
                     return self.soon(new.op, &Err(err));
                 }
                 let mut req = req.expect("checked above");
@@ -884,16 +913,7 @@ impl<'a> Actor<'a> {
                 req.headers
                     .push((CALLER_HEADER.to_string(), self.name.as_bytes().to_vec()));
                 let due = callee_deadline + GRACE;
-                self.ops.insert(
-                    new.op,
-                    Op {
-                        task: new.task,
-                        due,
-                        started: now,
-                        kind: OpKind::Call { from: None },
-                    },
-                );
-                self.timers.push(Reverse((due, 1, new.op)));
+                self.add_op(new.op, new.task, due, now, OpKind::Call { from: None });
                 let local = (ctx.chain.len() < self.limits.max_depth)
                     .then(|| self.router.local(&self.name, &name))
                     .flatten();
@@ -938,18 +958,27 @@ impl<'a> Actor<'a> {
         });
         if let Err(e) = callee.send_call(req, ctx, reply) {
             let err = match e {
-                Unavailable::Overloaded(_) if chain.contains(&name) => {
-                    GuestCallError::Loop(format!(
-                        "call chain {} came back to {name}, which has too many requests waiting to take it",
-                        chain.join(" -> ")
-                    ))
-                }
+                Unavailable::Overloaded(_) if chain.contains(&name) => GuestCallError::Loop(
+                    super::router::came_back(&chain, &name, "requests waiting"),
+                ),
                 e => GuestCallError::Refused(503, e.to_string()),
             };
             self.ops.remove(&op);
-            self.outbound(err.clone().into_outcome(), Duration::ZERO);
+            self.outbound(outcome(err.kind()), Duration::ZERO);
             self.soon(op, &Err(err));
         }
+    }
+
+    /// An operation `task` waits on, due (fired, or past its deadline) at `due`.
+    fn add_op(&mut self, id: u64, task: u32, due: Instant, started: Instant, kind: OpKind) {
+        let op = Op {
+            task,
+            due,
+            started,
+            kind,
+        };
+        self.ops.insert(id, op);
+        self.timers.push(Reverse((due, 1, id)));
     }
 
     /// Count a call this component made, once it ended.
@@ -1008,13 +1037,10 @@ impl<'a> Actor<'a> {
             }
         }
         let o = self.ops.remove(&op).expect("looked up above");
-        let outcome = match result.first_chunk::<4>().map(|k| u32::from_le_bytes(*k)) {
-            Some(0) => "ok",
-            Some(1) => "not_found",
-            Some(2) => "deadline",
-            Some(3) => "loop",
-            _ => "refused",
-        };
+        let kind = result
+            .first_chunk::<4>()
+            .map_or(4, |k| u32::from_le_bytes(*k));
+        let outcome = outcome(kind);
         self.outbound(outcome, o.started.elapsed());
         self.deliver_raw(op, &result);
     }
@@ -1037,7 +1063,7 @@ impl<'a> Actor<'a> {
                     continue;
                 };
                 let waited = at - t.started;
-                self.ops.retain(|_, o| o.task != task);
+                self.ops.drop_task(task);
                 if task == TICK {
                     self.tick_failed(&CallError::Late(waited));
                 } else {
@@ -1097,7 +1123,7 @@ impl<'a> Actor<'a> {
                 self.tick_ended(at, Ok(t));
             }
             Err(e) => {
-                self.ops.retain(|_, o| o.task != TICK);
+                self.ops.drop_task(TICK);
                 self.tick_failed(&e);
                 if v2 {
                     let entry = self.inst.cancel(Some(TICK), true);
@@ -1423,16 +1449,7 @@ impl<'a> Actor<'a> {
             } else {
                 OpKind::Call { from: Some(source) }
             };
-            self.ops.insert(
-                o.id,
-                Op {
-                    task: o.task,
-                    due,
-                    started: now,
-                    kind,
-                },
-            );
-            self.timers.push(Reverse((due, 1, o.id)));
+            self.add_op(o.id, o.task, due, now, kind);
         }
         self.ready = c
             .ready
@@ -1769,17 +1786,13 @@ fn own_answer(mut resp: Response) -> Response {
     resp
 }
 
-trait IntoOutcome {
-    fn into_outcome(self) -> &'static str;
-}
-
-impl IntoOutcome for GuestCallError {
-    fn into_outcome(self) -> &'static str {
-        match self {
-            GuestCallError::NotFound(_) => "not_found",
-            GuestCallError::Deadline(_) => "deadline",
-            GuestCallError::Loop(_) => "loop",
-            GuestCallError::Refused(..) => "refused",
-        }
+/// The metrics label of a call's result, by its kind in the ABI's encoding (0: an answer).
+fn outcome(kind: u32) -> &'static str {
+    match kind {
+        0 => "ok",
+        1 => "not_found",
+        2 => "deadline",
+        3 => "loop",
+        _ => "refused",
     }
 }

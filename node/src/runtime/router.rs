@@ -61,6 +61,15 @@ pub trait Router: Send + Sync {
     fn new_key(&self) -> u64;
 }
 
+/// Why a call that came back along its own chain to a component with too many of `what` gets
+/// 508 rather than a wait (it would wait for itself).
+pub fn came_back(chain: &[String], name: &str, what: &str) -> String {
+    format!(
+        "call chain {} came back to {name}, which cannot take it now (too many {what})",
+        chain.join(" -> ")
+    )
+}
+
 /// A failure the node answers with, tagged with its kind.
 pub fn error_response(kind: &str, status: u16, message: impl Into<String>) -> Response {
     let mut body = message.into();
