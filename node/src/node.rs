@@ -291,7 +291,7 @@ async fn run_node(config: NodeConfig, dir: DataDir, key: libp2p::identity::Keypa
         // host fails faster than this, when its connection does.
         request_timeout: std::time::Duration::from_secs(60),
     };
-    let (mesh, inbound) = Mesh::start(
+    let (mesh, incoming) = Mesh::start(
         key,
         mesh_cfg,
         config.labels.clone(),
@@ -329,7 +329,7 @@ async fn run_node(config: NodeConfig, dir: DataDir, key: libp2p::identity::Keypa
     let servers = [
         node.mesh
             .runtime()
-            .spawn(serve_peers(node.clone(), inbound).in_current_span()),
+            .spawn(serve_peers(node.clone(), incoming).in_current_span()),
         tokio::spawn(http::h1::serve(tcp, node.clone()).in_current_span()),
         tokio::spawn(http::h3::serve(udp.clone(), node.clone()).in_current_span()),
         tokio::spawn(periodic_checkpoints(node.clone()).in_current_span()),
@@ -351,32 +351,63 @@ async fn run_node(config: NodeConfig, dir: DataDir, key: libp2p::identity::Keypa
     Ok(())
 }
 
-/// Answer what other nodes ask of this one: forwarded component requests, deployments, and
-/// migrations to and from here.
-async fn serve_peers(node: Arc<Node>, mut inbound: tokio::sync::mpsc::Receiver<Inbound>) {
+/// Answer what other nodes ask of this one, on request-response and on the call lanes they
+/// open: forwarded component requests, deployments, and migrations to and from here.
+async fn serve_peers(node: Arc<Node>, incoming: crate::mesh::Incoming) {
+    let n = node.clone();
+    let busy = node
+        .mesh
+        .seal_reply(Reply::Refused {
+            status: 503,
+            message: "node is overloaded".into(),
+        })
+        .await;
+    let lanes = crate::mesh::lane::accept(
+        incoming.lanes,
+        move |from, envelope| {
+            let node = n.clone();
+            async move {
+                let reply = answer_envelope(&node, from, envelope).await;
+                node.mesh.seal_reply(reply).await
+            }
+            .in_current_span()
+        },
+        busy,
+        node.metrics.clone(),
+    );
+    tokio::spawn(lanes.in_current_span());
+    let mut requests = incoming.requests;
     while let Some(Inbound {
         from,
         envelope,
         channel,
-    }) = inbound.recv().await
+    }) = requests.recv().await
     {
         let node = node.clone();
         tokio::spawn(
             async move {
-                let reply = match node.mesh.open(envelope).await {
-                    Ok(request) => answer_peer(&node, from, request).await,
-                    Err(e) => {
-                        tracing::debug!(%from, "refused a request from a peer: {e}");
-                        Reply::Refused {
-                            status: 403,
-                            message: e.to_string(),
-                        }
-                    }
-                };
+                let reply = answer_envelope(&node, from, envelope).await;
                 node.mesh.respond(channel, reply).await;
             }
             .in_current_span(),
         );
+    }
+}
+
+async fn answer_envelope(
+    node: &Arc<Node>,
+    from: continuum_gossip::PeerId,
+    envelope: crate::mesh::rpc::Envelope,
+) -> Reply {
+    match node.mesh.open(envelope).await {
+        Ok(request) => answer_peer(node, from, request).await,
+        Err(e) => {
+            tracing::debug!(%from, "refused a request from a peer: {e}");
+            Reply::Refused {
+                status: 403,
+                message: e.to_string(),
+            }
+        }
     }
 }
 

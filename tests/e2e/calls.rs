@@ -4,6 +4,7 @@
 
 use crate::mesh::{mesh, until_full_views};
 use crate::migrate::{args, host_of, migrate};
+use crate::stranger::Stranger;
 use crate::support::{Background, Tally, TestNode, guest, h1_load};
 use bytes::Bytes;
 use http::Method;
@@ -363,82 +364,6 @@ async fn a_checkpoint_taken_while_requests_wait_restores_without_them() {
     }
     let orig = json(&node.h1(Method::GET, "/c/slow/stats", b"").await);
     assert_eq!(orig["answered"], 4, "{orig}");
-}
-
-/// A raw libp2p peer (not a continuum node) that speaks the node's rpc protocol.
-struct Stranger {
-    swarm: libp2p::Swarm<
-        libp2p::request_response::cbor::Behaviour<
-            continuum::mesh::rpc::Envelope,
-            continuum::mesh::rpc::Envelope,
-        >,
-    >,
-    node: libp2p::PeerId,
-}
-
-impl Stranger {
-    async fn connect(node: &TestNode) -> Stranger {
-        use futures::StreamExt;
-        use libp2p::request_response::{self, ProtocolSupport};
-        let mut swarm = libp2p::SwarmBuilder::with_new_identity()
-            .with_tokio()
-            .with_quic()
-            .with_behaviour(|_| {
-                request_response::cbor::Behaviour::new(
-                    [(
-                        libp2p::StreamProtocol::new(continuum::mesh::rpc::PROTOCOL),
-                        ProtocolSupport::Full,
-                    )],
-                    request_response::Config::default(),
-                )
-            })
-            .unwrap()
-            .build();
-        swarm
-            .dial(node.p2p().parse::<libp2p::Multiaddr>().unwrap())
-            .unwrap();
-        let peer: libp2p::PeerId = node.peer_id().parse().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let e = tokio::time::timeout_at(deadline.into(), swarm.select_next_some())
-                .await
-                .expect("never connected to the node");
-            if let libp2p::swarm::SwarmEvent::ConnectionEstablished { peer_id, .. } = e
-                && peer_id == peer
-            {
-                break;
-            }
-        }
-        Stranger { swarm, node: peer }
-    }
-
-    /// Send one rpc request; the node's reply.
-    async fn ask(&mut self, req: &continuum::mesh::rpc::Request) -> continuum::mesh::rpc::Reply {
-        use futures::StreamExt;
-        use libp2p::request_response::{Event, Message};
-        let id = self
-            .swarm
-            .behaviour_mut()
-            .send_request(&self.node, continuum::mesh::rpc::seal(None, req));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let e = tokio::time::timeout_at(deadline.into(), self.swarm.select_next_some())
-                .await
-                .expect("no reply from the node");
-            if let libp2p::swarm::SwarmEvent::Behaviour(Event::Message {
-                message:
-                    Message::Response {
-                        request_id,
-                        response,
-                    },
-                ..
-            }) = e
-                && request_id == id
-            {
-                return continuum::mesh::rpc::open(None, &response).unwrap();
-            }
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,6 +12,8 @@ pub struct Behaviour {
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     pub gossipsub: gossipsub::Behaviour,
     pub rpc: request_response::cbor::Behaviour<Envelope, Envelope>,
+    /// The call lane's streams (see `lane`).
+    pub lanes: libp2p_stream::Behaviour,
     /// Round-trip times to connected peers, for the placement policies.
     pub ping: ping::Behaviour,
 }

@@ -83,8 +83,8 @@ pub fn build_swarm(
                 );
                 kad.set_mode(Some(kad::Mode::Server));
                 let codec = request_response::cbor::codec::Codec::default()
-                    .set_request_size_maximum(256 << 20)
-                    .set_response_size_maximum(256 << 20);
+                    .set_request_size_maximum(rpc::MAX_MESSAGE as u64)
+                    .set_response_size_maximum(rpc::MAX_MESSAGE as u64);
                 let rpc = request_response::Behaviour::with_codec(
                     codec,
                     [(StreamProtocol::new(rpc::PROTOCOL), ProtocolSupport::Full)],
@@ -105,6 +105,7 @@ pub fn build_swarm(
                     },
                     gossipsub,
                     rpc,
+                    lanes: libp2p_stream::Behaviour::new(),
                     ping: ping::Behaviour::new(
                         ping::Config::new().with_interval(Duration::from_secs(10)),
                     ),

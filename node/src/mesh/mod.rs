@@ -5,6 +5,7 @@
 
 mod behaviour;
 mod driver;
+pub mod lane;
 pub mod resources;
 pub mod rpc;
 
@@ -21,6 +22,13 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 pub use driver::Inbound;
+
+/// What other nodes ask of this one: requests on request-response (the driver hands them on
+/// sealed) and the call lanes they open.
+pub struct Incoming {
+    pub requests: mpsc::Receiver<Inbound>,
+    pub lanes: libp2p_stream::IncomingStreams,
+}
 
 /// How the mesh is set up.
 pub struct MeshConfig {
@@ -155,6 +163,8 @@ pub struct Mesh {
     key: Option<SwarmKey>,
     metrics: Arc<Metrics>,
     rt: tokio::runtime::Handle,
+    lanes: Arc<lane::Lanes>,
+    request_timeout: Duration,
 }
 
 impl Mesh {
@@ -167,7 +177,7 @@ impl Mesh {
         labels: BTreeMap<String, String>,
         http: String,
         metrics: Arc<Metrics>,
-    ) -> Result<(Mesh, mpsc::Receiver<Inbound>)> {
+    ) -> Result<(Mesh, Incoming)> {
         let mut registry = prometheus_client::registry::Registry::default();
         let me = key.public().to_peer_id();
         let local = resources::sample(Resources {
@@ -196,15 +206,18 @@ impl Mesh {
         let (built_tx, built_rx) = oneshot::channel();
         let shared = snapshot.clone();
         let m = metrics.clone();
+        let request_timeout = cfg.request_timeout;
         rt.spawn(async move {
             let built = driver::build_swarm(key.clone(), &cfg, &mut registry)
                 .context("starting libp2p")
                 .and_then(|swarm| {
+                    let control = swarm.behaviour().lanes.new_control();
                     driver::Driver::new(swarm, key, cfg, local, m, shared, inbound_tx, ready_tx)
+                        .map(|d| (d, control))
                 });
             match built {
-                Ok(driver) => {
-                    let _ = built_tx.send(Ok(registry));
+                Ok((driver, control)) => {
+                    let _ = built_tx.send(Ok((registry, control)));
                     driver.run(cmd_rx).await;
                 }
                 Err(e) => {
@@ -215,10 +228,16 @@ impl Mesh {
         let handle = rt.handle().clone();
         // It lives as long as the process (dropping a runtime from async code is not allowed).
         std::mem::forget(rt);
-        let registry = built_rx
+        let (registry, mut control) = built_rx
             .await
             .map_err(|_| anyhow::anyhow!("the mesh did not start"))??;
         metrics.attach(registry);
+        let incoming = Incoming {
+            requests: inbound_rx,
+            lanes: control
+                .accept(lane::PROTOCOL)
+                .expect("the call lane is registered once"),
+        };
         let _ = tokio::time::timeout(Duration::from_secs(5), ready_rx).await;
         Ok((
             Mesh {
@@ -226,10 +245,12 @@ impl Mesh {
                 cmd,
                 snapshot,
                 key: swarm_key,
+                lanes: Arc::new(lane::Lanes::new(control, metrics.clone(), handle.clone())),
                 metrics,
                 rt: handle,
+                request_timeout,
             },
-            inbound_rx,
+            incoming,
         ))
     }
 
@@ -290,19 +311,27 @@ impl Mesh {
         opened
     }
 
-    /// Send a request to a peer and wait for its reply.
+    /// Send a request to a peer and wait for its reply: a small one on the call lane (on
+    /// request-response if the peer has none), a large one on request-response.
     async fn request(&self, peer: PeerId, request: rpc::Request) -> Result<rpc::Reply, MeshError> {
         let bulk = request.is_bulk();
         let envelope = self.seal(request, bulk).await;
-        let (reply, rx) = oneshot::channel();
-        self.cmd
-            .send(Command::Request {
-                peer,
-                envelope,
-                reply,
-            })
-            .map_err(|_| MeshError::Closed)?;
-        let env = rx.await.map_err(|_| MeshError::Closed)??;
+        let env = if bulk {
+            self.request_response(peer, envelope).await?
+        } else {
+            let unreachable = |e: String| MeshError::Unreachable(peer.to_string(), e);
+            match tokio::time::timeout(self.request_timeout, self.lanes.request(peer, &envelope))
+                .await
+            {
+                Ok(Ok(env)) => env,
+                Ok(Err(lane::LaneError::Open(e))) => {
+                    tracing::debug!(%peer, "no call lane ({e}); request-response instead");
+                    self.request_response(peer, envelope).await?
+                }
+                Ok(Err(e)) => return Err(unreachable(e.to_string())),
+                Err(_) => return Err(unreachable("timed out".into())),
+            }
+        };
         match self.open(env).await {
             Ok(rpc::Reply::Refused { status, message }) => Err(MeshError::Refused(status, message)),
             Ok(reply) => Ok(reply),
@@ -311,6 +340,22 @@ impl Mesh {
                 format!("answer from {peer} refused: {e}"),
             )),
         }
+    }
+
+    async fn request_response(
+        &self,
+        peer: PeerId,
+        envelope: rpc::Envelope,
+    ) -> Result<rpc::Envelope, MeshError> {
+        let (reply, rx) = oneshot::channel();
+        self.cmd
+            .send(Command::Request {
+                peer,
+                envelope,
+                reply,
+            })
+            .map_err(|_| MeshError::Closed)?;
+        rx.await.map_err(|_| MeshError::Closed)?
     }
 
     /// Send a component request (guest ABI encoding) to its host; its answer comes back.
@@ -460,8 +505,13 @@ impl Mesh {
         channel: libp2p::request_response::ResponseChannel<rpc::Envelope>,
         reply: rpc::Reply,
     ) {
-        let bulk = matches!(&reply, rpc::Reply::Forwarded(b) | rpc::Reply::Deployed(b) if b.len() > rpc::BULK);
-        let envelope = self.seal(reply, bulk).await;
+        let envelope = self.seal_reply(reply).await;
         let _ = self.cmd.send(Command::Respond { channel, envelope });
+    }
+
+    /// Seal a reply to a peer (a large one on the bulk pool).
+    pub async fn seal_reply(&self, reply: rpc::Reply) -> rpc::Envelope {
+        let bulk = matches!(&reply, rpc::Reply::Forwarded(b) | rpc::Reply::Deployed(b) if b.len() > rpc::BULK);
+        self.seal(reply, bulk).await
     }
 }

@@ -128,10 +128,23 @@ pub fn is_sync(env: &Envelope) -> bool {
     env.body.starts_with(&[0xA1, 0x64, b'S', b'y', b'n', b'c'])
 }
 
-/// Envelopes larger than this are sealed and opened on the bulk pool, not on an async worker.
+/// Envelopes larger than this are sealed and opened on the bulk pool, not on an async worker;
+/// requests up to it travel on the call lane.
 pub const BULK: usize = 256 << 10;
 
+/// The largest request or reply a peer may send.
+pub const MAX_MESSAGE: usize = 256 << 20;
+
 impl Envelope {
+    /// The CBOR body and its tag, as the call lane frames them.
+    pub fn parts(&self) -> (&[u8], Option<&[u8; 32]>) {
+        (&self.body, self.mac.as_ref())
+    }
+
+    pub fn from_parts(body: Vec<u8>, mac: Option<[u8; 32]>) -> Envelope {
+        Envelope { body, mac }
+    }
+
     pub fn len(&self) -> usize {
         self.body.len()
     }

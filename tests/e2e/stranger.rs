@@ -1,0 +1,146 @@
+//! A raw libp2p peer (not a continuum node) that speaks the node's peer protocols, for the
+//! tests that play a hostile peer: rpc on request-response, and raw call-lane streams.
+
+use crate::support::TestNode;
+use continuum::mesh::lane;
+use continuum::mesh::rpc::{self, Envelope, Reply, Request};
+use futures::{AsyncWriteExt, StreamExt};
+use libp2p::request_response::{self, Event, Message, ProtocolSupport};
+use std::time::{Duration, Instant};
+
+#[derive(libp2p::swarm::NetworkBehaviour)]
+pub struct Behaviour {
+    rpc: request_response::cbor::Behaviour<Envelope, Envelope>,
+    lanes: libp2p_stream::Behaviour,
+}
+
+pub struct Stranger {
+    swarm: libp2p::Swarm<Behaviour>,
+    pub node: libp2p::PeerId,
+}
+
+impl Stranger {
+    pub async fn connect(node: &TestNode) -> Stranger {
+        let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_quic()
+            .with_behaviour(|_| Behaviour {
+                rpc: request_response::cbor::Behaviour::new(
+                    [(
+                        libp2p::StreamProtocol::new(rpc::PROTOCOL),
+                        ProtocolSupport::Full,
+                    )],
+                    request_response::Config::default(),
+                ),
+                lanes: libp2p_stream::Behaviour::new(),
+            })
+            .unwrap()
+            .build();
+        swarm
+            .dial(node.p2p().parse::<libp2p::Multiaddr>().unwrap())
+            .unwrap();
+        let peer: libp2p::PeerId = node.peer_id().parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let e = tokio::time::timeout_at(deadline.into(), swarm.select_next_some())
+                .await
+                .expect("never connected to the node");
+            if let libp2p::swarm::SwarmEvent::ConnectionEstablished { peer_id, .. } = e
+                && peer_id == peer
+            {
+                break;
+            }
+        }
+        Stranger { swarm, node: peer }
+    }
+
+    /// Run `fut` (at most 10 s) while the swarm goes on.
+    async fn drive<T>(&mut self, fut: impl Future<Output = T>) -> T {
+        tokio::pin!(fut);
+        let deadline = tokio::time::sleep(Duration::from_secs(10));
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                v = &mut fut => return v,
+                _ = self.swarm.select_next_some() => {}
+                _ = &mut deadline => panic!("the node did not answer within 10 s"),
+            }
+        }
+    }
+
+    /// Send one rpc request on request-response; the node's reply.
+    pub async fn ask(&mut self, req: &Request) -> Reply {
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .rpc
+            .send_request(&self.node, rpc::seal(None, req));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let e = tokio::time::timeout_at(deadline.into(), self.swarm.select_next_some())
+                .await
+                .expect("no reply from the node");
+            if let libp2p::swarm::SwarmEvent::Behaviour(BehaviourEvent::Rpc(Event::Message {
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            })) = e
+                && request_id == id
+            {
+                return rpc::open(None, &response).unwrap();
+            }
+        }
+    }
+
+    /// Open a call lane to the node.
+    pub async fn lane(&mut self) -> libp2p::Stream {
+        let mut control = self.swarm.behaviour().lanes.new_control();
+        let node = self.node;
+        self.drive(control.open_stream(node, lane::PROTOCOL))
+            .await
+            .expect("the node takes a call lane")
+    }
+
+    /// Write raw bytes on a lane.
+    pub async fn send(&mut self, lane: &mut libp2p::Stream, bytes: &[u8]) {
+        self.try_send(lane, bytes)
+            .await
+            .expect("writing on the lane");
+    }
+
+    pub async fn try_send(
+        &mut self,
+        lane: &mut libp2p::Stream,
+        bytes: &[u8],
+    ) -> std::io::Result<()> {
+        self.drive(async {
+            lane.write_all(bytes).await?;
+            lane.flush().await
+        })
+        .await
+    }
+
+    /// Whether the node closed a lane: a frame written on it gets no answer.
+    pub async fn closed(&mut self, lane: &mut libp2p::Stream, frame: &[u8]) -> bool {
+        self.try_send(lane, frame).await.is_err() || self.reply(lane).await.is_none()
+    }
+
+    /// The next frame the node sends on a lane (`None`: it closed the lane).
+    pub async fn reply(&mut self, lane: &mut libp2p::Stream) -> Option<(u64, Envelope)> {
+        self.drive(lane::read_frame(lane, rpc::MAX_MESSAGE))
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Send one sealed envelope on a lane under `id`; the node's reply, under the same id.
+    pub async fn ask_lane(&mut self, lane: &mut libp2p::Stream, id: u64, env: &Envelope) -> Reply {
+        self.send(lane, &lane::encode(id, env)).await;
+        let (got, reply) = self.reply(lane).await.expect("the node closed the lane");
+        assert_eq!(got, id, "the reply carries the request's id");
+        rpc::open(None, &reply).unwrap()
+    }
+}
