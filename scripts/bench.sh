@@ -50,6 +50,9 @@ start_node() {
     export CONTINUUM_NODE=$URL CONTINUUM_DATA_DIR=$WORK/node
 }
 stop_node() { kill -TERM "$PID"; wait "$PID" || true; PID=; rm -rf "$WORK/node"; }
+# Each swarm starts from empty data directories: a component one section deployed must not be
+# restored into the next (a second `counter` on node 1 once made the cross-node call local).
+stop_swarm() { scripts/swarm.sh stop --dir "$SW" >/dev/null; rm -rf "$SW"; }
 
 note "## $(date -u +%Y-%m-%d) on $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs))"
 
@@ -102,7 +105,7 @@ for n in 5 20 50; do
         t1=$(total libp2p_bandwidth_bytes_total); g1=$(total continuum_gossip_bytes_total)
         note "- idle traffic per node, $n nodes (advert expiry 15 s, heartbeat 7.5 s): $(( (t1 - t0) / 30 / n )) B/s on the wire (in + out), of which gossip payload $(( (g1 - g0) / 30 / n )) B/s"
     fi
-    scripts/swarm.sh stop --dir "$SW" >/dev/null
+    stop_swarm
 done
 
 echo "==> routed vs direct requests"
@@ -118,7 +121,7 @@ note "- HTTP/3, 1 request at a time, direct: $("$H3LOAD" --data-dir "$SW/node1" 
 note "- HTTP/3, 1 request at a time, routed: $("$H3LOAD" --data-dir "$SW/node2" --secs "$SECS" --conns 1 --streams 1 /c/counter/incr | sed 's/^h3: //')"
 wrk -t1 -c32 -d"${SECS}s" --latency -s "$WORK/post.lua" "http://127.0.0.1:7072/c/counter/incr" >"$WORK/route-load.txt"
 note "- HTTP/1.1 through another node, 32 connections: $(awk '/Requests\/sec/ {printf "%.0f req/s", $2}' "$WORK/route-load.txt"), p50 $(awk '$1=="50%" {print $2}' "$WORK/route-load.txt"), p99 $(awk '$1=="99%" {print $2}' "$WORK/route-load.txt")"
-scripts/swarm.sh stop --dir "$SW" >/dev/null
+stop_swarm
 fi
 
 if want migrate; then
@@ -129,7 +132,7 @@ scripts/swarm.sh start 2 --dir "$SW" -- --checkpoint-every 1h >/dev/null
 note "- live migration between two nodes on loopback, 5 migrations per row (downtime: freeze to the target's Ready; requests: GET every 2 ms through the first node during the migrations):"
 echo >>"$SUMMARY"
 target/release/examples/migbench --a "$SW/node1" --b "$SW/node2" | tee -a "$SUMMARY"
-scripts/swarm.sh stop --dir "$SW" >/dev/null
+stop_swarm
 fi
 
 if want calls; then
@@ -160,7 +163,7 @@ one=$(curl -s -o /dev/null -w '%{time_total}' "http://127.0.0.1:7071/c/far/to/sl
 wrk -t1 -c64 -d"${SECS}s" --latency "http://127.0.0.1:7071/c/far/to/slow/after/50" >"$WORK/slow.txt"
 rps=$(awk '/Requests\/sec/ {printf "%.0f", $2}' "$WORK/slow.txt")
 note "- one relay instance, 64 requests waiting on slow /after/50 (wrk -t1 -c64): $rps req/s, p50 $(awk '$1=="50%" {print $2}' "$WORK/slow.txt"), p99 $(awk '$1=="99%" {print $2}' "$WORK/slow.txt"); one request alone takes ${one}s, so a design that serves one request at a time (a blocking call) does $(python3 -c "print(f'{1/$one:.0f}')") req/s: $(python3 -c "print(f'{$rps*$one:.0f}')")x"
-scripts/swarm.sh stop --dir "$SW" >/dev/null
+stop_swarm
 fi
 
 echo
