@@ -46,6 +46,9 @@ pub struct NodeConfig {
     /// its components used lately (it may share the machine with other work or other nodes);
     /// without one, the host's load average per core.
     pub cpu_budget: Option<f32>,
+    /// HTTP/1.1 connections held at once; at the cap the one idle longest is closed for a new
+    /// one. Default: three quarters of the file-descriptor limit, less 64.
+    pub max_connections: Option<usize>,
     pub limits: Limits,
 }
 
@@ -86,6 +89,7 @@ impl Default for NodeConfig {
             checkpoint_every: Duration::from_secs(10),
             migration_timeout: Duration::from_secs(10),
             cpu_budget: None,
+            max_connections: None,
             limits: Limits::default(),
         }
     }

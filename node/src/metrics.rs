@@ -76,6 +76,8 @@ pub struct Metrics {
     pub checkpoint_seconds: Histogram,
     pub checkpoint_bytes: Counter,
     pub components: Gauge,
+    /// HTTP/1.1 connections open.
+    pub http_connections: Gauge,
     /// Mesh messages refused (bad gossip, foreign swarm key, ...), by reason.
     pub mesh_rejected: Family<ReasonLabels, Counter>,
     pub gossip_bytes: Family<DirectionLabels, Counter>,
@@ -109,6 +111,7 @@ impl Default for Metrics {
             checkpoint_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             checkpoint_bytes: Counter::default(),
             components: Gauge::default(),
+            http_connections: Gauge::default(),
             mesh_rejected: Family::default(),
             gossip_bytes: Family::default(),
             gossip_messages: Family::default(),
@@ -176,6 +179,11 @@ impl Default for Metrics {
             "components",
             "Components hosted on this node",
             m.components.clone(),
+        );
+        r.register(
+            "http_connections",
+            "HTTP/1.1 connections open",
+            m.http_connections.clone(),
         );
         r.register(
             "mesh_rejected",

@@ -5,6 +5,7 @@
 //! Needs the example components: `scripts/build-guests.sh` (scripts/test.sh runs it).
 
 mod bad_gossip;
+mod bad_http;
 mod bad_input;
 mod calls;
 mod durability;

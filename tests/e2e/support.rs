@@ -56,32 +56,62 @@ impl TestNode {
     /// A node on a fresh data directory, with extra environment (fault injection).
     pub fn start_env(extra: &[&str], env: &[(&str, &str)]) -> TestNode {
         let tmp = tempfile::tempdir().unwrap();
-        let mut node = Self::try_start_in(&tmp.path().join("data"), extra, env).unwrap();
+        let mut node = Self::try_start_in(&tmp.path().join("data"), extra, env, None).unwrap();
+        node._tmp = Some(tmp);
+        node
+    }
+
+    /// A node on a fresh data directory whose process may hold at most `nofile` descriptors.
+    pub fn start_with_fd_limit(extra: &[&str], nofile: u64) -> TestNode {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut node =
+            Self::try_start_in(&tmp.path().join("data"), extra, &[], Some(nofile)).unwrap();
         node._tmp = Some(tmp);
         node
     }
 
     /// A node on `dir` (which may hold an earlier node's state).
     pub fn start_in(dir: &Path, extra: &[&str]) -> TestNode {
-        Self::try_start_in(dir, extra, &[]).unwrap()
+        Self::try_start_in(dir, extra, &[], None).unwrap()
     }
 
-    fn try_start_in(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Result<TestNode> {
+    fn try_start_in(
+        dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        nofile: Option<u64>,
+    ) -> Result<TestNode> {
         std::fs::create_dir_all(dir)?;
         // A node killed with -9 leaves its node.json behind; wait for the new one.
         let json = continuum::datadir::node_json_path(dir);
         let _ = std::fs::remove_file(&json);
         let log = std::fs::File::create(dir.with_extension("log"))?;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_continuum"))
-            .args(["node", "--http", "127.0.0.1:0", "--no-mdns", "--data-dir"])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_continuum"));
+        cmd.args(["node", "--http", "127.0.0.1:0", "--no-mdns", "--data-dir"])
             .arg(dir)
             .args(extra)
             .env("CONTINUUM_LOG", "info")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("starting continuum node")?;
+            .stderr(log);
+        if let Some(n) = nofile {
+            use std::os::unix::process::CommandExt;
+            let lim = libc::rlimit {
+                rlim_cur: n,
+                rlim_max: n,
+            };
+            // SAFETY: setrlimit is async-signal-safe, and `lim` is a plain struct copied in.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let mut child = cmd.spawn().context("starting continuum node")?;
         let deadline = Instant::now() + Duration::from_secs(60);
         while !json.exists() {
             if let Some(status) = child.try_wait()? {

@@ -61,6 +61,10 @@ pub struct NodeArgs {
     /// Largest request body for a component, e.g. 8MiB.
     #[arg(long)]
     max_body: Option<ByteSize>,
+    /// HTTP/1.1 connections held at once (default: from the file-descriptor limit); at the cap
+    /// the connection idle longest makes room.
+    #[arg(long)]
+    max_connections: Option<usize>,
 }
 
 impl NodeArgs {
@@ -109,6 +113,9 @@ impl NodeArgs {
         }
         if let Some(n) = self.max_call_depth {
             c.limits.max_call_depth = n;
+        }
+        if self.max_connections.is_some() {
+            c.max_connections = self.max_connections;
         }
         crate::node::run(c).await
     }

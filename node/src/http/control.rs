@@ -30,17 +30,21 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
+/// The 401 for a control request without the right token (counted).
+pub fn unauthorized(node: &Node) -> Response<Bytes> {
+    node.metrics.reject("unauthorized");
+    let mut r = error(&ApiError::BadRequest(
+        "missing or wrong bearer token: send `Authorization: Bearer TOKEN` with the token in DATA_DIR/admin.token".into(),
+    ));
+    *r.status_mut() = StatusCode::UNAUTHORIZED;
+    r.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    r
+}
+
+/// A request from a client; both servers checked its token before reading its body
+/// (`http::precheck`).
 pub async fn handle(node: &Arc<Node>, rest: &str, req: Request<Bytes>) -> Response<Bytes> {
-    if !authorized(&node.token, req.headers()) {
-        node.metrics.reject("unauthorized");
-        let mut r = error(&ApiError::BadRequest(
-            "missing or wrong bearer token: send `Authorization: Bearer TOKEN` with the token in DATA_DIR/admin.token".into(),
-        ));
-        *r.status_mut() = StatusCode::UNAUTHORIZED;
-        r.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return r;
-    }
     let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
     if let Some(host) = relay_target(node, req.method(), &segments) {
         return relay(node, host, rest, req).await;
@@ -297,15 +301,21 @@ async fn federate(node: &Node, op: FederationOp) -> Result<Response<Bytes>, ApiE
         .map_err(ApiError::BadRequest)
 }
 
-/// Compare in constant time, so the token cannot be guessed byte by byte from timings.
-fn authorized(token: &str, headers: &http::HeaderMap) -> bool {
-    let Some(got) = headers
+/// Whether the request carries `Authorization: Bearer TOKEN` (the scheme in any case, as RFC
+/// 9110 has it), compared in constant time so the token cannot be guessed byte by byte from
+/// timings.
+pub fn authorized(token: &str, headers: &http::HeaderMap) -> bool {
+    let Some((scheme, got)) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| v.trim().split_once(' '))
     else {
         return false;
     };
+    let got = got.trim_start();
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return false;
+    }
     got.len() == token.len()
         && got
             .bytes()

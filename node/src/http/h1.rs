@@ -1,6 +1,9 @@
 //! HTTP/1.1 over TCP (hyper). Every response advertises HTTP/3 on the same port with `Alt-Svc`.
+//! Connections are capped (`conns`), headers must arrive within [`HEADER_TIMEOUT`] (an idle
+//! keep-alive connection closes after it too), and a body that stalls gets 408.
 
-use super::{BodyCollector, DRAIN_MAX, Proto, body_limit, declared_length, route, too_large};
+use super::conns::{Admitted, Conns};
+use super::{BODY_IDLE_TIMEOUT, BodyCollector, Proto, precheck, route};
 use crate::node::Node;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
@@ -11,12 +14,23 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
+
+/// Longest wait for a request's headers, from the moment the connection is ready for them: a
+/// new connection, or a kept-alive one between requests.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Accept connections until the task is aborted.
 pub async fn serve(listener: TcpListener, node: Arc<Node>) {
     let alt_svc = HeaderValue::from_str(&format!("h3=\":{}\"; ma=86400", node.h3_port))
         .expect("a valid header value");
+    let conns = Conns::new(
+        node.config
+            .max_connections
+            .unwrap_or_else(super::conns::fd_budget),
+    );
+    tracing::info!(cap = conns.cap(), "HTTP/1.1 connections capped");
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(conn) => conn,
@@ -27,35 +41,69 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>) {
                 continue;
             }
         };
+        let conn = match conns.admit() {
+            Admitted::Room(c) => c,
+            Admitted::Evicted(c) => {
+                node.metrics.reject("http_idle_connection_closed");
+                c
+            }
+            Admitted::Full => {
+                node.metrics.reject("http_connections_full");
+                continue;
+            }
+        };
+        node.metrics.http_connections.set(conns.len() as i64);
         let _ = stream.set_nodelay(true);
-        let (node, alt_svc) = (node.clone(), alt_svc.clone());
+        let (node, alt_svc, conns) = (node.clone(), alt_svc.clone(), conns.clone());
         tokio::spawn(async move {
+            let conn = Arc::new(conn);
+            let on_conn = conn.clone();
+            let gauge = node.metrics.http_connections.clone();
             let service = service_fn(move |req| {
                 let (node, alt_svc) = (node.clone(), alt_svc.clone());
+                let busy = on_conn.busy();
                 async move {
                     let mut resp = handle(&node, req).await;
+                    drop(busy);
                     resp.headers_mut().insert(header::ALT_SVC, alt_svc);
                     Ok::<_, Infallible>(resp.map(Full::new))
                 }
             });
-            if let Err(e) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
+            let ended = {
+                let served = http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .serve_connection(TokioIo::new(stream), service);
+                tokio::pin!(served);
+                tokio::select! {
+                    ended = served.as_mut() => ended,
+                    _ = conn.close.notified() => {
+                        served.as_mut().graceful_shutdown();
+                        served.await
+                    }
+                }
+            };
+            if let Err(e) = ended {
                 tracing::debug!("HTTP/1.1 connection ended: {e}");
             }
+            drop(conn); // the service's clone went with the connection
+            gauge.set(conns.len() as i64);
         });
     }
 }
 
 async fn handle(node: &Arc<Node>, req: Request<Incoming>) -> Response<Bytes> {
-    let limit = body_limit(node, req.uri().path());
-    if declared_length(req.headers()).is_some_and(|n| n > DRAIN_MAX) {
-        return too_large(node, limit);
-    }
+    let (limit, declared) = match precheck(node, req.uri(), req.headers()) {
+        Ok(checked) => checked,
+        Err(refusal) => return *refusal,
+    };
     let (parts, mut body) = req.into_parts();
-    let mut collector = BodyCollector::new(limit);
-    while let Some(frame) = body.frame().await {
+    let mut collector = BodyCollector::new(limit, declared);
+    loop {
+        let Ok(frame) = tokio::time::timeout(BODY_IDLE_TIMEOUT, body.frame()).await else {
+            return super::body_timeout(node);
+        };
+        let Some(frame) = frame else { break };
         match frame {
             Ok(f) => {
                 if let Some(data) = f.data_ref()

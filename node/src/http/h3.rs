@@ -1,6 +1,6 @@
 //! HTTP/3 over QUIC (quinn + h3), on the UDP port that matches the TCP one.
 
-use super::{BodyCollector, DRAIN_MAX, Proto, body_limit, declared_length, route, too_large};
+use super::{BODY_IDLE_TIMEOUT, BodyCollector, Proto, precheck, route};
 use crate::node::Node;
 use bytes::{Buf, Bytes};
 use h3::error::{ConnectionError, StreamError};
@@ -48,36 +48,18 @@ async fn request<S>(node: &Arc<Node>, req: Request<()>, mut stream: RequestStrea
 where
     S: h3::quic::BidiStream<Bytes>,
 {
-    let limit = body_limit(node, req.uri().path());
-    let resp = if declared_length(req.headers()).is_some_and(|n| n > DRAIN_MAX) {
-        too_large(node, limit)
-    } else {
-        let mut collector = BodyCollector::new(limit);
-        loop {
-            match stream.recv_data().await {
-                Ok(Some(mut chunk)) => {
-                    let mut more = true;
-                    while chunk.has_remaining() && more {
-                        let part = chunk.chunk();
-                        more = collector.push(part);
-                        let n = part.len();
-                        chunk.advance(n);
-                    }
-                    if !more {
-                        stream.stop_sending(h3::error::Code::H3_NO_ERROR);
-                        break;
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => return stream_error(node, &e),
-            }
-        }
-        match collector.finish(node) {
-            Ok(body) => {
+    let resp = match precheck(node, req.uri(), req.headers()) {
+        Ok((limit, declared)) => match body(node, &mut stream, limit, declared).await {
+            Ok(Ok(body)) => {
                 let (parts, ()) = req.into_parts();
                 route(node, Request::from_parts(parts, body), Proto::H3).await
             }
-            Err(refusal) => *refusal,
+            Ok(Err(refusal)) => refusal,
+            Err(e) => return stream_error(node, &e),
+        },
+        Err(refusal) => {
+            stream.stop_sending(h3::error::Code::H3_NO_ERROR);
+            *refusal
         }
     };
     let (parts, body) = resp.into_parts();
@@ -92,6 +74,38 @@ where
     };
     if let Err(e) = send.await {
         tracing::debug!("sending an HTTP/3 response failed: {e}");
+    }
+}
+
+/// The request's body (Ok(Err): the answer that refuses it).
+async fn body<S>(
+    node: &Node,
+    stream: &mut RequestStream<S, Bytes>,
+    limit: usize,
+    declared: Option<u64>,
+) -> Result<Result<Bytes, http::Response<Bytes>>, StreamError>
+where
+    S: h3::quic::BidiStream<Bytes>,
+{
+    let mut collector = BodyCollector::new(limit, declared);
+    loop {
+        let Ok(data) = tokio::time::timeout(BODY_IDLE_TIMEOUT, stream.recv_data()).await else {
+            stream.stop_sending(h3::error::Code::H3_REQUEST_CANCELLED);
+            return Ok(Err(super::body_timeout(node)));
+        };
+        let Some(mut chunk) = data? else {
+            return Ok(collector.finish(node).map_err(|r| *r));
+        };
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            let more = collector.push(part);
+            let n = part.len();
+            chunk.advance(n);
+            if !more {
+                stream.stop_sending(h3::error::Code::H3_NO_ERROR);
+                return Ok(collector.finish(node).map_err(|r| *r));
+            }
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 //! - `/v1/...` → the control API (bearer token);
 //! - `/metrics` → Prometheus text.
 
+mod conns;
 pub(crate) mod control;
 pub mod h1;
 pub mod h3;
@@ -48,12 +49,36 @@ pub fn body_limit(node: &Node, path: &str) -> usize {
     }
 }
 
-/// Bodies up to this size are read to the end even when refused, so that a client still
+/// A body over its limit is still read (and dropped) up to this size, so that a client still
 /// writing gets the 413 rather than a reset; past it the server stops reading.
 pub const DRAIN_MAX: u64 = 64 << 20;
 
-/// Collects a request body up to its limit, then keeps counting (and dropping) what follows up
-/// to [`DRAIN_MAX`]. Both servers feed it chunk by chunk.
+/// Longest wait for the next piece of a request body: a client that stalls mid-body gets 408
+/// and loses the connection, instead of holding its buffer for ever.
+pub const BODY_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// What both servers check before they read a byte of the body: the control API's token (a
+/// client without it is refused at once, its body unread) and the declared length against the
+/// limit. Ok: the limit, and the declared length if any.
+pub fn precheck(
+    node: &Node,
+    uri: &http::Uri,
+    headers: &http::HeaderMap,
+) -> Result<(usize, Option<u64>), Box<Response<Bytes>>> {
+    let path = uri.path();
+    if path.starts_with("/v1/") && !control::authorized(&node.token, headers) {
+        return Err(Box::new(control::unauthorized(node)));
+    }
+    let limit = body_limit(node, path);
+    match declared_length(headers) {
+        // Refused unread only past what is worth draining (see `DRAIN_MAX`).
+        Some(n) if n > (limit as u64).max(DRAIN_MAX) => Err(Box::new(too_large(node, limit))),
+        declared => Ok((limit, declared)),
+    }
+}
+
+/// Collects a request body up to its limit exactly; past it, keeps counting (and dropping)
+/// what follows up to [`DRAIN_MAX`]. Both servers feed it chunk by chunk.
 pub struct BodyCollector {
     buf: bytes::BytesMut,
     seen: u64,
@@ -61,19 +86,22 @@ pub struct BodyCollector {
 }
 
 impl BodyCollector {
-    pub fn new(limit: usize) -> Self {
+    /// `declared`: the Content-Length, checked against the limit already, to allocate once.
+    pub fn new(limit: usize, declared: Option<u64>) -> Self {
         BodyCollector {
-            buf: bytes::BytesMut::new(),
+            buf: bytes::BytesMut::with_capacity(declared.map_or(0, |n| n as usize).min(limit)),
             seen: 0,
             limit,
         }
     }
 
-    /// Take a chunk; `false` when reading further is pointless.
+    /// Take a chunk; `false` when reading further is pointless (the body is over its limit and
+    /// past what is worth draining).
     pub fn push(&mut self, chunk: &[u8]) -> bool {
         self.seen += chunk.len() as u64;
         if self.seen <= self.limit as u64 {
             self.buf.extend_from_slice(chunk);
+            return true;
         }
         self.seen <= DRAIN_MAX
     }
@@ -93,6 +121,18 @@ pub fn too_large(node: &Node, limit: usize) -> Response<Bytes> {
     text(
         StatusCode::PAYLOAD_TOO_LARGE,
         format!("request body is larger than this node's limit of {limit} bytes\n"),
+    )
+}
+
+/// The 408 both servers send when a body stalls for [`BODY_IDLE_TIMEOUT`].
+pub fn body_timeout(node: &Node) -> Response<Bytes> {
+    node.metrics.reject("body_timeout");
+    text(
+        StatusCode::REQUEST_TIMEOUT,
+        format!(
+            "the request body stalled: nothing arrived for {} s\n",
+            BODY_IDLE_TIMEOUT.as_secs()
+        ),
     )
 }
 
