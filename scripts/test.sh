@@ -15,8 +15,11 @@ cargo fmt --all -- --check
 echo "== example components (wasm32-wasip1)"
 scripts/build-guests.sh
 
+# The tests run a node built with fault injection (CONTINUUM_FAULT: crashes at chosen points, a
+# full disk); release builds never have it. Clippy looks at both builds.
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+cargo clippy --workspace --all-targets --features continuum/fault-injection -- -D warnings
 
 echo "== cargo test"
-cargo test --workspace
+cargo test --workspace --features continuum/fault-injection

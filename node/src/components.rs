@@ -446,11 +446,14 @@ impl Components {
         trigger: &'static str,
         only_dirty: bool,
     ) -> Result<(), ApiError> {
+        let only_dirty = only_dirty && !h.stats.unsaved.load(Ordering::Relaxed);
         if let Some(snap) = h.checkpoint(only_dirty).await? {
             let _op = self.ops.lock().await;
             // A component removed (or moved) meanwhile must not come back from its snapshot.
             if self.get(&h.name).is_some_and(|cur| Arc::ptr_eq(&cur, h)) {
-                self.write_snapshot(&snap, trigger).await?;
+                let written = self.write_snapshot(&snap, trigger).await;
+                h.stats.unsaved.store(written.is_err(), Ordering::Relaxed);
+                written?;
             }
         }
         Ok(())
@@ -582,37 +585,47 @@ impl Components {
     }
 
     /// Checkpoint every component (those whose state changed, with `only_dirty`) to disk.
-    pub async fn checkpoint_all(&self, trigger: &'static str, only_dirty: bool) {
-        let handles: Vec<_> = self.map.read().unwrap().values().cloned().collect();
-        for h in handles {
-            if let Err(e) = self.save_handle(&h, trigger, only_dirty).await {
-                tracing::error!(component = %h.name, "checkpoint not written: {e}");
-            }
+    /// The periodic checkpoint of `h`, if it changed (or its last one was not written), unless
+    /// one of it is still under way: a component whose thread is busy misses rounds, and holds
+    /// up no other component's checkpoints.
+    pub async fn checkpoint_periodic(&self, h: &Arc<ComponentHandle>) {
+        if h.stats.checkpointing.swap(true, Ordering::AcqRel) {
+            return;
         }
+        if let Err(e) = self.save_handle(h, "periodic", true).await {
+            tracing::error!(component = %h.name, "checkpoint not written: {e}");
+        }
+        h.stats.checkpointing.store(false, Ordering::Release);
     }
 
-    /// Stop every component, each after a last checkpoint written to disk.
-    pub async fn stop_all(&self) {
+    /// Stop every component, each after a last checkpoint written to disk; false if any of
+    /// them could not be written (the node then exits with an error: state was lost).
+    pub async fn stop_all(&self) -> bool {
         let handles: Vec<_> = std::mem::take(&mut *self.map.write().unwrap())
             .into_values()
             .collect();
         let _op = self.ops.lock().await;
+        let mut all_written = true;
         for h in handles {
             match h.stop(true).await {
                 Some(Ok(snap)) => {
                     if let Err(e) = self.write_snapshot(&snap, "shutdown").await {
                         tracing::error!(component = %h.name, "last checkpoint not written: {e}");
+                        all_written = false;
                     }
                 }
                 Some(Err(e)) => {
-                    tracing::error!(component = %h.name, "last checkpoint failed: {e:#}")
+                    tracing::error!(component = %h.name, "last checkpoint failed: {e:#}");
+                    all_written = false;
                 }
                 None => {
-                    tracing::error!(component = %h.name, "component thread was gone at shutdown")
+                    tracing::error!(component = %h.name, "component thread was gone at shutdown");
+                    all_written = false;
                 }
             }
         }
         self.metrics.components.set(0);
+        all_written
     }
 
     async fn write_snapshot(&self, snap: &Snapshot, trigger: &'static str) -> Result<(), ApiError> {
@@ -622,7 +635,20 @@ impl Components {
             blocking(move || snap.encode()).await?
         };
         let len = bytes.len() as u64;
-        blocking(move || write_atomic(&path, &bytes)).await??;
+        let written = blocking(move || {
+            if crate::fault::faulty_file("disk-full") {
+                anyhow::bail!("no space left on device (fault injection)");
+            }
+            write_atomic(&path, &bytes)
+        })
+        .await?;
+        if let Err(e) = written {
+            self.metrics
+                .checkpoint_failures
+                .get_or_create(&TriggerLabels { trigger })
+                .inc();
+            return Err(e.into());
+        }
         self.metrics
             .checkpoints
             .get_or_create(&TriggerLabels { trigger })

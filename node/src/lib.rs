@@ -10,6 +10,7 @@ pub mod client;
 pub mod components;
 pub mod config;
 pub mod datadir;
+pub mod fault;
 pub mod http;
 pub mod identity;
 pub mod load;

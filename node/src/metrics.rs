@@ -73,6 +73,8 @@ pub struct Metrics {
     pub calls_in_flight: Family<ComponentLabels, Gauge>,
     pub rejected: Family<ReasonLabels, Counter>,
     pub checkpoints: Family<TriggerLabels, Counter>,
+    /// Checkpoints taken but not written to disk, by trigger (retried while they fail).
+    pub checkpoint_failures: Family<TriggerLabels, Counter>,
     pub checkpoint_seconds: Histogram,
     pub checkpoint_bytes: Counter,
     pub components: Gauge,
@@ -108,6 +110,7 @@ impl Default for Metrics {
             calls_in_flight: Family::default(),
             rejected: Family::default(),
             checkpoints: Family::default(),
+            checkpoint_failures: Family::default(),
             checkpoint_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             checkpoint_bytes: Counter::default(),
             components: Gauge::default(),
@@ -164,6 +167,11 @@ impl Default for Metrics {
             "checkpoints",
             "Component checkpoints taken, by trigger",
             m.checkpoints.clone(),
+        );
+        r.register(
+            "checkpoint_failures",
+            "Component checkpoints not written to disk, by trigger",
+            m.checkpoint_failures.clone(),
         );
         r.register(
             "checkpoint_seconds",

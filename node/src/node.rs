@@ -346,7 +346,11 @@ async fn run_node(config: NodeConfig, dir: DataDir, key: libp2p::identity::Keypa
     }
     udp.close(quinn::VarInt::from_u32(0x100), b"node stopping");
     dir.remove_node_json();
-    node.components.stop_all().await;
+    if !node.components.stop_all().await {
+        anyhow::bail!(
+            "stopped, but the last checkpoint of some components was not written (see above): their state since the last written one is lost"
+        );
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -685,7 +689,10 @@ async fn periodic_checkpoints(node: Arc<Node>) {
     timer.tick().await;
     loop {
         timer.tick().await;
-        node.components.checkpoint_all("periodic", true).await;
+        for h in node.components.handles() {
+            let node = node.clone();
+            tokio::spawn(async move { node.components.checkpoint_periodic(&h).await });
+        }
     }
 }
 

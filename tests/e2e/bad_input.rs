@@ -262,3 +262,45 @@ async fn malformed_h3(node: &TestNode) {
     conn.close(0u32.into(), b"");
     endpoint.wait_idle().await;
 }
+
+/// Four memories (a v1 component): each request grows each by 100 MiB and answers how many
+/// grew. Under a 256 MiB cap, two of them.
+const FOUR_MEMORIES: &str = r#"
+(module
+  (memory (export "memory") 1)
+  (memory $m1 0)
+  (memory $m2 0)
+  (memory $m3 0)
+  (data (i32.const 0) "\c8\00\00\00\00\00\00\00\01\00\00\00\30")
+  (func (export "continuum_abi_v1"))
+  (func (export "continuum_alloc") (param i32) (result i32) (i32.const 1024))
+  (func (export "continuum_handle") (param i32 i32) (result i64)
+    (local $n i32)
+    (if (i32.ne (memory.grow $m1 (i32.const 1600)) (i32.const -1))
+      (then (local.set $n (i32.add (local.get $n) (i32.const 1)))))
+    (if (i32.ne (memory.grow $m2 (i32.const 1600)) (i32.const -1))
+      (then (local.set $n (i32.add (local.get $n) (i32.const 1)))))
+    (if (i32.ne (memory.grow $m3 (i32.const 1600)) (i32.const -1))
+      (then (local.set $n (i32.add (local.get $n) (i32.const 1)))))
+    (if (i32.ne (memory.grow 0 (i32.const 1600)) (i32.const -1))
+      (then (local.set $n (i32.add (local.get $n) (i32.const 1)))))
+    (i32.store8 (i32.const 12) (i32.add (i32.const 48) (local.get $n)))
+    (i64.const 13)))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_cap_holds_over_all_memories_and_the_snapshot_restores() {
+    let node = TestNode::start(&["--memory-cap", "256MiB"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("four.wasm");
+    std::fs::write(&file, wat::parse_str(FOUR_MEMORIES).unwrap()).unwrap();
+    node.ok(&["deploy", file.to_str().unwrap(), "--name", "four"]);
+    let r = node.h1(Method::GET, "/c/four/", b"").await;
+    assert_eq!((r.status, r.text()), (200, "2".to_string()));
+    // Nothing more grows, and what it holds stays below the cap, so its checkpoint restores.
+    assert_eq!(node.h1(Method::GET, "/c/four/", b"").await.text(), "0");
+    let ckpt = tmp.path().join("four.ckpt");
+    node.ok(&["checkpoint", "four", "-o", ckpt.to_str().unwrap()]);
+    node.ok(&["restore", ckpt.to_str().unwrap(), "--name", "again"]);
+    assert_eq!(node.h1(Method::GET, "/c/again/", b"").await.text(), "0");
+}

@@ -3,7 +3,123 @@
 
 use crate::support::{TestNode, guest};
 use http::Method;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// Wait until the metric line `series` reaches `at_least`.
+async fn until_metric(node: &TestNode, series: &str, at_least: u64) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let n = node.metric(series).await;
+        if n >= at_least {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{series} stayed at {n}, below {at_least}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+const PERIODIC: &str = "continuum_checkpoints_total{trigger=\"periodic\"}";
+const PERIODIC_FAILED: &str = "continuum_checkpoint_failures_total{trigger=\"periodic\"}";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "needs the fault-injection feature (scripts/test.sh turns it on)"
+)]
+async fn a_full_disk_loses_nothing_once_freed_and_sigterm_says_when_it_would() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let full = tmp.path().join("disk-is-full");
+    let fault = format!("disk-full:{}", full.display());
+    let env = [("CONTINUUM_FAULT", fault.as_str())];
+    let mut node = TestNode::start_in_env(&dir, &["--checkpoint-every", "200ms"], &env);
+    node.ok(&["deploy", &guest("counter")]);
+    for _ in 0..5 {
+        node.h1(Method::POST, "/c/counter/incr", b"").await;
+    }
+    let written = node.metric(PERIODIC).await;
+    until_metric(&node, PERIODIC, written + 1).await;
+
+    // The disk fills: the next writes fail, are counted, and are tried again although the
+    // component did nothing since (its state on disk is behind).
+    std::fs::write(&full, b"").unwrap();
+    for _ in 0..5 {
+        node.h1(Method::POST, "/c/counter/incr", b"").await;
+    }
+    until_metric(&node, PERIODIC_FAILED, 3).await;
+    // Freed: the next periodic checkpoint writes the state that waited.
+    let written = node.metric(PERIODIC).await;
+    std::fs::remove_file(&full).unwrap();
+    until_metric(&node, PERIODIC, written + 1).await;
+    node.kill9();
+    let mut node = TestNode::start_in_env(&dir, &["--checkpoint-every", "1h"], &env);
+    assert_eq!(
+        node.h1(Method::GET, "/c/counter/count", b"").await.text(),
+        "10"
+    );
+
+    // A SIGTERM whose last checkpoint cannot be written says so: the exit status is not 0.
+    node.h1(Method::POST, "/c/counter/incr", b"").await;
+    std::fs::write(&full, b"").unwrap();
+    let status = node.sigterm();
+    assert!(!status.success(), "{status}");
+    assert!(node.log().contains("was not written"), "{}", node.log());
+}
+
+/// An ABI v1 component that spins in every request until the deadline stops it.
+const SPIN: &str = r#"
+(module
+  (memory (export "memory") 1)
+  (func (export "continuum_abi_v1"))
+  (func (export "continuum_alloc") (param i32) (result i32) (i32.const 1024))
+  (func (export "continuum_handle") (param i32 i32) (result i64)
+    (loop (br 0))
+    (i64.const 0)))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_stuck_in_its_requests_holds_up_no_other_components_checkpoints() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let args = ["--checkpoint-every", "200ms", "--call-timeout", "2s"];
+    let mut node = TestNode::start_in(&dir, &args);
+    let spin = tmp.path().join("spin.wasm");
+    std::fs::write(&spin, wat::parse_str(SPIN).unwrap()).unwrap();
+    node.ok(&["deploy", spin.to_str().unwrap(), "--name", "spin"]);
+    // It ticks every 10 ms, so each round finds it changed.
+    node.ok(&["deploy", &guest("sensor-filter"), "--name", "sensor"]);
+    // Ten requests keep spin's thread busy for 20 s; its checkpoints wait behind them.
+    let stuck: Vec<_> = (0..10)
+        .map(|_| {
+            let addr = node.addr();
+            tokio::spawn(async move {
+                continuum::client::h1(addr, Method::GET, "/c/spin/", bytes::Bytes::new(), None)
+                    .await
+            })
+        })
+        .collect();
+    let written = node.metric(PERIODIC).await;
+    // Meanwhile sensor's go on, round after round (one round every 200 ms).
+    until_metric(&node, PERIODIC, written + 5).await;
+    let ticks = |r: continuum::client::Reply| {
+        serde_json::from_slice::<serde_json::Value>(&r.body).unwrap()["ticks"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = ticks(node.h1(Method::GET, "/c/sensor/stats", b"").await);
+    node.kill9();
+    drop(stuck);
+    let node = TestNode::start_in(&dir, &["--checkpoint-every", "1h"]);
+    let after = ticks(node.h1(Method::GET, "/c/sensor/stats", b"").await);
+    // What kill -9 lost is at most a round and a bit of ticks, not everything since spin stuck.
+    assert!(
+        after + 50 >= before,
+        "restored at {after} ticks, had {before} before kill -9"
+    );
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_then_restart_brings_every_component_back_exactly() {

@@ -261,6 +261,10 @@ async fn no_request_lost_or_applied_twice_while_counter_moves_ten_times_under_lo
 /// Deploy counter on `a`, put load on it, try to move it to `b` (set up to die at some step),
 /// and check that nothing was lost and it still serves from `a`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "needs the fault-injection feature (scripts/test.sh turns it on)"
+)]
 async fn a_target_killed_at_any_step_leaves_the_component_serving_at_the_source() {
     for point in [
         "target:offer",
@@ -299,6 +303,10 @@ async fn a_target_killed_at_any_step_leaves_the_component_serving_at_the_source(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "needs the fault-injection feature (scripts/test.sh turns it on)"
+)]
 async fn a_source_killed_after_ready_leaves_the_target_serving() {
     let common = ["--advert-expiry", "3s", "--migration-timeout", "2s"];
     let a = TestNode::start_env(&common, &[("CONTINUUM_FAULT", "source:switch")]);
@@ -509,6 +517,10 @@ async fn a_federated_component_only_moves_among_members_and_strangers_cannot_pus
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "needs the fault-injection feature (scripts/test.sh turns it on)"
+)]
 async fn a_state_whose_digest_does_not_match_is_refused() {
     let a = TestNode::start_env(
         &["--advert-expiry", "3s"],
@@ -535,6 +547,10 @@ async fn a_state_whose_digest_does_not_match_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "needs the fault-injection feature (scripts/test.sh turns it on)"
+)]
 async fn a_connection_cut_mid_transfer_aborts_then_a_retry_moves_it() {
     let a = TestNode::start(&["--advert-expiry", "3s", "--migration-timeout", "3s"]);
     let b = TestNode::start_env(

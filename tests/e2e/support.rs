@@ -75,6 +75,11 @@ impl TestNode {
         Self::try_start_in(dir, extra, &[], None).unwrap()
     }
 
+    /// A node on `dir`, with extra environment (fault injection).
+    pub fn start_in_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> TestNode {
+        Self::try_start_in(dir, extra, env, None).unwrap()
+    }
+
     fn try_start_in(
         dir: &Path,
         extra: &[&str],

@@ -15,6 +15,7 @@ mod target;
 pub use source::{resolve_target, start};
 pub use target::on_message;
 
+use crate::fault::{fault, faulty};
 use crate::node::Node;
 use continuum_gossip::PeerId;
 use continuum_migrate::{MigrationId, Outcome, Report};
@@ -125,18 +126,6 @@ impl Migrations {
 /// (on the target's Ready, before switching). Two do not kill: with `source:bad-digest` the
 /// source sends a wrong whole-state digest; with `target:cut` the target cuts its connections
 /// to the source on the first round it receives (once per process).
-fn faulty(point: &str) -> bool {
-    std::env::var("CONTINUUM_FAULT").is_ok_and(|f| f == point)
-}
-
-fn fault(point: &str) {
-    if faulty(point) {
-        tracing::error!("fault injection: dying at {point}");
-        // SAFETY: kill(2) on our own pid.
-        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
-    }
-}
-
 fn now(node: &Node) -> u64 {
     node.started.elapsed().as_millis() as u64
 }

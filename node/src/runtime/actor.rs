@@ -166,6 +166,11 @@ pub struct Stats {
     /// Calls to other components it made, and those still waiting for an answer.
     pub calls_out: AtomicU64,
     pub calls_out_in_flight: AtomicU64,
+    /// Its last checkpoint was taken but not written (a full disk, say): the next periodic
+    /// checkpoint takes a fresh one even if nothing ran since.
+    pub unsaved: std::sync::atomic::AtomicBool,
+    /// A periodic checkpoint of it is under way.
+    pub checkpointing: std::sync::atomic::AtomicBool,
 }
 
 /// Why a request did not reach the component.

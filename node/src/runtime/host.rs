@@ -37,6 +37,7 @@ impl HostState {
             wasi,
             limiter: MemoryCap {
                 cap: memory_cap,
+                used: 0,
                 hit: false,
             },
             io: GuestIo::default(),
@@ -92,24 +93,31 @@ pub enum OpStart {
 /// More operations or answers than this in one entry is a runaway guest: it traps.
 pub const MAX_IO_PER_ENTRY: usize = 4096;
 
-/// Refuses memory growth past the node's cap and remembers that it did, so that the trap that
-/// usually follows (an allocation failure in the guest) is reported as what it is.
+/// Refuses memory growth past the node's cap, over all of the component's memories together
+/// (a module with four memories is held to the cap like one with one, and so its snapshot
+/// always restores), and remembers that it did, so that the trap that usually follows (an
+/// allocation failure in the guest) is reported as what it is.
 pub struct MemoryCap {
     pub cap: usize,
+    /// Bytes of linear memory granted so far, every memory counted (Wasmtime asks here when a
+    /// memory is created, too).
+    pub used: usize,
     pub hit: bool,
 }
 
 impl ResourceLimiter for MemoryCap {
     fn memory_growing(
         &mut self,
-        _: usize,
+        current: usize,
         desired: usize,
         _: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.cap {
+        let used = self.used.saturating_add(desired.saturating_sub(current));
+        if used > self.cap {
             self.hit = true;
             return Ok(false);
         }
+        self.used = used;
         Ok(true)
     }
 
