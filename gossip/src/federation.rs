@@ -9,6 +9,11 @@ use libp2p_identity::PeerId;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+/// Leases a federation may have; one announced with another is held to these (a lease that
+/// never ends would be a federation no one can dissolve).
+pub const MIN_LEASE_MS: u64 = 300;
+pub const MAX_LEASE_MS: u64 = 24 * 3_600_000;
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FederationSpec {
@@ -120,10 +125,11 @@ impl Federations {
                 "name must be 1 to 63 characters".into(),
             ));
         }
-        if spec.lease_ms < 300 {
-            return Err(FederationError::Invalid(
-                "lease must be at least 300 ms".into(),
-            ));
+        if !(MIN_LEASE_MS..=MAX_LEASE_MS).contains(&spec.lease_ms) {
+            return Err(FederationError::Invalid(format!(
+                "lease must be {MIN_LEASE_MS} ms to {} h",
+                MAX_LEASE_MS / 3_600_000
+            )));
         }
         if self.map.contains_key(&spec.name) {
             return Err(FederationError::Exists(spec.name));
@@ -200,8 +206,10 @@ impl Federations {
         mine: &Resources,
         auto_join: bool,
         owner: PeerId,
-        spec: FederationSpec,
+        mut spec: FederationSpec,
     ) -> (Option<FederationMsg>, Option<FederationEvent>) {
+        // The lease is the owner's claim: this node holds it to its own bounds.
+        spec.lease_ms = spec.lease_ms.clamp(MIN_LEASE_MS, MAX_LEASE_MS);
         let name = spec.name.clone();
         match self.map.get_mut(&name) {
             // Two proposals of one name: the lower owner id wins everywhere.

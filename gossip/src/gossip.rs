@@ -354,6 +354,13 @@ impl Gossip {
         Ok(true)
     }
 
+    /// How long a peer's message keeps it in the view: what it claims, at most four times this
+    /// node's own time to live (a peer may be configured differently, within reason; a huge
+    /// claim must not keep it for ever).
+    fn ttl(&self, claimed: u64) -> u64 {
+        claimed.min(self.cfg.ttl_ms.saturating_mul(4))
+    }
+
     /// A message from the gossip topic.
     pub fn handle_gossip(&mut self, now: u64, bytes: &[u8]) -> Result<(), Reject> {
         let opened = open(bytes, self.key.as_ref(), MAX_GOSSIP_BYTES)?;
@@ -377,9 +384,10 @@ impl Gossip {
         }
         match message.body {
             Body::Advert(advert) => {
+                let ttl = self.ttl(advert.ttl_ms);
                 if self
                     .view
-                    .advert(now, peer, message.seq, advert, bytes.to_vec())
+                    .advert(now, peer, message.seq, advert, bytes.to_vec(), ttl)
                     == Heard::New
                 {
                     self.peer_up(now, peer);
@@ -390,7 +398,8 @@ impl Gossip {
                 ttl_ms,
                 load,
             } => {
-                if self.view.alive(now, peer, advert_seq, ttl_ms, load) == Heard::NeedAdvert {
+                let ttl = self.ttl(ttl_ms);
+                if self.view.alive(now, peer, advert_seq, ttl, load) == Heard::NeedAdvert {
                     self.ask_for_sync(now, peer);
                 }
             }
@@ -444,13 +453,15 @@ impl Gossip {
         }
         match opened.message.body {
             Body::SyncRequest { mine, known } => {
-                // The asker's own advert comes straight from it: as good as hearing it now.
+                // The asker's own advert comes straight from it: as good as hearing it now,
+                // if it is the asker's.
                 let result = self.relayed(
                     now,
                     SyncEntry {
                         frame: mine,
                         heard_ago_ms: 0,
                     },
+                    Some(from),
                 );
                 let bytes = self.sync_reply(now, from, &known);
                 self.out.push_back(Output::Send { to: from, bytes });
@@ -459,7 +470,7 @@ impl Gossip {
             Body::SyncReply { entries } => {
                 let mut first_error = None;
                 for entry in entries {
-                    if let Err(e) = self.relayed(now, entry) {
+                    if let Err(e) = self.relayed(now, entry, None) {
                         first_error.get_or_insert(e);
                     }
                 }
@@ -478,15 +489,24 @@ impl Gossip {
         }
     }
 
-    /// Take in an advert relayed in a sync (or an asker's own).
-    fn relayed(&mut self, now: u64, entry: SyncEntry) -> Result<(), Reject> {
+    /// Take in an advert relayed in a sync (or an asker's own: then signed by `owner`).
+    fn relayed(&mut self, now: u64, entry: SyncEntry, owner: Option<PeerId>) -> Result<(), Reject> {
         let inner = open(&entry.frame, self.key.as_ref(), MAX_GOSSIP_BYTES)?;
+        if let Some(owner) = owner
+            && inner.signer != owner
+        {
+            return Err(Reject::WrongPeer {
+                claimed: owner.to_string(),
+                signer: inner.signer.to_string(),
+            });
+        }
         if inner.signer == self.me {
             return Ok(());
         }
         let Body::Advert(advert) = inner.message.body else {
             return Err(Reject::Malformed("a sync may relay adverts only".into()));
         };
+        let ttl = self.ttl(advert.ttl_ms);
         let heard = self.view.relayed_advert(
             now,
             inner.signer,
@@ -494,6 +514,7 @@ impl Gossip {
             advert,
             entry.frame,
             entry.heard_ago_ms,
+            ttl,
         );
         if heard == Some(Heard::New) {
             self.peer_up(now, inner.signer);

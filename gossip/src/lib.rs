@@ -16,7 +16,8 @@ mod wire;
 
 pub use advert::{Hosted, ResourceAdvert, Resources};
 pub use federation::{
-    Federation, FederationError, FederationEvent, FederationMsg, FederationSpec, Federations, Mine,
+    Federation, FederationError, FederationEvent, FederationMsg, FederationSpec, Federations,
+    MAX_LEASE_MS, MIN_LEASE_MS, Mine,
 };
 pub use gossip::{Config, Event, Gossip, Location, Output, Scope};
 pub use membership::{Heard, PeerInfo, View};

@@ -3,7 +3,12 @@
 
 use crate::advert::ResourceAdvert;
 use libp2p_identity::PeerId;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+/// Forgotten peers remembered with their last advert sequence, at most: a peer's old frame,
+/// replayed by anyone once the peer is gone, must not bring it back. Past this the oldest go
+/// (the memory a stream of fresh identities can take is bounded).
+pub const MAX_GONE: usize = 4096;
 
 #[derive(Clone, Debug)]
 pub struct PeerInfo {
@@ -34,6 +39,9 @@ pub enum Heard {
 #[derive(Clone, Debug, Default)]
 pub struct View {
     peers: BTreeMap<PeerId, PeerInfo>,
+    /// Peers forgotten, with the advert sequence they had, oldest first in `gone_order`.
+    gone: HashMap<PeerId, u64>,
+    gone_order: VecDeque<PeerId>,
 }
 
 impl View {
@@ -61,13 +69,19 @@ impl View {
         seq: u64,
         advert: ResourceAdvert,
         frame: Vec<u8>,
+        ttl_ms: u64,
     ) -> Heard {
-        self.relayed_advert(now, peer, seq, advert, frame, 0)
+        self.relayed_advert(now, peer, seq, advert, frame, 0, ttl_ms)
             .unwrap_or(Heard::Refreshed)
     }
 
     /// An advert relayed by another peer in a sync, last heard `heard_ago_ms` before `now`
-    /// by the relay. `None` if it is not news or is already past its time to live.
+    /// by the relay, to live `ttl_ms` (the advert's own, clamped by the caller). `None` if it
+    /// is not news or is already past its time to live. Only news extends the peer's life: an
+    /// advert this node holds already, relayed again (by anyone, as recent as they like),
+    /// proves nothing about the peer now, so a dead peer cannot be kept alive by replaying its
+    /// last frame.
+    #[allow(clippy::too_many_arguments)]
     pub fn relayed_advert(
         &mut self,
         now: u64,
@@ -76,17 +90,20 @@ impl View {
         advert: ResourceAdvert,
         frame: Vec<u8>,
         heard_ago_ms: u64,
+        ttl_ms: u64,
     ) -> Option<Heard> {
-        if heard_ago_ms >= advert.ttl_ms {
+        if heard_ago_ms >= ttl_ms {
             return None;
         }
-        let expires = now + advert.ttl_ms - heard_ago_ms;
-        if let Some(p) = self.peers.get_mut(&peer) {
-            p.expires_ms = p.expires_ms.max(expires);
-            if seq <= p.advert_seq {
-                return None;
-            }
+        let known = self
+            .peers
+            .get(&peer)
+            .map(|p| p.advert_seq)
+            .or_else(|| self.gone.get(&peer).copied());
+        if known.is_some_and(|k| seq <= k) {
+            return None;
         }
+        let expires = now.saturating_add(ttl_ms - heard_ago_ms);
         Some(self.store(
             now.saturating_sub(heard_ago_ms),
             peer,
@@ -154,7 +171,7 @@ impl View {
             expires_ms: now,
         });
         p.last_heard_ms = now;
-        p.expires_ms = p.expires_ms.max(now + ttl_ms);
+        p.expires_ms = p.expires_ms.max(now.saturating_add(ttl_ms));
         if let Some(a) = &mut p.advert {
             a.resources.load = load;
         }
@@ -174,7 +191,16 @@ impl View {
             .map(|p| p.peer)
             .collect();
         for p in &gone {
-            self.peers.remove(p);
+            if let Some(info) = self.peers.remove(p) {
+                if self.gone.insert(*p, info.advert_seq).is_none() {
+                    self.gone_order.push_back(*p);
+                }
+                while self.gone_order.len() > MAX_GONE {
+                    if let Some(old) = self.gone_order.pop_front() {
+                        self.gone.remove(&old);
+                    }
+                }
+            }
         }
         gone
     }

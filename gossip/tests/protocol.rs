@@ -3,8 +3,9 @@
 //! clock that jumps to the next timer.
 
 use continuum_gossip::{
-    Body, Config, Event, FederationEvent, FederationSpec, Gossip, Hosted, Keypair, Message, Mine,
-    Output, PeerId, Reject, ResourceAdvert, Resources, Scope, SwarmKey, open, seal,
+    Body, Config, Event, FederationEvent, FederationSpec, Gossip, Hosted, Keypair,
+    MAX_GOSSIP_BYTES, Message, Mine, Output, PeerId, Reject, ResourceAdvert, Resources, Scope,
+    SwarmKey, SyncEntry, open, seal,
 };
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -74,8 +75,8 @@ impl Net {
         net
     }
 
-    fn index(&self, peer: PeerId) -> usize {
-        self.nodes.iter().position(|n| n.me() == peer).unwrap()
+    fn index(&self, peer: PeerId) -> Option<usize> {
+        self.nodes.iter().position(|n| n.me() == peer)
     }
 
     fn deliver(&mut self) {
@@ -100,7 +101,10 @@ impl Net {
                             }
                         }
                         Output::Send { to, bytes } => {
-                            let j = self.index(to);
+                            // A peer outside the network (a test's forger) hears nothing.
+                            let Some(j) = self.index(to) else {
+                                continue;
+                            };
                             let from = self.nodes[i].me();
                             if self.up[j]
                                 && let Err(e) = self.nodes[j].handle_direct(self.now, from, &bytes)
@@ -482,4 +486,113 @@ fn a_relay_never_resurrects_a_dead_peer() {
     net.deliver();
     assert_eq!(net.peers_of(0), BTreeSet::from([one]));
     assert_eq!(net.peers_of(1), BTreeSet::from([zero]));
+}
+
+fn in_view(net: &Net, i: usize, peer: PeerId) -> bool {
+    net.nodes[i].view().iter().any(|p| p.peer == peer)
+}
+
+#[test]
+fn only_a_peer_itself_keeps_itself_alive() {
+    let mut net = Net::new(&["a", "a", "a"], None);
+    net.run_until(10);
+    let (one, two) = (net.nodes[1].me(), net.nodes[2].me());
+    let frame = net
+        .published
+        .iter()
+        .find(|b| {
+            let o = open(b, None, MAX_GOSSIP_BYTES).unwrap();
+            o.signer == two && matches!(o.message.body, Body::Advert(_))
+        })
+        .cloned()
+        .expect("node 2 published its advert");
+    net.up[2] = false;
+    // Long after node 2 died, node 1 keeps sending node 0 node 2's last advert: as its own
+    // (`mine`), and relayed as heard just now.
+    let liar = keypair(1);
+    let mut refused = 0;
+    for i in 1..=40u64 {
+        net.run_until(net.now + 250);
+        let forged = seal(
+            &liar,
+            None,
+            &Message {
+                seq: 1_000_000 + 2 * i,
+                body: Body::SyncRequest {
+                    mine: frame.clone(),
+                    known: vec![],
+                },
+            },
+        );
+        if let Err(Reject::WrongPeer { .. }) = net.nodes[0].handle_direct(net.now, one, &forged) {
+            refused += 1;
+        }
+        let replayed = seal(
+            &liar,
+            None,
+            &Message {
+                seq: 1_000_001 + 2 * i,
+                body: Body::SyncReply {
+                    entries: vec![SyncEntry {
+                        frame: frame.clone(),
+                        heard_ago_ms: 0,
+                    }],
+                },
+            },
+        );
+        net.nodes[0].handle_direct(net.now, one, &replayed).unwrap();
+    }
+    assert_eq!(refused, 40, "a `mine` signed by another peer is refused");
+    // Its time to live is 3 s: 10 s later it is gone, whatever node 1 says.
+    assert!(!in_view(&net, 0, two), "a dead peer kept alive by replays");
+    assert!(in_view(&net, 0, one));
+}
+
+#[test]
+fn a_huge_time_to_live_or_lease_is_held_to_bounds() {
+    let mut net = Net::new(&["a", "a"], None);
+    net.run_until(10);
+    // A stranger (valid signature, no such node) claims to live for ever and announces a
+    // federation whose lease never ends.
+    let stranger = keypair(7);
+    let who = stranger.public().to_peer_id();
+    let alive = seal(
+        &stranger,
+        None,
+        &Message {
+            seq: u64::MAX / 2,
+            body: Body::Alive {
+                advert_seq: 1,
+                ttl_ms: u64::MAX,
+                load: 0.0,
+            },
+        },
+    );
+    net.nodes[0].handle_gossip(net.now, &alive).unwrap();
+    let announce = seal(
+        &stranger,
+        None,
+        &Message {
+            seq: u64::MAX / 2 + 1,
+            body: Body::Federation(continuum_gossip::FederationMsg::Announce(FederationSpec {
+                name: "forever".into(),
+                objective: "never end".into(),
+                require: BTreeMap::new(),
+                min_members: 1,
+                lease_ms: u64::MAX,
+            })),
+        },
+    );
+    net.nodes[0].handle_gossip(net.now, &announce).unwrap();
+    assert!(in_view(&net, 0, who));
+    assert!(net.nodes[0].federations().get("forever").is_some());
+    // Four times this node's own time to live (3 s) at most.
+    net.run_until(net.now + 4 * 3_000 + 100);
+    assert!(!in_view(&net, 0, who), "a claimed time to live kept a peer");
+    // A day at most.
+    net.run_until(net.now + continuum_gossip::MAX_LEASE_MS + 1_000);
+    assert!(
+        net.nodes[0].federations().get("forever").is_none(),
+        "a claimed lease kept a federation"
+    );
 }
