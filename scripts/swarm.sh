@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Run N real continuum nodes on 127.0.0.1 (mDNS off), node 1 the bootstrap peer of the others.
 #
-#   scripts/swarm.sh start N [--dir DIR] [-- NODE ARGS...]   start, wait for full views, print a table
+#   scripts/swarm.sh start N [--dir DIR] [--open] [-- NODE ARGS...]   start, wait for full views,
+#                                                                     print a table
 #   scripts/swarm.sh stop [--dir DIR]                         stop exactly the nodes it started
 #
+# The swarm is closed by a key (DIR/swarm.key, made once), so its nodes may deploy to and migrate
+# between one another; --open (or your own --swarm-key in NODE ARGS) leaves that out.
 # Data dirs are DIR/node1..N (DIR defaults to $TMPDIR/continuum-swarm); HTTP ports are
 # CONTINUUM_BASE_PORT+1..+N (default 7070, so 7071..). CONTINUUM_BIN picks the binary
 # (default: target/release/continuum, built if missing). Extra NODE ARGS go to every node,
@@ -11,7 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 [ $# -ge 1 ] || usage
 cmd=$1; shift
 n=0
@@ -21,9 +24,11 @@ if [ "$cmd" = start ]; then
 fi
 dir=${TMPDIR:-/tmp}/continuum-swarm
 node_args=()
+open=0
 while [ $# -gt 0 ]; do
     case $1 in
         --dir) dir=$2; shift 2 ;;
+        --open) open=1; shift ;;
         --) shift; node_args=("$@"); break ;;
         *) usage ;;
     esac
@@ -66,6 +71,10 @@ if [ ! -x "$bin" ]; then
 fi
 mkdir -p "$dir"
 : >"$dir/pids"
+if [ $open = 0 ] && [[ " ${node_args[*]} " != *" --swarm-key "* ]]; then
+    [ -f "$dir/swarm.key" ] || "$bin" keygen -o "$dir/swarm.key" >/dev/null
+    node_args+=(--swarm-key "$dir/swarm.key")
+fi
 
 json_field() { sed -n "s/.*\"$2\": \"\([^\"]*\)\".*/\1/p" "$1" | head -n 1; }
 p2p_first() { tr -d '\n' <"$1" | sed -n 's/.*"p2p": \[ *"\([^"]*\)".*/\1/p'; }

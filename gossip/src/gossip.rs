@@ -44,6 +44,9 @@ pub struct Config {
     pub sync_max_ms: u64,
     /// Who hears a node: the whole swarm (the gossip topic), or its connected peers.
     pub scope: Scope,
+    /// Whether federations may be formed. A node turns them off in a swarm open to anyone:
+    /// there a federation's owner would be whoever says so.
+    pub federations: bool,
 }
 
 /// How far membership reaches.
@@ -67,6 +70,7 @@ impl Default for Config {
             sync_min_ms: 500,
             sync_max_ms: 30_000,
             scope: Scope::Swarm,
+            federations: true,
         }
     }
 }
@@ -403,6 +407,9 @@ impl Gossip {
                     self.ask_for_sync(now, peer);
                 }
             }
+            Body::Federation(_) if !self.cfg.federations => {
+                return Err(Reject::OpenSwarm("federations"));
+            }
             Body::Federation(FederationMsg::Announce(spec)) => {
                 let (msg, event) = self.feds.on_announce(
                     now,
@@ -607,6 +614,11 @@ impl Gossip {
         now: u64,
         spec: FederationSpec,
     ) -> Result<(), FederationError> {
+        if !self.cfg.federations {
+            return Err(FederationError::Invalid(
+                "federations need a swarm closed by a key (`continuum keygen`, then `--swarm-key` on every node)".into(),
+            ));
+        }
         let (msgs, events) = self.feds.create(now, self.me, &self.local, spec)?;
         for m in msgs {
             self.publish(Body::Federation(m));

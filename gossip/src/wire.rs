@@ -89,6 +89,9 @@ pub enum Reject {
     WrongPeer { claimed: String, signer: String },
     #[error("replayed message: sequence {got} from {peer} is older than {known}")]
     Replay { peer: String, got: u64, known: u64 },
+    /// What only a swarm closed by a key may do (own a federation), tried in an open one.
+    #[error("{0} need a swarm closed by a key")]
+    OpenSwarm(&'static str),
 }
 
 impl Reject {
@@ -101,6 +104,7 @@ impl Reject {
             Reject::BadSignature => "bad_signature",
             Reject::WrongPeer { .. } => "wrong_peer",
             Reject::Replay { .. } => "replay",
+            Reject::OpenSwarm(_) => "open_swarm",
         }
     }
 }

@@ -226,7 +226,7 @@ fn p2p_listen(config: &NodeConfig) -> Result<Vec<libp2p::Multiaddr>> {
 fn swarm_key(config: &NodeConfig) -> Result<Option<continuum_gossip::SwarmKey>> {
     let Some(path) = &config.swarm_key else {
         tracing::warn!(
-            "no --swarm-key: the swarm is open, any node that finds this one can join it (make a key with `continuum keygen`)"
+            "no --swarm-key: the swarm is open, any node that finds this one can join it and route requests through it, but none may deploy to it, migrate to it or own a federation (make a key with `continuum keygen`)"
         );
         return Ok(None);
     };
@@ -285,8 +285,12 @@ async fn run_node(config: NodeConfig, dir: DataDir, key: libp2p::identity::Keypa
             })
             .collect::<Result<_>>()?,
         mdns: config.mdns,
+        gossip: continuum_gossip::Config {
+            // In an open swarm nobody can prove it owns a federation.
+            federations: key_file.is_some(),
+            ..continuum_gossip::Config::with_ttl(config.advert_expiry.as_millis() as u64)
+        },
         key: key_file,
-        gossip: continuum_gossip::Config::with_ttl(config.advert_expiry.as_millis() as u64),
         // Long enough for a remote deployment to compile its module on a small board; a dead
         // host fails faster than this, when its connection does.
         request_timeout: std::time::Duration::from_secs(60),
@@ -492,6 +496,14 @@ async fn answer_peer(node: &Arc<Node>, from: continuum_gossip::PeerId, request: 
             }
             Reply::Synced
         }
+        // What only a peer that holds the swarm's key may ask: running code here.
+        Request::Deploy { .. } | Request::Migrate(_) if node.swarm_key.is_none() => {
+            node.metrics.reject("open_swarm_peer");
+            Reply::Refused {
+                status: 403,
+                message: "this node takes deployments and migrations from peers only in a swarm closed by a key (`continuum keygen`, then `--swarm-key` on every node)".into(),
+            }
+        }
         Request::Deploy {
             name,
             version,
@@ -587,10 +599,13 @@ async fn place_components(node: Arc<Node>) {
                 .collect();
             (meter.node(), loads)
         };
+        // In an open swarm no peer takes a migration: nothing moves on its own.
+        let moves = node.swarm_key.is_some();
         let handles: Vec<_> = all
             .into_iter()
             .filter(|h| {
-                h.policy != continuum_gossip::Policy::Pinned
+                moves
+                    && h.policy != continuum_gossip::Policy::Pinned
                     && !crate::migration::leaving(&node, &h.name)
             })
             .collect();

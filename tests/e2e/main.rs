@@ -13,6 +13,7 @@ mod lane;
 mod mdns;
 mod mesh;
 mod migrate;
+mod open_swarm;
 mod placement;
 mod single_node;
 mod stranger;

@@ -1,7 +1,7 @@
 //! The mesh: real nodes on loopback that find each other through one bootstrap peer, gossip
 //! their resources, route requests by component name, and form federations.
 
-use crate::support::{TestNode, guest, keygen};
+use crate::support::{TestNode, guest, keygen, swarm_key};
 use http::Method;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -51,7 +51,7 @@ pub async fn until_full_views(nodes: &[&TestNode], within: Duration) -> Duration
 }
 
 fn no_args(_: usize) -> Vec<String> {
-    vec!["--advert-expiry".into(), "3s".into()]
+    crate::migrate::args(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -163,7 +163,9 @@ async fn five_nodes_find_each_other_route_by_name_and_forget_the_dead() {
 async fn a_federation_takes_the_matching_nodes_and_dissolves_without_renewal() {
     let zone = |i: usize| {
         let z = if i <= 3 { "zone=a" } else { "zone=b" };
-        vec!["--label".to_string(), z.to_string()]
+        ["--label", z, "--swarm-key", swarm_key()]
+            .map(String::from)
+            .to_vec()
     };
     let nodes = mesh(5, zone);
     let all: Vec<&TestNode> = nodes.iter().collect();

@@ -2,15 +2,18 @@
 //! component, and under load no request fails, is lost or is applied twice.
 
 use crate::mesh::{mesh, until_full_views};
-use crate::support::{Background, RATE, Tally, TestNode, guest, keygen};
+use crate::support::{Background, RATE, Tally, TestNode, guest, keygen, swarm_key};
 use bytes::Bytes;
 use http::Method;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+/// A node of a closed swarm (peers deploy and migrate only there).
 pub(crate) fn args(_: usize) -> Vec<String> {
-    vec!["--advert-expiry".into(), "3s".into()]
+    ["--swarm-key", swarm_key(), "--advert-expiry", "3s"]
+        .map(String::from)
+        .to_vec()
 }
 
 /// `continuum migrate NAME --to PEER --json` against the node that hosts it.
@@ -273,9 +276,23 @@ async fn a_target_killed_at_any_step_leaves_the_component_serving_at_the_source(
         "target:ready",
     ] {
         // A dead QUIC peer is noticed by the step timeout (a kill -9 sends no close).
-        let a = TestNode::start(&["--advert-expiry", "3s", "--migration-timeout", "2s"]);
+        let a = TestNode::start(&[
+            "--swarm-key",
+            swarm_key(),
+            "--advert-expiry",
+            "3s",
+            "--migration-timeout",
+            "2s",
+        ]);
         let b = TestNode::start_env(
-            &["--advert-expiry", "3s", "--join", &a.p2p()],
+            &[
+                "--swarm-key",
+                swarm_key(),
+                "--advert-expiry",
+                "3s",
+                "--join",
+                &a.p2p(),
+            ],
             &[("CONTINUUM_FAULT", point)],
         );
         until_full_views(&[&a, &b], Duration::from_secs(30)).await;
@@ -308,7 +325,14 @@ async fn a_target_killed_at_any_step_leaves_the_component_serving_at_the_source(
     ignore = "needs the fault-injection feature (scripts/test.sh turns it on)"
 )]
 async fn a_source_killed_after_ready_leaves_the_target_serving() {
-    let common = ["--advert-expiry", "3s", "--migration-timeout", "2s"];
+    let common = [
+        "--swarm-key",
+        swarm_key(),
+        "--advert-expiry",
+        "3s",
+        "--migration-timeout",
+        "2s",
+    ];
     let a = TestNode::start_env(&common, &[("CONTINUUM_FAULT", "source:switch")]);
     let join = a.p2p();
     let joined = || {
@@ -523,10 +547,17 @@ async fn a_federated_component_only_moves_among_members_and_strangers_cannot_pus
 )]
 async fn a_state_whose_digest_does_not_match_is_refused() {
     let a = TestNode::start_env(
-        &["--advert-expiry", "3s"],
+        &["--swarm-key", swarm_key(), "--advert-expiry", "3s"],
         &[("CONTINUUM_FAULT", "source:bad-digest")],
     );
-    let b = TestNode::start(&["--advert-expiry", "3s", "--join", &a.p2p()]);
+    let b = TestNode::start(&[
+        "--swarm-key",
+        swarm_key(),
+        "--advert-expiry",
+        "3s",
+        "--join",
+        &a.p2p(),
+    ]);
     until_full_views(&[&a, &b], Duration::from_secs(30)).await;
     a.ok(&["deploy", &guest("counter"), "--name", "counter"]);
     a.h1(Method::POST, "/c/counter/incr", b"").await;
@@ -552,9 +583,23 @@ async fn a_state_whose_digest_does_not_match_is_refused() {
     ignore = "needs the fault-injection feature (scripts/test.sh turns it on)"
 )]
 async fn a_connection_cut_mid_transfer_aborts_then_a_retry_moves_it() {
-    let a = TestNode::start(&["--advert-expiry", "3s", "--migration-timeout", "3s"]);
+    let a = TestNode::start(&[
+        "--swarm-key",
+        swarm_key(),
+        "--advert-expiry",
+        "3s",
+        "--migration-timeout",
+        "3s",
+    ]);
     let b = TestNode::start_env(
-        &["--advert-expiry", "3s", "--join", &a.p2p()],
+        &[
+            "--swarm-key",
+            swarm_key(),
+            "--advert-expiry",
+            "3s",
+            "--join",
+            &a.p2p(),
+        ],
         &[("CONTINUUM_FAULT", "target:cut")],
     );
     until_full_views(&[&a, &b], Duration::from_secs(30)).await;

@@ -38,7 +38,7 @@ async fn until_hosted(via: &TestNode, name: &str, want: &TestNode, within: Durat
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follow_traffic_moves_the_component_where_its_requests_enter_and_pinned_stays() {
-    let nodes = mesh(3, |_| vec!["--advert-expiry".into(), "3s".into()]);
+    let nodes = mesh(3, crate::migrate::args);
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
     until_full_views(&[a, b, c], Duration::from_secs(30)).await;
     a.ok(&[
@@ -135,12 +135,9 @@ async fn balance_sheds_a_busy_component_to_a_peer_with_room_and_settles() {
     let budget = format!("{:.4}", share / 0.55);
     eprintln!("balance: one client's work costs {share:.3} cores; budget {budget} cores a node");
     let nodes = mesh(3, |_| {
-        vec![
-            "--advert-expiry".into(),
-            "3s".into(),
-            "--cpu-budget".into(),
-            budget.clone(),
-        ]
+        let mut a = crate::migrate::args(0);
+        a.extend(["--cpu-budget".into(), budget.clone()]);
+        a
     });
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
     until_full_views(&[a, b, c], Duration::from_secs(30)).await;

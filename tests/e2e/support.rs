@@ -24,6 +24,16 @@ pub fn guest(name: &str) -> String {
 }
 
 /// A fresh swarm key file in `dir` (`continuum keygen`); its path.
+/// One swarm key for the test nodes that deploy to and migrate between one another (a node
+/// takes neither from a peer in an open swarm). Made once per test process.
+pub fn swarm_key() -> &'static str {
+    static KEY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap().keep();
+        keygen(&dir, "swarm.key")
+    })
+}
+
 pub fn keygen(dir: &Path, name: &str) -> String {
     let path = dir.join(name);
     let out = Command::new(env!("CARGO_BIN_EXE_continuum"))
