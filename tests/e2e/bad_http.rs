@@ -81,20 +81,7 @@ async fn idle_sockets_past_the_descriptor_limit_lock_nobody_out() {
     node.ok(&["deploy", &guest("counter"), "--name", "counter"]);
     node.ok(&["deploy", &guest("slow"), "--name", "slow"]);
     // A request in flight is never what makes room.
-    let waiting = {
-        let addr = node.addr();
-        tokio::spawn(async move {
-            continuum::client::h1(
-                addr,
-                Method::GET,
-                "/c/slow/after/4000",
-                bytes::Bytes::new(),
-                None,
-            )
-            .await
-            .unwrap()
-        })
-    };
+    let waiting = node.get_later("/c/slow/after/4000");
     let deadline = Instant::now() + Duration::from_secs(10);
     while crate::calls::json(&node.h1(Method::GET, "/c/slow/stats", b"").await)["waiting"] != 1 {
         assert!(Instant::now() < deadline, "the slow request never arrived");
@@ -118,7 +105,7 @@ async fn idle_sockets_past_the_descriptor_limit_lock_nobody_out() {
     assert!(evicted >= 390, "{evicted} idle connections closed");
     let open = node.metric("continuum_http_connections").await;
     assert!(open <= 704, "{open} connections open");
-    let r = waiting.await.unwrap();
+    let r = waiting.await.unwrap().unwrap();
     assert_eq!((r.status, r.text()), (200, "waited 4000 ms\n".to_string()));
     drop(idle);
 }

@@ -6,7 +6,6 @@ use crate::mesh::{mesh, until_full_views};
 use crate::migrate::{args, host_of, migrate};
 use crate::stranger::Stranger;
 use crate::support::{Background, Tally, TestNode, guest, h1_load};
-use bytes::Bytes;
 use http::Method;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -334,14 +333,7 @@ async fn a_checkpoint_taken_while_requests_wait_restores_without_them() {
     let node = TestNode::start(&["--call-timeout", "10s"]);
     node.ok(&["deploy", &guest("slow"), "--name", "slow"]);
     let waits: Vec<_> = (0..4)
-        .map(|_| {
-            let addr = node.addr();
-            tokio::spawn(async move {
-                continuum::client::h1(addr, Method::GET, "/c/slow/after/1500", Bytes::new(), None)
-                    .await
-                    .unwrap()
-            })
-        })
+        .map(|_| node.get_later("/c/slow/after/1500"))
         .collect();
     let deadline = Instant::now() + Duration::from_secs(5);
     while json(&node.h1(Method::GET, "/c/slow/stats", b"").await)["waiting"] != 4 {
@@ -360,7 +352,7 @@ async fn a_checkpoint_taken_while_requests_wait_restores_without_them() {
         "{copy}"
     );
     for w in waits {
-        assert_eq!(w.await.unwrap().status, 200);
+        assert_eq!(w.await.unwrap().unwrap().status, 200);
     }
     let orig = json(&node.h1(Method::GET, "/c/slow/stats", b"").await);
     assert_eq!(orig["answered"], 4, "{orig}");
@@ -415,20 +407,7 @@ async fn bad_calls_are_values_and_strangers_cannot_answer_for_a_call() {
 
     // A stranger forges the answer to relay's call in flight, answers for a request nobody
     // made, and sends chains no node would build.
-    let waiting = {
-        let addr = node.addr();
-        tokio::spawn(async move {
-            continuum::client::h1(
-                addr,
-                Method::GET,
-                "/c/relay/to/slow/after/1000",
-                Bytes::new(),
-                None,
-            )
-            .await
-            .unwrap()
-        })
-    };
+    let waiting = node.get_later("/c/relay/to/slow/after/1000");
     let deadline = Instant::now() + Duration::from_secs(5);
     while json(&node.h1(Method::GET, "/c/slow/stats", b"").await)["waiting"] != 1 {
         assert!(Instant::now() < deadline, "the request never reached slow");
@@ -479,7 +458,7 @@ async fn bad_calls_are_values_and_strangers_cannot_answer_for_a_call() {
     let reply = s.ask(&forward(vec!["somebody".into()])).await;
     assert!(matches!(reply, Reply::Forwarded(_)), "{reply:?}");
 
-    let r = waiting.await.unwrap();
+    let r = waiting.await.unwrap().unwrap();
     assert_eq!((r.status, r.text()), (200, "waited 1000 ms\n".to_string()));
     for (reason, at_least) in [
         ("call_result_from_stranger", 1),

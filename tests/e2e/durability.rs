@@ -92,15 +92,7 @@ async fn a_component_stuck_in_its_requests_holds_up_no_other_components_checkpoi
     // It ticks every 10 ms, so each round finds it changed.
     node.ok(&["deploy", &guest("sensor-filter"), "--name", "sensor"]);
     // Ten requests keep spin's thread busy for 20 s; its checkpoints wait behind them.
-    let stuck: Vec<_> = (0..10)
-        .map(|_| {
-            let addr = node.addr();
-            tokio::spawn(async move {
-                continuum::client::h1(addr, Method::GET, "/c/spin/", bytes::Bytes::new(), None)
-                    .await
-            })
-        })
-        .collect();
+    let stuck: Vec<_> = (0..10).map(|_| node.get_later("/c/spin/")).collect();
     let written = node.metric(PERIODIC).await;
     // Meanwhile sensor's go on, round after round (one round every 200 ms).
     until_metric(&node, PERIODIC, written + 5).await;

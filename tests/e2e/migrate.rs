@@ -11,9 +11,14 @@ use std::time::{Duration, Instant};
 
 /// A node of a closed swarm (peers deploy and migrate only there).
 pub(crate) fn args(_: usize) -> Vec<String> {
-    ["--swarm-key", swarm_key(), "--advert-expiry", "3s"]
-        .map(String::from)
-        .to_vec()
+    keyed(&[]).into_iter().map(String::from).collect()
+}
+
+/// The arguments of a node of the test swarm, and `extra`.
+fn keyed<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec!["--swarm-key", swarm_key(), "--advert-expiry", "3s"];
+    v.extend(extra);
+    v
 }
 
 /// `continuum migrate NAME --to PEER --json` against the node that hosts it.
@@ -276,25 +281,8 @@ async fn a_target_killed_at_any_step_leaves_the_component_serving_at_the_source(
         "target:ready",
     ] {
         // A dead QUIC peer is noticed by the step timeout (a kill -9 sends no close).
-        let a = TestNode::start(&[
-            "--swarm-key",
-            swarm_key(),
-            "--advert-expiry",
-            "3s",
-            "--migration-timeout",
-            "2s",
-        ]);
-        let b = TestNode::start_env(
-            &[
-                "--swarm-key",
-                swarm_key(),
-                "--advert-expiry",
-                "3s",
-                "--join",
-                &a.p2p(),
-            ],
-            &[("CONTINUUM_FAULT", point)],
-        );
+        let a = TestNode::start(&keyed(&["--migration-timeout", "2s"]));
+        let b = TestNode::start_env(&keyed(&["--join", &a.p2p()]), &[("CONTINUUM_FAULT", point)]);
         until_full_views(&[&a, &b], Duration::from_secs(30)).await;
         a.ok(&["deploy", &guest("counter"), "--name", "counter"]);
         let load = Background::start(&a, "/c/counter/incr");
@@ -325,14 +313,7 @@ async fn a_target_killed_at_any_step_leaves_the_component_serving_at_the_source(
     ignore = "needs the fault-injection feature (scripts/test.sh turns it on)"
 )]
 async fn a_source_killed_after_ready_leaves_the_target_serving() {
-    let common = [
-        "--swarm-key",
-        swarm_key(),
-        "--advert-expiry",
-        "3s",
-        "--migration-timeout",
-        "2s",
-    ];
+    let common = keyed(&["--migration-timeout", "2s"]);
     let a = TestNode::start_env(&common, &[("CONTINUUM_FAULT", "source:switch")]);
     let join = a.p2p();
     let joined = || {
@@ -546,18 +527,8 @@ async fn a_federated_component_only_moves_among_members_and_strangers_cannot_pus
     ignore = "needs the fault-injection feature (scripts/test.sh turns it on)"
 )]
 async fn a_state_whose_digest_does_not_match_is_refused() {
-    let a = TestNode::start_env(
-        &["--swarm-key", swarm_key(), "--advert-expiry", "3s"],
-        &[("CONTINUUM_FAULT", "source:bad-digest")],
-    );
-    let b = TestNode::start(&[
-        "--swarm-key",
-        swarm_key(),
-        "--advert-expiry",
-        "3s",
-        "--join",
-        &a.p2p(),
-    ]);
+    let a = TestNode::start_env(&keyed(&[]), &[("CONTINUUM_FAULT", "source:bad-digest")]);
+    let b = TestNode::start(&keyed(&["--join", &a.p2p()]));
     until_full_views(&[&a, &b], Duration::from_secs(30)).await;
     a.ok(&["deploy", &guest("counter"), "--name", "counter"]);
     a.h1(Method::POST, "/c/counter/incr", b"").await;
@@ -583,23 +554,9 @@ async fn a_state_whose_digest_does_not_match_is_refused() {
     ignore = "needs the fault-injection feature (scripts/test.sh turns it on)"
 )]
 async fn a_connection_cut_mid_transfer_aborts_then_a_retry_moves_it() {
-    let a = TestNode::start(&[
-        "--swarm-key",
-        swarm_key(),
-        "--advert-expiry",
-        "3s",
-        "--migration-timeout",
-        "3s",
-    ]);
+    let a = TestNode::start(&keyed(&["--migration-timeout", "3s"]));
     let b = TestNode::start_env(
-        &[
-            "--swarm-key",
-            swarm_key(),
-            "--advert-expiry",
-            "3s",
-            "--join",
-            &a.p2p(),
-        ],
+        &keyed(&["--join", &a.p2p()]),
         &[("CONTINUUM_FAULT", "target:cut")],
     );
     until_full_views(&[&a, &b], Duration::from_secs(30)).await;

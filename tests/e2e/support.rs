@@ -239,6 +239,15 @@ impl TestNode {
             .unwrap()
     }
 
+    /// A GET sent now, answered later: for requests that wait while the test goes on. A
+    /// connection that breaks comes back as an error (the test may kill the node meanwhile).
+    pub fn get_later(&self, target: &str) -> tokio::task::JoinHandle<Result<Reply>> {
+        let (addr, target) = (self.addr(), target.to_string());
+        tokio::spawn(
+            async move { client::h1(addr, Method::GET, &target, Bytes::new(), None).await },
+        )
+    }
+
     pub async fn h3(&self) -> H3 {
         H3::connect(
             self.addr(),
