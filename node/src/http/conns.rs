@@ -5,12 +5,15 @@
 //! (which open files) fail.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::Notify;
 
 pub struct Conns {
     cap: usize,
+    /// When the registry began: idle times are kept as microseconds since.
+    epoch: Instant,
     open: Mutex<Open>,
 }
 
@@ -20,9 +23,15 @@ struct Open {
     conns: HashMap<u64, Entry>,
 }
 
+/// What a connection's requests update without taking the registry's lock.
+#[derive(Default)]
+struct State {
+    busy: AtomicU32,
+    idle_since_us: AtomicU64,
+}
+
 struct Entry {
-    busy: u32,
-    idle_since: Instant,
+    state: Arc<State>,
     close: Arc<Notify>,
 }
 
@@ -30,12 +39,16 @@ struct Entry {
 pub struct Conn {
     id: u64,
     conns: Arc<Conns>,
+    state: Arc<State>,
     /// Notified when the connection must close (it was idle longest at the cap).
     pub close: Arc<Notify>,
 }
 
 /// A request in flight on a connection: it is not idle meanwhile.
-pub struct Busy(Arc<Conns>, u64);
+pub struct Busy {
+    state: Arc<State>,
+    epoch: Instant,
+}
 
 /// What `admit` did to make room.
 pub enum Admitted {
@@ -50,6 +63,7 @@ impl Conns {
     pub fn new(cap: usize) -> Arc<Conns> {
         Arc::new(Conns {
             cap: cap.max(1),
+            epoch: Instant::now(),
             open: Mutex::default(),
         })
     }
@@ -69,8 +83,8 @@ impl Conns {
             let idlest = open
                 .conns
                 .iter()
-                .filter(|(_, e)| e.busy == 0)
-                .min_by_key(|(_, e)| e.idle_since)
+                .filter(|(_, e)| e.state.busy.load(Ordering::Acquire) == 0)
+                .min_by_key(|(_, e)| e.state.idle_since_us.load(Ordering::Relaxed))
                 .map(|(id, _)| *id);
             let Some(id) = idlest else {
                 return Admitted::Full;
@@ -82,17 +96,21 @@ impl Conns {
         open.next += 1;
         let id = open.next;
         let close = Arc::new(Notify::new());
+        let state = Arc::new(State::default());
+        state
+            .idle_since_us
+            .store(micros_since(self.epoch), Ordering::Relaxed);
         open.conns.insert(
             id,
             Entry {
-                busy: 0,
-                idle_since: Instant::now(),
+                state: state.clone(),
                 close: close.clone(),
             },
         );
         let conn = Conn {
             id,
             conns: self.clone(),
+            state,
             close,
         };
         if evicted {
@@ -103,21 +121,26 @@ impl Conns {
     }
 }
 
+fn micros_since(epoch: Instant) -> u64 {
+    epoch.elapsed().as_micros() as u64
+}
+
 impl Conn {
     pub fn busy(&self) -> Busy {
-        if let Some(e) = self.conns.open.lock().unwrap().conns.get_mut(&self.id) {
-            e.busy += 1;
+        self.state.busy.fetch_add(1, Ordering::AcqRel);
+        Busy {
+            state: self.state.clone(),
+            epoch: self.conns.epoch,
         }
-        Busy(self.conns.clone(), self.id)
     }
 }
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        if let Some(e) = self.0.open.lock().unwrap().conns.get_mut(&self.1) {
-            e.busy -= 1;
-            e.idle_since = Instant::now();
-        }
+        self.state
+            .idle_since_us
+            .store(micros_since(self.epoch), Ordering::Relaxed);
+        self.state.busy.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
