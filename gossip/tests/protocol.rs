@@ -488,6 +488,11 @@ fn a_relay_never_resurrects_a_dead_peer() {
     assert_eq!(net.peers_of(1), BTreeSet::from([zero]));
 }
 
+/// A message as `by` signs it in an open swarm.
+fn signed(by: &Keypair, seq: u64, body: Body) -> Vec<u8> {
+    seal(by, None, &Message { seq, body })
+}
+
 fn in_view(net: &Net, i: usize, peer: PeerId) -> bool {
     net.nodes[i].view().iter().any(|p| p.peer == peer)
 }
@@ -513,31 +518,25 @@ fn only_a_peer_itself_keeps_itself_alive() {
     let mut refused = 0;
     for i in 1..=40u64 {
         net.run_until(net.now + 250);
-        let forged = seal(
+        let forged = signed(
             &liar,
-            None,
-            &Message {
-                seq: 1_000_000 + 2 * i,
-                body: Body::SyncRequest {
-                    mine: frame.clone(),
-                    known: vec![],
-                },
+            1_000_000 + 2 * i,
+            Body::SyncRequest {
+                mine: frame.clone(),
+                known: vec![],
             },
         );
         if let Err(Reject::WrongPeer { .. }) = net.nodes[0].handle_direct(net.now, one, &forged) {
             refused += 1;
         }
-        let replayed = seal(
+        let replayed = signed(
             &liar,
-            None,
-            &Message {
-                seq: 1_000_001 + 2 * i,
-                body: Body::SyncReply {
-                    entries: vec![SyncEntry {
-                        frame: frame.clone(),
-                        heard_ago_ms: 0,
-                    }],
-                },
+            1_000_001 + 2 * i,
+            Body::SyncReply {
+                entries: vec![SyncEntry {
+                    frame: frame.clone(),
+                    heard_ago_ms: 0,
+                }],
             },
         );
         net.nodes[0].handle_direct(net.now, one, &replayed).unwrap();
@@ -556,32 +555,26 @@ fn a_huge_time_to_live_or_lease_is_held_to_bounds() {
     // federation whose lease never ends.
     let stranger = keypair(7);
     let who = stranger.public().to_peer_id();
-    let alive = seal(
+    let alive = signed(
         &stranger,
-        None,
-        &Message {
-            seq: u64::MAX / 2,
-            body: Body::Alive {
-                advert_seq: 1,
-                ttl_ms: u64::MAX,
-                load: 0.0,
-            },
+        u64::MAX / 2,
+        Body::Alive {
+            advert_seq: 1,
+            ttl_ms: u64::MAX,
+            load: 0.0,
         },
     );
     net.nodes[0].handle_gossip(net.now, &alive).unwrap();
-    let announce = seal(
+    let announce = signed(
         &stranger,
-        None,
-        &Message {
-            seq: u64::MAX / 2 + 1,
-            body: Body::Federation(continuum_gossip::FederationMsg::Announce(FederationSpec {
-                name: "forever".into(),
-                objective: "never end".into(),
-                require: BTreeMap::new(),
-                min_members: 1,
-                lease_ms: u64::MAX,
-            })),
-        },
+        u64::MAX / 2 + 1,
+        Body::Federation(continuum_gossip::FederationMsg::Announce(FederationSpec {
+            name: "forever".into(),
+            objective: "never end".into(),
+            require: BTreeMap::new(),
+            min_members: 1,
+            lease_ms: u64::MAX,
+        })),
     );
     net.nodes[0].handle_gossip(net.now, &announce).unwrap();
     assert!(in_view(&net, 0, who));

@@ -93,12 +93,12 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>) {
 }
 
 async fn handle(node: &Arc<Node>, req: Request<Incoming>) -> Response<Bytes> {
-    let (limit, declared) = match precheck(node, req.uri(), req.headers()) {
+    let (limit, reserve) = match precheck(node, req.uri(), req.headers()) {
         Ok(checked) => checked,
         Err(refusal) => return *refusal,
     };
     let (parts, mut body) = req.into_parts();
-    let mut collector = BodyCollector::new(limit, declared);
+    let mut collector = BodyCollector::new(limit, reserve);
     loop {
         let Ok(frame) = tokio::time::timeout(BODY_IDLE_TIMEOUT, body.frame()).await else {
             return super::body_timeout(node);

@@ -49,7 +49,7 @@ where
     S: h3::quic::BidiStream<Bytes>,
 {
     let resp = match precheck(node, req.uri(), req.headers()) {
-        Ok((limit, declared)) => match body(node, &mut stream, limit, declared).await {
+        Ok((limit, reserve)) => match body(node, &mut stream, limit, reserve).await {
             Ok(Ok(body)) => {
                 let (parts, ()) = req.into_parts();
                 route(node, Request::from_parts(parts, body), Proto::H3).await
@@ -82,12 +82,12 @@ async fn body<S>(
     node: &Node,
     stream: &mut RequestStream<S, Bytes>,
     limit: usize,
-    declared: Option<u64>,
+    reserve: Option<u64>,
 ) -> Result<Result<Bytes, http::Response<Bytes>>, StreamError>
 where
     S: h3::quic::BidiStream<Bytes>,
 {
-    let mut collector = BodyCollector::new(limit, declared);
+    let mut collector = BodyCollector::new(limit, reserve);
     loop {
         let Ok(data) = tokio::time::timeout(BODY_IDLE_TIMEOUT, stream.recv_data()).await else {
             stream.stop_sending(h3::error::Code::H3_REQUEST_CANCELLED);

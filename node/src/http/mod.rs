@@ -59,7 +59,8 @@ pub const BODY_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 
 /// What both servers check before they read a byte of the body: the control API's token (a
 /// client without it is refused at once, its body unread) and the declared length against the
-/// limit. Ok: the limit, and the declared length if any.
+/// limit. Ok: the limit, and how much to allocate at once (the declared length of an upload
+/// whose token checked; anyone else's body grows as it arrives, never on the client's word).
 pub fn precheck(
     node: &Node,
     uri: &http::Uri,
@@ -73,7 +74,7 @@ pub fn precheck(
     match declared_length(headers) {
         // Refused unread only past what is worth draining (see `DRAIN_MAX`).
         Some(n) if n > (limit as u64).max(DRAIN_MAX) => Err(Box::new(too_large(node, limit))),
-        declared => Ok((limit, declared)),
+        declared => Ok((limit, declared.filter(|_| path.starts_with("/v1/")))),
     }
 }
 
@@ -86,10 +87,10 @@ pub struct BodyCollector {
 }
 
 impl BodyCollector {
-    /// `declared`: the Content-Length, checked against the limit already, to allocate once.
-    pub fn new(limit: usize, declared: Option<u64>) -> Self {
+    /// `reserve`: what to allocate at once (see [`precheck`]), at most the limit.
+    pub fn new(limit: usize, reserve: Option<u64>) -> Self {
         BodyCollector {
-            buf: bytes::BytesMut::with_capacity(declared.map_or(0, |n| n as usize).min(limit)),
+            buf: bytes::BytesMut::with_capacity(reserve.map_or(0, |n| n as usize).min(limit)),
             seen: 0,
             limit,
         }

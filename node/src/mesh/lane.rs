@@ -105,20 +105,25 @@ pub async fn read_frame<R: futures::AsyncRead + Unpin>(
     if len < 9 {
         return Err(FrameError::Malformed);
     }
-    // Grown as the bytes arrive, not allocated on the peer's word.
-    let mut buf = Vec::with_capacity(len.min(64 << 10));
-    r.take(len as u64).read_to_end(&mut buf).await?;
-    if buf.len() < len {
-        return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()));
-    }
-    let id = u64::from_be_bytes(buf[..8].try_into().expect("8 bytes"));
-    let (mac, body) = match buf[8] {
-        0 => (None, 9),
-        1 if len >= 9 + 32 => (Some(buf[9..41].try_into().expect("32 bytes")), 41),
+    let mut head = [0u8; 9];
+    r.read_exact(&mut head).await?;
+    let id = u64::from_be_bytes(head[..8].try_into().expect("8 bytes"));
+    let (mac, rest) = match head[8] {
+        0 => (None, len - 9),
+        1 if len >= 9 + 32 => {
+            let mut mac = [0u8; 32];
+            r.read_exact(&mut mac).await?;
+            (Some(mac), len - 9 - 32)
+        }
         _ => return Err(FrameError::Malformed),
     };
-    buf.drain(..body);
-    Ok(Some((id, Envelope::from_parts(buf, mac))))
+    // Grown as the bytes arrive, not allocated on the peer's word.
+    let mut body = Vec::with_capacity(rest.min(64 << 10));
+    r.take(rest as u64).read_to_end(&mut body).await?;
+    if body.len() < rest {
+        return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+    }
+    Ok(Some((id, Envelope::from_parts(body, mac))))
 }
 
 async fn write_frame(
