@@ -37,9 +37,16 @@ struct Args {
     /// Share of the pages rewritten every 100 ms, percent.
     #[arg(long, value_delimiter = ',', default_value = "0,1,10")]
     dirty: Vec<u64>,
+    /// Modes to run: pre-copy, stop-and-copy.
+    #[arg(long, value_delimiter = ',', default_value = "pre-copy,stop-and-copy")]
+    modes: Vec<String>,
     /// Migrations per cell.
     #[arg(long, default_value_t = 5)]
     runs: usize,
+    /// Also print (to stderr) each request during a migration slower than this, ms, with
+    /// when it started after the migration did: to see which phase holds them up.
+    #[arg(long)]
+    slow_ms: Option<f64>,
 }
 
 struct Node {
@@ -97,8 +104,13 @@ impl Node {
     }
 }
 
-/// GET /ping every 2 ms over one kept-alive connection until `stop`; the latencies.
-async fn probe(addr: SocketAddr, target: String, stop: Arc<AtomicBool>) -> Result<Vec<Duration>> {
+/// GET /ping every 2 ms over one kept-alive connection until `stop`; when each started and
+/// its latency.
+async fn probe(
+    addr: SocketAddr,
+    target: String,
+    stop: Arc<AtomicBool>,
+) -> Result<Vec<(Instant, Duration)>> {
     use http_body_util::{BodyExt, Empty};
     let stream = tokio::net::TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
@@ -120,7 +132,7 @@ async fn probe(addr: SocketAddr, target: String, stop: Arc<AtomicBool>) -> Resul
         if status != 200 {
             bail!("probe got {status}");
         }
-        out.push(started.elapsed());
+        out.push((started, started.elapsed()));
     }
     Ok(out)
 }
@@ -160,6 +172,14 @@ async fn main() -> Result<()> {
                 .call(Method::POST, &format!("/c/{name}/churn?kb={kb}"), "")
                 .await?;
             for stop_and_copy in [false, true] {
+                let mode = if stop_and_copy {
+                    "stop-and-copy"
+                } else {
+                    "pre-copy"
+                };
+                if !args.modes.iter().any(|m| m == mode) {
+                    continue;
+                }
                 let (mut down, mut total, mut rounds, mut last) = (vec![], vec![], vec![], vec![]);
                 let (mut lat, mut held, mut quiet) = (Vec::new(), Vec::new(), Vec::new());
                 for _ in 0..args.runs {
@@ -170,15 +190,38 @@ async fn main() -> Result<()> {
                         tokio::spawn(probe(a.addr, format!("/c/{name}/ping"), stop.clone()));
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     stop.store(true, Ordering::Relaxed);
-                    quiet.extend(probing.await??);
+                    quiet.extend(probing.await??.into_iter().map(|(_, d)| d));
                     let stop = Arc::new(AtomicBool::new(false));
                     let probing =
                         tokio::spawn(probe(a.addr, format!("/c/{name}/ping"), stop.clone()));
                     tokio::time::sleep(Duration::from_millis(50)).await;
+                    let began = Instant::now();
                     let p = host.0.migrate(&name, host.1, stop_and_copy).await?;
+                    let ended = began.elapsed();
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     stop.store(true, Ordering::Relaxed);
-                    lat.extend(probing.await??);
+                    let probed = probing.await??;
+                    if let Some(ms) = args.slow_ms {
+                        let at =
+                            |t: Instant| t.saturating_duration_since(began).as_secs_f64() * 1e3;
+                        let slow: Vec<String> = probed
+                            .iter()
+                            .filter(|(_, d)| d.as_secs_f64() * 1e3 > ms)
+                            .map(|&(t, d)| {
+                                format!("{:.1} ms at {:.0}", d.as_secs_f64() * 1e3, at(t))
+                            })
+                            .collect();
+                        let all: Vec<Duration> = probed.iter().map(|&(_, d)| d).collect();
+                        eprintln!(
+                            "{name} to {}: {:.0} ms, {} requests, p99 {:.1} ms; slower than {ms} ms: {}",
+                            &host.1.peer[host.1.peer.len().saturating_sub(6)..],
+                            ended.as_secs_f64() * 1e3,
+                            all.len(),
+                            pct(&all, 0.99),
+                            slow.join(", ")
+                        );
+                    }
+                    lat.extend(probed.into_iter().map(|(_, d)| d));
                     held.extend(
                         p.held_ms
                             .iter()
@@ -195,12 +238,7 @@ async fn main() -> Result<()> {
                 }
                 let max_down = *down.iter().max().unwrap_or(&0);
                 println!(
-                    "| {mib} MiB | {pct_dirty} % ({kb} KiB/10 ms) | {} | {} | {} KiB | {} ms ({max_down} ms) | {} ms | {}, {:.1} / {:.1} ms | {:.1} / {:.1} / {:.1} ms | {:.1} / {:.1} / {:.1} ms |",
-                    if stop_and_copy {
-                        "stop-and-copy"
-                    } else {
-                        "pre-copy"
-                    },
+                    "| {mib} MiB | {pct_dirty} % ({kb} KiB/10 ms) | {mode} | {} | {} KiB | {} ms ({max_down} ms) | {} ms | {}, {:.1} / {:.1} ms | {:.1} / {:.1} / {:.1} ms | {:.1} / {:.1} / {:.1} ms |",
                     median(&mut rounds),
                     median(&mut last) / 1024,
                     median(&mut down),
