@@ -54,6 +54,9 @@ pub struct Hosted {
     pub epoch: u64,
     #[serde(with = "serde_bytes")]
     pub digest: [u8; 32],
+    /// The hand-off that brought it here, signed by the host before (none if deployed here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handoff: Option<crate::SignedHandoff>,
 }
 
 /// A node's signed statement about itself.

@@ -111,6 +111,8 @@ pub struct Location {
     pub host: PeerId,
     pub epoch: u64,
     pub digest: [u8; 32],
+    /// The host's proof that it got the component from the one before (see [`Hosted`]).
+    pub handoff: Option<crate::SignedHandoff>,
 }
 
 pub struct Gossip {
@@ -678,5 +680,6 @@ fn location(host: PeerId, h: &Hosted) -> Location {
         host,
         epoch: h.epoch,
         digest: h.digest,
+        handoff: h.handoff.clone(),
     }
 }

@@ -9,6 +9,7 @@
 mod advert;
 mod federation;
 mod gossip;
+mod handoff;
 mod membership;
 mod placement;
 mod policy;
@@ -20,6 +21,7 @@ pub use federation::{
     MAX_LEASE_MS, MIN_LEASE_MS, Mine,
 };
 pub use gossip::{Config, Event, Gossip, Location, Output, Scope};
+pub use handoff::{Handoff, MAX_HANDOFF_BYTES, SignedHandoff};
 pub use membership::{Heard, PeerInfo, View};
 pub use placement::{Candidate, Need, Placement, place};
 pub use policy::{Decision, PeerLoad, Placed, Placer, Policy, PolicyConfig};

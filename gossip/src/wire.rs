@@ -189,13 +189,16 @@ pub struct Opened {
     pub message: Message,
 }
 
-fn to_cbor(value: &impl Serialize) -> Vec<u8> {
+pub(crate) fn to_cbor(value: &impl Serialize) -> Vec<u8> {
     let mut out = Vec::new();
     ciborium::into_writer(value, &mut out).expect("writing to a Vec cannot fail");
     out
 }
 
-fn from_cbor<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, Reject> {
+pub(crate) fn from_cbor<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    what: &str,
+) -> Result<T, Reject> {
     let mut rest = bytes;
     let value =
         ciborium::from_reader(&mut rest).map_err(|e| Reject::Malformed(format!("{what}: {e}")))?;

@@ -260,6 +260,7 @@ fn the_directory_follows_adverts() {
         name: "counter".into(),
         epoch: 1,
         digest: [7; 32],
+        handoff: None,
     }];
     net.nodes[1].set_local(net.now, res);
     net.run_until(1_000);

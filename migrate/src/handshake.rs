@@ -108,6 +108,10 @@ pub enum ToTarget {
         snapshot_digest: Digest,
         #[serde(with = "serde_bytes", default, skip_serializing_if = "Vec::is_empty")]
         carried: Vec<u8>,
+        /// The source's signed hand-off to the target (opaque here): the target's proof, to
+        /// any node still holding the old copy, that the source gave the component away.
+        #[serde(with = "serde_bytes", default, skip_serializing_if = "Vec::is_empty")]
+        handoff: Vec<u8>,
     },
     Commit {
         id: MigrationId,

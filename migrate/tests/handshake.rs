@@ -171,6 +171,7 @@ impl World {
                             globals: vec![],
                             snapshot_digest: [0; 32],
                             carried: vec![],
+                            handoff: vec![],
                         });
                     }
                     SourceAction::Switch { epoch } => {
@@ -399,6 +400,7 @@ fn a_target_that_took_over_makes_an_in_doubt_source_switch() {
         globals: vec![],
         snapshot_digest: [0; 32],
         carried: vec![],
+        handoff: vec![],
     };
     t.expect(&last).unwrap();
     let _lost = t.ready(4);
@@ -449,6 +451,7 @@ fn a_source_that_aborted_keeps_a_ready_target_from_taking_over() {
         globals: vec![],
         snapshot_digest: [0; 32],
         carried: vec![],
+        handoff: vec![],
     })
     .unwrap();
     t.ready(1);

@@ -202,6 +202,7 @@ impl Components {
                 name: h.name.clone(),
                 epoch: h.stats.epoch.load(Ordering::Relaxed),
                 digest: h.digest,
+                handoff: h.handoff.get().cloned(),
             })
             .collect()
     }

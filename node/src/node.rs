@@ -672,23 +672,55 @@ async fn place_components(node: Arc<Node>) {
 /// was gone (it died between the switch and the target's confirmation). The mesh knows the
 /// newer location by its higher epoch: the stale copy is dropped, and requests follow the
 /// component.
+/// Drop a copy that another host has since taken over, but only on this node's own word: the
+/// new host's advert must carry the hand-off this node signed when the component left it. Any
+/// other claim of a newer epoch (a forged advert, or a move this node cannot check because
+/// the component moved on again) leaves the copy and its snapshot alone, and is counted once.
 async fn drop_stale_copies(node: Arc<Node>) {
     let mut timer = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut unproven = std::collections::HashSet::new();
     loop {
         timer.tick().await;
-        for c in node.components.list() {
-            if let Some((host, epoch)) = node.mesh.newer_host(&c.name, c.epoch)
-                && !crate::migration::leaving(&node, &c.name)
-            {
-                tracing::warn!(
-                    component = %c.name,
-                    epoch = c.epoch,
-                    "a newer copy runs on {host} (epoch {epoch}): dropping this stale one"
-                );
-                if node.components.remove(&c.name).await.is_ok() {
-                    node.metrics.reject("stale_copy");
-                    node.announce_components();
+        let me = node.mesh.me();
+        let local = node.components.list();
+        unproven.retain(|(name, _, _): &(String, continuum_gossip::PeerId, u64)| {
+            local.iter().any(|c| &c.name == name)
+        });
+        for c in local {
+            let Some(l) = node.mesh.locate(&c.name) else {
+                continue;
+            };
+            if l.host == me || l.epoch <= c.epoch || crate::migration::leaving(&node, &c.name) {
+                continue;
+            }
+            let proven = l
+                .handoff
+                .as_ref()
+                .and_then(|h| h.verify().ok())
+                .is_some_and(|h| h.proves_moved(me, &c.name, c.epoch, l.host, l.epoch));
+            if !proven {
+                if unproven.insert((c.name.clone(), l.host, l.epoch)) {
+                    tracing::warn!(
+                        component = %c.name,
+                        epoch = c.epoch,
+                        "{} claims it at epoch {} without this node's hand-off: keeping this copy",
+                        l.host,
+                        l.epoch
+                    );
+                    node.metrics.reject("unproven_newer_copy");
                 }
+                continue;
+            }
+            tracing::warn!(
+                component = %c.name,
+                epoch = c.epoch,
+                "a newer copy runs on {} (epoch {}), handed over by this node: dropping this stale one",
+                l.host,
+                l.epoch
+            );
+            if node.components.remove(&c.name).await.is_ok() {
+                node.metrics.reject("stale_copy");
+                node.announce_components();
             }
         }
     }

@@ -110,6 +110,7 @@ impl Migration {
                         globals: Vec::new(),
                         snapshot_digest: [0; 32],
                         carried: Vec::new(),
+                        handoff: Vec::new(),
                     };
                     steps.push(Step::Send { msg, bytes });
                 }

@@ -9,6 +9,7 @@ mod bad_http;
 mod bad_input;
 mod calls;
 mod durability;
+mod forged_epoch;
 mod lane;
 mod mdns;
 mod mesh;

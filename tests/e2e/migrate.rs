@@ -526,26 +526,31 @@ async fn a_federated_component_only_moves_among_members_and_strangers_cannot_pus
     not(feature = "fault-injection"),
     ignore = "needs the fault-injection feature (scripts/test.sh turns it on)"
 )]
-async fn a_state_whose_digest_does_not_match_is_refused() {
-    let a = TestNode::start_env(&keyed(&[]), &[("CONTINUUM_FAULT", "source:bad-digest")]);
-    let b = TestNode::start(&keyed(&["--join", &a.p2p()]));
-    until_full_views(&[&a, &b], Duration::from_secs(30)).await;
-    a.ok(&["deploy", &guest("counter"), "--name", "counter"]);
-    a.h1(Method::POST, "/c/counter/incr", b"").await;
-    let err = a.fails(&["migrate", "counter", "--to", b.peer_id()]);
-    assert!(err.contains("does not match the source's digest"), "{err}");
-    let r = a.h1(Method::GET, "/c/counter/count", b"").await;
-    assert_eq!(
-        (r.text(), host_of(&r)),
-        ("1".to_string(), a.peer_id().to_string())
-    );
-    assert_eq!(
-        b.metric("continuum_rejected_total{reason=\"bad_migration\"}")
-            .await,
-        1
-    );
-    let ls: Vec<serde_json::Value> = serde_json::from_str(&b.ok(&["ls", "--json"])).unwrap();
-    assert!(ls.iter().all(|c| c["host"] != b.peer_id()), "{ls:?}");
+async fn a_state_whose_digest_or_hand_off_does_not_match_is_refused() {
+    for (fault, says) in [
+        ("source:bad-digest", "does not match the source's digest"),
+        ("source:bad-handoff", "hand-off refused"),
+    ] {
+        let a = TestNode::start_env(&keyed(&[]), &[("CONTINUUM_FAULT", fault)]);
+        let b = TestNode::start(&keyed(&["--join", &a.p2p()]));
+        until_full_views(&[&a, &b], Duration::from_secs(30)).await;
+        a.ok(&["deploy", &guest("counter"), "--name", "counter"]);
+        a.h1(Method::POST, "/c/counter/incr", b"").await;
+        let err = a.fails(&["migrate", "counter", "--to", b.peer_id()]);
+        assert!(err.contains(says), "{fault}: {err}");
+        let r = a.h1(Method::GET, "/c/counter/count", b"").await;
+        assert_eq!(
+            (r.text(), host_of(&r)),
+            ("1".to_string(), a.peer_id().to_string())
+        );
+        assert_eq!(
+            b.metric("continuum_rejected_total{reason=\"bad_migration\"}")
+                .await,
+            1
+        );
+        let ls: Vec<serde_json::Value> = serde_json::from_str(&b.ok(&["ls", "--json"])).unwrap();
+        assert!(ls.iter().all(|c| c["host"] != b.peer_id()), "{ls:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

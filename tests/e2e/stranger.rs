@@ -17,11 +17,14 @@ pub struct Behaviour {
 pub struct Stranger {
     swarm: libp2p::Swarm<Behaviour>,
     pub node: libp2p::PeerId,
+    /// Its identity, to sign what it claims.
+    pub id: libp2p::identity::Keypair,
 }
 
 impl Stranger {
     pub async fn connect(node: &TestNode) -> Stranger {
-        let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+        let id = libp2p::identity::Keypair::generate_ed25519();
+        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(id.clone())
             .with_tokio()
             .with_quic()
             .with_behaviour(|_| Behaviour {
@@ -51,7 +54,11 @@ impl Stranger {
                 break;
             }
         }
-        Stranger { swarm, node: peer }
+        Stranger {
+            swarm,
+            node: peer,
+            id,
+        }
     }
 
     /// Run `fut` (at most 10 s) while the swarm goes on.

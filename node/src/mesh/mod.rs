@@ -158,6 +158,8 @@ fn unexpected(peer: PeerId, reply: &rpc::Reply) -> MeshError {
 #[derive(Clone)]
 pub struct Mesh {
     me: PeerId,
+    /// This node's identity, to sign what it hands over.
+    id: libp2p::identity::Keypair,
     cmd: mpsc::UnboundedSender<Command>,
     snapshot: Arc<RwLock<Arc<Snapshot>>>,
     key: Option<SwarmKey>,
@@ -180,6 +182,7 @@ impl Mesh {
     ) -> Result<(Mesh, Incoming)> {
         let mut registry = prometheus_client::registry::Registry::default();
         let me = key.public().to_peer_id();
+        let identity = key.clone();
         let local = resources::sample(Resources {
             labels,
             http,
@@ -242,6 +245,7 @@ impl Mesh {
         Ok((
             Mesh {
                 me,
+                id: identity,
                 cmd,
                 snapshot,
                 key: swarm_key,
@@ -256,6 +260,12 @@ impl Mesh {
 
     pub fn me(&self) -> PeerId {
         self.me
+    }
+
+    /// This node's signed word that `name` is `to`'s from `epoch` on (see
+    /// [`continuum_gossip::SignedHandoff`]), encoded.
+    pub fn sign_handoff(&self, name: &str, epoch: u64, to: PeerId) -> Vec<u8> {
+        continuum_gossip::SignedHandoff::sign(&self.id, name, epoch, to).to_bytes()
     }
 
     /// The mesh's own runtime: work that is mostly waiting on peers (answering them, calls to

@@ -166,6 +166,9 @@ async fn drive(
         ..SourceConfig::default()
     };
     tracing::info!(memory = offer.memory_bytes, "migration offered");
+    // (A hand-off for the wrong epoch, to see the target refuse it, under fault injection.)
+    let given = offer.epoch + if faulty("source:bad-handoff") { 2 } else { 1 };
+    let handoff = node.mesh.sign_handoff(&offer.name, given, to);
     let mut src = Source::new(now(&node), offer, cfg);
     let mut maps: Vec<Vec<Digest>> = Vec::new();
     let migrations = &node.migrations;
@@ -237,6 +240,7 @@ async fn drive(
                                     globals: f.globals,
                                     snapshot_digest: digest,
                                     carried: f.carried,
+                                    handoff: handoff.clone(),
                                 };
                                 exchange(&node, to, last).await
                             }

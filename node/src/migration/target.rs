@@ -119,13 +119,17 @@ pub async fn on_message(node: &Arc<Node>, from: PeerId, msg: ToTarget) -> ToSour
             globals,
             snapshot_digest,
             carried,
+            handoff,
             ..
-        } => match carried_from(node, &carried) {
+        } => match carried_from(node, &carried).and_then(|c| {
+            let h = handoff_from(node, &st, &handoff)?;
+            Ok((c, h))
+        }) {
             Err(e) => {
                 node.metrics.reject("bad_migration");
                 st.target.failed(e)
             }
-            Ok(carried) => {
+            Ok((carried, handoff)) => {
                 match apply(node, &mut st, pages, Some((globals, snapshot_digest))).await {
                     Ok(()) => {
                         let inst = st.instance.take().expect("apply leaves an instance");
@@ -135,6 +139,7 @@ pub async fn on_message(node: &Arc<Node>, from: PeerId, msg: ToTarget) -> ToSour
                             .await
                         {
                             Ok(h) => {
+                                let _ = h.handoff.set(handoff);
                                 st.handle = Some(h);
                                 fault("target:ready");
                                 st.target.ready(now(node))
@@ -297,6 +302,39 @@ async fn offered(node: &Arc<Node>, from: PeerId, offer: Offer) -> ToSource {
         tokio::spawn(watch(node.clone(), id, staged).in_current_span());
     }
     answer
+}
+
+/// The source's hand-off, checked: signed by the source, for this component, to this node,
+/// at the epoch it will have here. Without it no node that held the old copy could tell the
+/// move from a forged claim.
+fn handoff_from(
+    node: &Node,
+    st: &Staged,
+    bytes: &[u8],
+) -> Result<continuum_gossip::SignedHandoff, String> {
+    let signed = continuum_gossip::SignedHandoff::from_bytes(bytes)
+        .map_err(|e| format!("hand-off refused: {e}"))?;
+    let h = signed
+        .verify()
+        .map_err(|e| format!("hand-off refused: {e}"))?;
+    let offer = st.target.offer();
+    if h.from != st.from
+        || h.to != node.mesh.me()
+        || h.name != offer.name
+        || h.epoch != offer.epoch + 1
+    {
+        return Err(format!(
+            "hand-off refused: it gives {} at epoch {} from {} to {}, not {} at epoch {} from {} to this node",
+            h.name,
+            h.epoch,
+            h.from,
+            h.to,
+            offer.name,
+            offer.epoch + 1,
+            st.from
+        ));
+    }
+    Ok(signed)
 }
 
 /// Write a round's pages (and, with `last`, the globals) into the staged instance, creating

@@ -216,6 +216,8 @@ pub struct ComponentHandle {
     pub require: std::collections::BTreeMap<String, String>,
     pub policy: continuum_gossip::Policy,
     pub stats: Arc<Stats>,
+    /// The hand-off that brought it here (signed by the host before), for its adverts.
+    pub handoff: std::sync::OnceLock<continuum_gossip::SignedHandoff>,
     tx: Sender<Command>,
     /// Requests sent and not yet taken by the thread, against `queue_depth`.
     queued: Arc<AtomicUsize>,
@@ -252,6 +254,7 @@ impl ComponentHandle {
             tx: tx.clone(),
             queued: queued.clone(),
             queue_depth: limits.queue_depth,
+            handoff: std::sync::OnceLock::new(),
         });
         let limits = limits.clone();
         std::thread::Builder::new()
