@@ -104,6 +104,14 @@ impl Federations {
         self.map.get(name)
     }
 
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
     fn member_msg(name: &str, owner: &PeerId, joined: bool) -> FederationMsg {
         FederationMsg::Member {
             name: name.to_string(),

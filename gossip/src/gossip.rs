@@ -47,6 +47,11 @@ pub struct Config {
     /// Whether federations may be formed. A node turns them off in a swarm open to anyone:
     /// there a federation's owner would be whoever says so.
     pub federations: bool,
+    /// Peers in the view at most: past this a new peer is refused (known ones are always
+    /// heard) until some expire, so a stream of fresh identities cannot take the memory.
+    pub max_peers: usize,
+    /// Federations known at most, for the same reason.
+    pub max_federations: usize,
 }
 
 /// How far membership reaches.
@@ -71,6 +76,8 @@ impl Default for Config {
             sync_max_ms: 30_000,
             scope: Scope::Swarm,
             federations: true,
+            max_peers: 16_384,
+            max_federations: 256,
         }
     }
 }
@@ -367,6 +374,15 @@ impl Gossip {
         claimed.min(self.cfg.ttl_ms.saturating_mul(4))
     }
 
+    /// Whether the view takes `peer`: always if it knows it, else while it has room.
+    fn room_for(&self, peer: PeerId) -> Result<(), Reject> {
+        if self.view.get(&peer).is_some() || self.view.len() < self.cfg.max_peers {
+            Ok(())
+        } else {
+            Err(Reject::Full("view_full"))
+        }
+    }
+
     /// A message from the gossip topic.
     pub fn handle_gossip(&mut self, now: u64, bytes: &[u8]) -> Result<(), Reject> {
         let opened = open(bytes, self.key.as_ref(), MAX_GOSSIP_BYTES)?;
@@ -385,6 +401,7 @@ impl Gossip {
         if peer == self.me {
             return Ok(());
         }
+        self.room_for(peer)?;
         if !self.check_seq(peer, message.seq)? {
             return Ok(()); // the same message again, by another path
         }
@@ -411,6 +428,12 @@ impl Gossip {
             }
             Body::Federation(_) if !self.cfg.federations => {
                 return Err(Reject::OpenSwarm("federations"));
+            }
+            Body::Federation(FederationMsg::Announce(spec))
+                if self.feds.get(&spec.name).is_none()
+                    && self.feds.len() >= self.cfg.max_federations =>
+            {
+                return Err(Reject::Full("federations_full"));
             }
             Body::Federation(FederationMsg::Announce(spec)) => {
                 let (msg, event) = self.feds.on_announce(
@@ -515,6 +538,7 @@ impl Gossip {
         let Body::Advert(advert) = inner.message.body else {
             return Err(Reject::Malformed("a sync may relay adverts only".into()));
         };
+        self.room_for(inner.signer)?;
         let ttl = self.ttl(advert.ttl_ms);
         let heard = self.view.relayed_advert(
             now,
@@ -544,6 +568,13 @@ impl Gossip {
         for gone in self.view.expire(now) {
             self.asked.remove(&gone);
             self.events.push_back(Event::PeerDown(gone));
+        }
+        // Sequence windows of peers neither known nor remembered as gone (the view keeps
+        // those for replays) are of no use: the map stays as bounded as the view.
+        if self.last_seq.len() > self.view.len() + crate::membership::MAX_GONE {
+            let view = &self.view;
+            self.last_seq
+                .retain(|p, _| view.get(p).is_some() || view.remembers(p));
         }
         if self.next_sync <= now {
             // A connected peer, picked by our own sequence number: deterministic, and spread.

@@ -57,6 +57,11 @@ impl View {
         self.peers.len()
     }
 
+    /// Whether `peer` is remembered as gone (see [`MAX_GONE`]).
+    pub fn remembers(&self, peer: &PeerId) -> bool {
+        self.gone.contains_key(peer)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.peers.is_empty()
     }

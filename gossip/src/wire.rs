@@ -92,6 +92,9 @@ pub enum Reject {
     /// What only a swarm closed by a key may do (own a federation), tried in an open one.
     #[error("{0} need a swarm closed by a key")]
     OpenSwarm(&'static str),
+    /// A bounded structure is full (its counter's label): refused until room frees up.
+    #[error("refused, no room: {0}")]
+    Full(&'static str),
 }
 
 impl Reject {
@@ -105,6 +108,7 @@ impl Reject {
             Reject::WrongPeer { .. } => "wrong_peer",
             Reject::Replay { .. } => "replay",
             Reject::OpenSwarm(_) => "open_swarm",
+            Reject::Full(what) => what,
         }
     }
 }

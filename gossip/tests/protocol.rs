@@ -590,3 +590,68 @@ fn a_huge_time_to_live_or_lease_is_held_to_bounds() {
         "a claimed lease kept a federation"
     );
 }
+
+/// Fresh identities (valid signatures, no such nodes) by the thousand cannot grow the view or
+/// the federations past their bounds: past them a newcomer is refused, with a reason to
+/// count, while known peers are heard as ever; room comes back as peers expire.
+#[test]
+fn fresh_identities_are_refused_past_the_bounds_and_known_peers_heard_on() {
+    let cfg = Config {
+        max_peers: 3,
+        max_federations: 1,
+        ..Config::with_ttl(3_000)
+    };
+    let mut g = Gossip::new(0, keypair(0), None, cfg, resources("a"), 1);
+    let fresh = |i: u16| {
+        let mut seed = [0xa5; 32];
+        seed[..2].copy_from_slice(&i.to_le_bytes());
+        Keypair::ed25519_from_bytes(seed).unwrap()
+    };
+    let alive = |by: &Keypair, seq: u64| {
+        signed(
+            by,
+            seq,
+            Body::Alive {
+                advert_seq: 1,
+                ttl_ms: 3_000,
+                load: 0.0,
+            },
+        )
+    };
+    let mut refused = 0;
+    for i in 0..1000 {
+        match g.handle_gossip(1, &alive(&fresh(i), 1)) {
+            Ok(()) => assert!(i < 3, "identity {i} got in past the bound"),
+            Err(e) => {
+                assert_eq!((e.reason(), &e), ("view_full", &Reject::Full("view_full")));
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!((g.view().len(), refused), (3, 997));
+    // A known peer is heard on, and may announce a federation; a second one is refused.
+    g.handle_gossip(2, &alive(&fresh(0), 2)).unwrap();
+    let announce = |name: &str, seq: u64| {
+        signed(
+            &fresh(0),
+            seq,
+            Body::Federation(continuum_gossip::FederationMsg::Announce(FederationSpec {
+                name: name.into(),
+                objective: "bounded".into(),
+                require: BTreeMap::new(),
+                min_members: 1,
+                lease_ms: 60_000,
+            })),
+        )
+    };
+    g.handle_gossip(3, &announce("one", 3)).unwrap();
+    assert_eq!(
+        g.handle_gossip(4, &announce("two", 4)),
+        Err(Reject::Full("federations_full"))
+    );
+    // Their time runs out: a newcomer finds room again.
+    g.handle_timeout(10_000);
+    assert_eq!(g.view().len(), 0);
+    g.handle_gossip(10_001, &alive(&fresh(5000), 1)).unwrap();
+    assert_eq!(g.view().len(), 1);
+}
