@@ -585,3 +585,48 @@ async fn a_connection_cut_mid_transfer_aborts_then_a_retry_moves_it() {
         (ok.to_string(), b.peer_id().to_string())
     );
 }
+
+/// A key holder offering more migrations at once than a node takes: past the fourth, each is
+/// refused with why and counted, nothing is staged for it, and the node serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offers_past_the_incoming_bound_are_refused_and_counted() {
+    use continuum::mesh::rpc::{Reply, Request};
+    use continuum_migrate::{Offer, ToSource, ToTarget};
+    let node = TestNode::start(&keyed(&[]));
+    node.ok(&["deploy", &guest("counter"), "--name", "counter"]);
+    let mut s = crate::stranger::Stranger::connect(&node).await;
+    let key = std::fs::read_to_string(swarm_key()).unwrap();
+    s.key = Some(continuum_gossip::SwarmKey::parse(&key).unwrap());
+    let max = continuum::migration::MAX_INCOMING as u64;
+    for i in 0..max + 2 {
+        let offer = Request::Migrate(ToTarget::Offer(Offer {
+            id: 100 + i,
+            name: format!("incoming{i}"),
+            version: "1".into(),
+            module_digest: [i as u8; 32],
+            memory_bytes: 1 << 16,
+            epoch: 0,
+            federation: None,
+            require: Default::default(),
+            policy: "pinned".into(),
+        }));
+        match s.ask(&offer).await {
+            Reply::Migrate(ToSource::Accepted { need_module, .. }) if i < max => {
+                assert!(need_module)
+            }
+            Reply::Migrate(ToSource::Rejected { reason, .. }) if i >= max => {
+                assert!(reason.contains("the most it takes at once"), "{reason}")
+            }
+            other => panic!("offer {i}: {other:?}"),
+        }
+    }
+    assert_eq!(
+        node.metric("continuum_rejected_total{reason=\"migration_refused\"}")
+            .await,
+        2
+    );
+    assert_eq!(
+        node.h1(Method::POST, "/c/counter/incr", b"").await.status,
+        200
+    );
+}

@@ -19,6 +19,8 @@ pub struct Stranger {
     pub node: libp2p::PeerId,
     /// Its identity, to sign what it claims.
     pub id: libp2p::identity::Keypair,
+    /// The swarm key it tags its requests with (none: an open swarm's stranger).
+    pub key: Option<continuum_gossip::SwarmKey>,
 }
 
 impl Stranger {
@@ -58,6 +60,7 @@ impl Stranger {
             swarm,
             node: peer,
             id,
+            key: None,
         }
     }
 
@@ -81,7 +84,7 @@ impl Stranger {
             .swarm
             .behaviour_mut()
             .rpc
-            .send_request(&self.node, rpc::seal(None, req));
+            .send_request(&self.node, rpc::seal(self.key.as_ref(), req));
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let e = tokio::time::timeout_at(deadline.into(), self.swarm.select_next_some())
@@ -97,7 +100,7 @@ impl Stranger {
             })) = e
                 && request_id == id
             {
-                return rpc::open(None, &response).unwrap();
+                return rpc::open(self.key.as_ref(), &response).unwrap();
             }
         }
     }
@@ -148,6 +151,6 @@ impl Stranger {
         self.send(lane, &lane::encode(id, env)).await;
         let (got, reply) = self.reply(lane).await.expect("the node closed the lane");
         assert_eq!(got, id, "the reply carries the request's id");
-        rpc::open(None, &reply).unwrap()
+        rpc::open(self.key.as_ref(), &reply).unwrap()
     }
 }

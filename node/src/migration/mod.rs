@@ -68,6 +68,9 @@ pub struct Migrations {
 
 /// Finished migrations kept for `GET /v1/migrations` and for targets that ask.
 const KEEP_FINISHED: usize = 64;
+/// Migrations to this node under way at once, at most: each stages a component's whole
+/// memory, so a peer (or several) offering many at once must not take the node's.
+pub const MAX_INCOMING: usize = 4;
 
 impl Migrations {
     pub fn progress(&self, id: MigrationId) -> Option<Progress> {

@@ -240,6 +240,12 @@ async fn decide(
         st.target.abort();
         settle(node, id, &mut st).await;
     }
+    let under_way = node.migrations.incoming.lock().unwrap().len();
+    if under_way >= super::MAX_INCOMING {
+        return Err(format!(
+            "{under_way} migrations to this node are under way, the most it takes at once"
+        ));
+    }
     let cap = node.components.runtime().limits.memory_cap as u64;
     if offer.memory_bytes > cap {
         return Err(format!(
