@@ -118,6 +118,9 @@ pub struct Decision {
     pub at_ms: u64,
 }
 
+/// Entry peers counted per component and second, at most.
+pub const MAX_ENTRIES: usize = 256;
+
 /// This node's side of the placement policies.
 pub struct Placer {
     cfg: PolicyConfig,
@@ -146,18 +149,25 @@ impl Placer {
         self.record_many(now, component, entry, 1);
     }
 
-    /// `n` requests at once (a simulator counts them by the tick).
+    /// `n` requests at once (a simulator counts them by the tick). Bounded however long the
+    /// component stays and whoever the requests claim entered at: seconds past the window go
+    /// as a new one starts, and a second counts [`MAX_ENTRIES`] entry peers at most (a peer
+    /// that forwards requests names their entry, so the names are its to choose).
     pub fn record_many(&mut self, now: u64, component: &str, entry: PeerId, n: u64) {
         // On a request path: allocate the name only for a component not counted yet.
         if !self.traffic.contains_key(component) {
             self.traffic.insert(component.to_string(), BTreeMap::new());
         }
         let buckets = self.traffic.get_mut(component).expect("inserted above");
-        *buckets
-            .entry(now / 1000)
-            .or_default()
-            .entry(entry)
-            .or_default() += n;
+        let second = now / 1000;
+        if !buckets.contains_key(&second) {
+            let oldest = now.saturating_sub(self.cfg.window_ms) / 1000;
+            buckets.retain(|&s, _| s >= oldest);
+        }
+        let per_peer = buckets.entry(second).or_default();
+        if per_peer.len() < MAX_ENTRIES || per_peer.contains_key(&entry) {
+            *per_peer.entry(entry).or_default() += n;
+        }
     }
 
     /// Requests per entry peer within the window.
@@ -349,6 +359,34 @@ mod tests {
             },
             rtt_ms: Some(0.5),
         }
+    }
+
+    #[test]
+    fn traffic_counts_stay_bounded_over_time_and_entry_names() {
+        let mut p = Placer::new(PolicyConfig::default());
+        let window_s = p.config().window_ms / 1000;
+        // A pinned component is never evaluated: a day of requests keeps only the window.
+        for s in 0..86_400u64 {
+            p.record(s * 1000, "pinned", id(1));
+        }
+        assert!(p.traffic["pinned"].len() as u64 <= window_s + 1);
+        // Requests that claim ever new entry peers count the first MAX_ENTRIES in a second,
+        // and those already counted go on counting.
+        let now = 90_000_000;
+        for i in 0..1000u16 {
+            let id = libp2p_identity::Keypair::ed25519_from_bytes({
+                let mut seed = [7u8; 32];
+                seed[..2].copy_from_slice(&i.to_le_bytes());
+                seed
+            })
+            .unwrap();
+            p.record(now, "claimed", id.public().to_peer_id());
+        }
+        let first = *p.traffic(now, "claimed").keys().next().unwrap();
+        p.record(now, "claimed", first);
+        let t = p.traffic(now, "claimed");
+        assert_eq!(t.len(), MAX_ENTRIES);
+        assert_eq!(t.values().sum::<u64>(), MAX_ENTRIES as u64 + 1);
     }
 
     #[test]
