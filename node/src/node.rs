@@ -669,13 +669,11 @@ async fn place_components(node: Arc<Node>) {
 }
 
 /// A node that comes back from a crash may hold a copy of a component that moved on while it
-/// was gone (it died between the switch and the target's confirmation). The mesh knows the
-/// newer location by its higher epoch: the stale copy is dropped, and requests follow the
-/// component.
-/// Drop a copy that another host has since taken over, but only on this node's own word: the
-/// new host's advert must carry the hand-off this node signed when the component left it. Any
-/// other claim of a newer epoch (a forged advert, or a move this node cannot check because
-/// the component moved on again) leaves the copy and its snapshot alone, and is counted once.
+/// was gone (it died between the switch and the target's confirmation). It drops that copy
+/// only on its own word: the new host's advert must carry the hand-off this node signed when
+/// the component left it. Any other claim of a newer epoch (a forged advert, or a move this
+/// node cannot check because the component moved on again) leaves the copy and its snapshot
+/// alone, and is counted once (and its signature checked once).
 async fn drop_stale_copies(node: Arc<Node>) {
     let mut timer = tokio::time::interval(std::time::Duration::from_secs(1));
     let mut unproven = std::collections::HashSet::new();
@@ -690,7 +688,12 @@ async fn drop_stale_copies(node: Arc<Node>) {
             let Some(l) = node.mesh.locate(&c.name) else {
                 continue;
             };
-            if l.host == me || l.epoch <= c.epoch || crate::migration::leaving(&node, &c.name) {
+            let claim = (c.name.clone(), l.host, l.epoch);
+            if l.host == me
+                || l.epoch <= c.epoch
+                || unproven.contains(&claim)
+                || crate::migration::leaving(&node, &c.name)
+            {
                 continue;
             }
             let proven = l
@@ -699,16 +702,15 @@ async fn drop_stale_copies(node: Arc<Node>) {
                 .and_then(|h| h.verify().ok())
                 .is_some_and(|h| h.proves_moved(me, &c.name, c.epoch, l.host, l.epoch));
             if !proven {
-                if unproven.insert((c.name.clone(), l.host, l.epoch)) {
-                    tracing::warn!(
-                        component = %c.name,
-                        epoch = c.epoch,
-                        "{} claims it at epoch {} without this node's hand-off: keeping this copy",
-                        l.host,
-                        l.epoch
-                    );
-                    node.metrics.reject("unproven_newer_copy");
-                }
+                tracing::warn!(
+                    component = %c.name,
+                    epoch = c.epoch,
+                    "{} claims it at epoch {} without this node's hand-off: keeping this copy",
+                    l.host,
+                    l.epoch
+                );
+                node.metrics.reject("unproven_newer_copy");
+                unproven.insert(claim);
                 continue;
             }
             tracing::warn!(
