@@ -66,7 +66,8 @@ pub struct Limits {
     pub max_body: ByteSize,
     /// Largest module or snapshot upload to the control API.
     pub max_upload: ByteSize,
-    /// Requests waiting for (or in flight at) one component before the node answers 503.
+    /// Requests waiting for, in flight at or held (by a freeze) at one component before the
+    /// node answers 503.
     pub queue_depth: usize,
     /// Calls one component may have in flight to other components; more are refused (503).
     pub max_calls: usize,

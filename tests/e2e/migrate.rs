@@ -630,3 +630,61 @@ async fn offers_past_the_incoming_bound_are_refused_and_counted() {
         200
     );
 }
+
+/// A freeze that lasts (the target holds the last step back): the source holds at most
+/// `--queue-depth` requests for the new host and answers the rest 503 at once, instead of
+/// buffering whatever clients send; the held ones are answered once the move is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "needs the fault-injection feature (scripts/test.sh turns it on)"
+)]
+async fn a_long_freeze_holds_queue_depth_requests_and_refuses_the_rest_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let hold = dir.path().join("hold");
+    std::fs::write(&hold, "").unwrap();
+    let fault = format!("target:hold-final:{}", hold.display());
+    let a = TestNode::start(&keyed(&["--queue-depth", "16"]));
+    let b = TestNode::start_env(
+        &keyed(&["--join", &a.p2p()]),
+        &[("CONTINUUM_FAULT", &fault)],
+    );
+    until_full_views(&[&a, &b], Duration::from_secs(30)).await;
+    a.ok(&["deploy", &guest("counter"), "--name", "counter"]);
+    assert_eq!(a.h1(Method::POST, "/c/counter/incr", b"").await.status, 200);
+    let to = b.peer_id().to_string();
+    let mut cmd = a.command(&["migrate", "counter", "--to", &to]);
+    let mover = tokio::task::spawn_blocking(move || cmd.output().unwrap());
+    // Frozen once a request stops being answered at once.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let first = loop {
+        let r = a.get_later("/c/counter/count");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if !r.is_finished() {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "the component never froze");
+    };
+    let later: Vec<_> = (0..40).map(|_| a.get_later("/c/counter/count")).collect();
+    // 15 more are held with the first; the other 25 are refused while the freeze lasts.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while later.iter().filter(|r| r.is_finished()).count() < 25 {
+        assert!(Instant::now() < deadline, "refusals did not come at once");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!mover.is_finished() && !first.is_finished());
+    std::fs::remove_file(&hold).unwrap();
+    let out = mover.await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut codes = std::collections::BTreeMap::<u16, usize>::new();
+    for r in std::iter::once(first).chain(later) {
+        *codes.entry(r.await.unwrap().unwrap().status).or_default() += 1;
+    }
+    assert_eq!(codes, [(200, 16), (503, 25)].into(), "{codes:?}");
+    let r = a.h1(Method::GET, "/c/counter/count", b"").await;
+    assert_eq!((r.text(), host_of(&r)), ("1".to_string(), to));
+}

@@ -195,13 +195,17 @@ impl TestNode {
 
     /// Run a client command against this node.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_continuum"))
-            .args(args)
+        self.command(args).output().unwrap()
+    }
+
+    /// A client command aimed at this node, to run where the test likes (e.g. in the background).
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_continuum"));
+        c.args(args)
             .env("CONTINUUM_NODE", &self.info.http)
             .env("CONTINUUM_DATA_DIR", &self.dir)
-            .env_remove("CONTINUUM_TOKEN")
-            .output()
-            .unwrap()
+            .env_remove("CONTINUUM_TOKEN");
+        c
     }
 
     /// Run a client command that must succeed; its stdout.

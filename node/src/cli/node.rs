@@ -58,6 +58,10 @@ pub struct NodeArgs {
     /// Longest chain of calls between components (a request that would go deeper gets 508).
     #[arg(long)]
     max_call_depth: Option<usize>,
+    /// Requests one component may have waiting, in flight or held by a migration's freeze;
+    /// more get 503 at once.
+    #[arg(long)]
+    queue_depth: Option<usize>,
     /// Largest request body for a component, e.g. 8MiB.
     #[arg(long)]
     max_body: Option<ByteSize>,
@@ -107,6 +111,9 @@ impl NodeArgs {
         }
         if let Some(b) = self.max_body {
             c.limits.max_body = b;
+        }
+        if let Some(n) = self.queue_depth {
+            c.limits.queue_depth = n;
         }
         if let Some(n) = self.max_calls {
             c.limits.max_calls = n;

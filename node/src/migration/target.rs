@@ -2,6 +2,7 @@
 
 use super::{fault, faulty, now, step_timeout};
 use crate::components::check_name;
+use crate::fault::faulty_file;
 use crate::node::Node;
 use crate::runtime::carried::CarriedLimits;
 use crate::runtime::{Carried, ComponentHandle, Instance, LoadedModule};
@@ -40,6 +41,10 @@ pub async fn on_message(node: &Arc<Node>, from: PeerId, msg: ToTarget) -> ToSour
         tracing::error!("fault injection: cutting the connection to {from}");
         node.mesh.disconnect(from);
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    // A freeze as long as the test likes: the last step waits while the file is there.
+    while matches!(msg, ToTarget::Final { .. }) && faulty_file("target:hold-final") {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     match &msg {
         ToTarget::Offer(_) => fault("target:offer"),

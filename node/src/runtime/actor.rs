@@ -1484,6 +1484,15 @@ impl<'a> Actor<'a> {
 
 type Held = Vec<(Request, CallCtx, ReplyTo, Instant)>;
 
+/// Take the held requests out of the queue's count (they were in it while held).
+fn unhold<'h>(
+    queued: &AtomicUsize,
+    held: &'h mut Held,
+) -> std::vec::Drain<'h, (Request, CallCtx, ReplyTo, Instant)> {
+    queued.fetch_sub(held.len(), Ordering::Relaxed);
+    held.drain(..)
+}
+
 /// How long a component thread keeps polling (and yielding) before it sleeps. Waking a sleeping
 /// thread costs tens of microseconds (a futex wake and a context switch; 28 us each way
 /// measured on a 2-core VM), more than a whole call between two components on one node, so a
@@ -1580,7 +1589,7 @@ fn run(mut a: Actor<'_>, rx: Receiver<Command>) {
                         }
                     }
                     if matches!(mode, Mode::Serving) {
-                        for (req, ctx, reply, _) in held.drain(..) {
+                        for (req, ctx, reply, _) in unhold(&a.queued, &mut held) {
                             a.serve(req, ctx, reply);
                         }
                         for (op, result, from) in held_wakes.drain(..) {
@@ -1619,24 +1628,36 @@ fn run(mut a: Actor<'_>, rx: Receiver<Command>) {
             a.complete(job);
         }
         match cmd {
-            Command::Call { req, ctx, reply } => {
-                a.queued.fetch_sub(1, Ordering::Relaxed);
-                match &mode {
-                    Mode::Serving => a.serve(req, ctx, reply),
-                    // Waiting for this component's own requests to finish: one that came back
-                    // along their call chain would wait for itself.
-                    Mode::Draining { .. } if ctx.chain.contains(&a.name) => {
-                        reply.send(Answer::Done(Err(
-                            a.refusal(&ctx, "requests to finish first")
-                        )));
-                    }
-                    _ => held.push((req, ctx, reply, Instant::now())),
+            Command::Call { req, ctx, reply } => match &mode {
+                Mode::Serving => {
+                    a.queued.fetch_sub(1, Ordering::Relaxed);
+                    a.serve(req, ctx, reply)
                 }
-            }
-            Command::Wake { op, result, from } => match mode {
-                Mode::Frozen => held_wakes.push((op, result, from)),
-                _ => a.woken(op, result, from),
+                // Waiting for this component's own requests to finish: one that came back
+                // along their call chain would wait for itself.
+                Mode::Draining { .. } if ctx.chain.contains(&a.name) => {
+                    a.queued.fetch_sub(1, Ordering::Relaxed);
+                    reply.send(Answer::Done(Err(
+                        a.refusal(&ctx, "requests to finish first")
+                    )));
+                }
+                // Still counted in `queued`, so that a long freeze holds `queue_depth` at most.
+                _ => held.push((req, ctx, reply, Instant::now())),
             },
+            // Held while frozen only if a call of ours waits for it (once): the rest are
+            // refused now, so what is held stays within the calls in flight.
+            Command::Wake { op, result, from }
+                if matches!(mode, Mode::Frozen)
+                    && a.ops.get(&op).is_some()
+                    && !held_wakes.iter().any(|w| w.0 == op) =>
+            {
+                held_wakes.push((op, result, from))
+            }
+            Command::Wake { op, from, .. } if matches!(mode, Mode::Frozen) => {
+                a.metrics.reject("late_call_result");
+                tracing::debug!(op, ?from, "refused a result no held call waits for");
+            }
+            Command::Wake { op, result, from } => a.woken(op, result, from),
             Command::Checkpoint {
                 only_if_dirty,
                 reply,
@@ -1722,7 +1743,7 @@ fn run(mut a: Actor<'_>, rx: Receiver<Command>) {
                 copying = None;
                 if matches!(mode, Mode::Frozen) {
                     mode = Mode::Serving;
-                    for (req, ctx, reply, _) in held.drain(..) {
+                    for (req, ctx, reply, _) in unhold(&a.queued, &mut held) {
                         a.serve(req, ctx, reply);
                     }
                     for (op, result, from) in held_wakes.drain(..) {
@@ -1732,7 +1753,7 @@ fn run(mut a: Actor<'_>, rx: Receiver<Command>) {
             }
             Command::Moved { to, reply } => {
                 let mut waited = Vec::new();
-                for (req, _, r, since) in held.drain(..) {
+                for (req, _, r, since) in unhold(&a.queued, &mut held) {
                     waited.push(since.elapsed());
                     r.send(Answer::Moved(to, req));
                 }
@@ -1759,7 +1780,7 @@ fn run(mut a: Actor<'_>, rx: Receiver<Command>) {
         }
     };
     // Whatever was held when the thread ended is answered, not dropped silently.
-    for (_, _, reply, _) in held {
+    for (_, _, reply, _) in unhold(&a.queued, &mut held) {
         reply.send(Answer::Done(Err(CallError::Overloaded(format!(
             "component {} stopped while the request waited",
             a.name
