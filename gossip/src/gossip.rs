@@ -52,6 +52,9 @@ pub struct Config {
     pub max_peers: usize,
     /// Federations known at most, for the same reason.
     pub max_federations: usize,
+    /// Members of one federation at most (a member need not be in the view yet, so the view's
+    /// bound does not hold them).
+    pub max_members: usize,
 }
 
 /// How far membership reaches.
@@ -78,6 +81,7 @@ impl Default for Config {
             federations: true,
             max_peers: 16_384,
             max_federations: 256,
+            max_members: 4_096,
         }
     }
 }
@@ -448,6 +452,14 @@ impl Gossip {
                     self.publish(Body::Federation(msg));
                 }
                 self.events.extend(event.map(Event::Federation));
+            }
+            Body::Federation(FederationMsg::Member { name, joined, .. })
+                if joined
+                    && self.feds.get(&name).is_some_and(|f| {
+                        !f.members.contains_key(&peer) && f.members.len() >= self.cfg.max_members
+                    }) =>
+            {
+                return Err(Reject::Full("members_full"));
             }
             Body::Federation(FederationMsg::Member {
                 name,

@@ -599,6 +599,7 @@ fn fresh_identities_are_refused_past_the_bounds_and_known_peers_heard_on() {
     let cfg = Config {
         max_peers: 3,
         max_federations: 1,
+        max_members: 2,
         ..Config::with_ttl(3_000)
     };
     let mut g = Gossip::new(0, keypair(0), None, cfg, resources("a"), 1);
@@ -649,6 +650,26 @@ fn fresh_identities_are_refused_past_the_bounds_and_known_peers_heard_on() {
         g.handle_gossip(4, &announce("two", 4)),
         Err(Reject::Full("federations_full"))
     );
+    // This node joined "one" itself; one more member fills it, and a third is refused, while
+    // the member in it renews as ever.
+    let member = |by: u16, seq: u64| {
+        signed(
+            &fresh(by),
+            seq,
+            Body::Federation(continuum_gossip::FederationMsg::Member {
+                name: "one".into(),
+                owner: fresh(0).public().to_peer_id().to_bytes(),
+                joined: true,
+            }),
+        )
+    };
+    g.handle_gossip(5, &member(1, 2)).unwrap();
+    assert_eq!(
+        g.handle_gossip(5, &member(2, 2)),
+        Err(Reject::Full("members_full"))
+    );
+    g.handle_gossip(6, &member(1, 3)).unwrap();
+    assert_eq!(g.federations().get("one").unwrap().members.len(), 2);
     // Their time runs out: a newcomer finds room again.
     g.handle_timeout(10_000);
     assert_eq!(g.view().len(), 0);
