@@ -18,7 +18,7 @@ use libp2p::{Multiaddr, StreamProtocol, Swarm, identify, kad, mdns, noise, ping,
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 const TOPIC: &str = "continuum/gossip/1";
 
@@ -218,7 +218,12 @@ impl Driver {
         self.started.elapsed().as_millis() as u64
     }
 
-    pub async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+    pub async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut components: watch::Receiver<Vec<continuum_gossip::Hosted>>,
+        mut load: watch::Receiver<Option<f32>>,
+    ) {
         let mut resample = tokio::time::interval(Duration::from_millis(
             self.cfg.gossip.heartbeat_ms.clamp(1000, 5000),
         ));
@@ -231,6 +236,17 @@ impl Driver {
                     Some(c) => self.on_command(c),
                     None => return,
                 },
+                Ok(()) = components.changed() => {
+                    self.local.components = components.borrow_and_update().clone();
+                    self.gossip.set_local(self.now(), self.local.clone());
+                }
+                Ok(()) = load.changed() => {
+                    self.load = *load.borrow_and_update();
+                    if let Some(l) = self.load {
+                        self.local.load = l;
+                    }
+                    self.gossip.set_local(self.now(), self.local.clone());
+                }
                 _ = tokio::time::sleep_until(wake.into()) => {
                     let now = self.now();
                     self.gossip.handle_timeout(now);
@@ -476,15 +492,6 @@ impl Driver {
             } => self.send(peer, envelope, Pending::Call(reply)),
             Command::Disconnect(peer) => {
                 let _ = self.swarm.disconnect_peer_id(peer);
-            }
-            Command::SetComponents(components) => {
-                self.local.components = components;
-                self.gossip.set_local(now, self.local.clone());
-            }
-            Command::SetLoad(load) => {
-                self.load = Some(load);
-                self.local.load = load;
-                self.gossip.set_local(now, self.local.clone());
             }
             Command::Federate(op, reply) => {
                 let result = match op {

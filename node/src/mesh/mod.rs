@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 pub use driver::Inbound;
 
@@ -131,6 +131,9 @@ pub enum FederationOp {
     Leave(String),
 }
 
+/// Commands to the swarm queued at most; senders wait past this.
+const COMMANDS: usize = 1024;
+
 pub(crate) enum Command {
     /// Send a sealed request to a peer; its sealed reply (or a lost connection) comes back.
     Request {
@@ -138,9 +141,6 @@ pub(crate) enum Command {
         envelope: rpc::Envelope,
         reply: oneshot::Sender<Result<rpc::Envelope, MeshError>>,
     },
-    SetComponents(Vec<continuum_gossip::Hosted>),
-    /// The node's own load figure, which replaces the host's load average in its adverts.
-    SetLoad(f32),
     /// Close every connection to a peer (fault injection for the tests).
     Disconnect(PeerId),
     Federate(FederationOp, oneshot::Sender<Result<(), String>>),
@@ -160,7 +160,12 @@ pub struct Mesh {
     me: PeerId,
     /// This node's identity, to sign what it hands over.
     id: libp2p::identity::Keypair,
-    cmd: mpsc::UnboundedSender<Command>,
+    /// Bounded: a sender waits when the swarm falls behind, rather than queueing without end.
+    cmd: mpsc::Sender<Command>,
+    /// What this node advertises, latest value only (a slow swarm skips what was replaced).
+    components: Arc<watch::Sender<Vec<continuum_gossip::Hosted>>>,
+    /// The node's own load figure, which replaces the host's load average in its adverts.
+    load: Arc<watch::Sender<Option<f32>>>,
     snapshot: Arc<RwLock<Arc<Snapshot>>>,
     key: Option<SwarmKey>,
     metrics: Arc<Metrics>,
@@ -201,7 +206,9 @@ impl Mesh {
             .enable_all()
             .build()
             .context("starting the mesh's runtime")?;
-        let (cmd, cmd_rx) = mpsc::unbounded_channel();
+        let (cmd, cmd_rx) = mpsc::channel(COMMANDS);
+        let (components, components_rx) = watch::channel(Vec::new());
+        let (load, load_rx) = watch::channel(None);
         let swarm_key = cfg.key.clone();
         let (inbound_tx, inbound_rx) = mpsc::channel(256);
         let snapshot = Arc::new(RwLock::new(Arc::new(Snapshot::default())));
@@ -221,7 +228,7 @@ impl Mesh {
             match built {
                 Ok((driver, control)) => {
                     let _ = built_tx.send(Ok((registry, control)));
-                    driver.run(cmd_rx).await;
+                    driver.run(cmd_rx, components_rx, load_rx).await;
                 }
                 Err(e) => {
                     let _ = built_tx.send(Err(e));
@@ -247,6 +254,8 @@ impl Mesh {
                 me,
                 id: identity,
                 cmd,
+                components: Arc::new(components),
+                load: Arc::new(load),
                 snapshot,
                 key: swarm_key,
                 lanes: Arc::new(lane::Lanes::new(control, metrics.clone(), handle.clone())),
@@ -364,6 +373,7 @@ impl Mesh {
                 envelope,
                 reply,
             })
+            .await
             .map_err(|_| MeshError::Closed)?;
         rx.await.map_err(|_| MeshError::Closed)?
     }
@@ -488,22 +498,23 @@ impl Mesh {
 
     /// Close every connection to `peer` at once, as a cut cable would.
     pub fn disconnect(&self, peer: PeerId) {
-        let _ = self.cmd.send(Command::Disconnect(peer));
+        let _ = self.cmd.try_send(Command::Disconnect(peer));
     }
 
     /// Tell the mesh which components this node hosts now.
     pub fn set_components(&self, components: Vec<continuum_gossip::Hosted>) {
-        let _ = self.cmd.send(Command::SetComponents(components));
+        self.components.send_replace(components);
     }
 
     pub fn set_load(&self, load: f32) {
-        let _ = self.cmd.send(Command::SetLoad(load));
+        self.load.send_replace(Some(load));
     }
 
     pub async fn federate(&self, op: FederationOp) -> Result<(), String> {
         let (reply, rx) = oneshot::channel();
         self.cmd
             .send(Command::Federate(op, reply))
+            .await
             .map_err(|_| "the mesh is shutting down".to_string())?;
         rx.await
             .map_err(|_| "the mesh is shutting down".to_string())?
@@ -516,7 +527,7 @@ impl Mesh {
         reply: rpc::Reply,
     ) {
         let envelope = self.seal_reply(reply).await;
-        let _ = self.cmd.send(Command::Respond { channel, envelope });
+        let _ = self.cmd.send(Command::Respond { channel, envelope }).await;
     }
 
     /// Seal a reply to a peer (a large one on the bulk pool).
