@@ -46,6 +46,10 @@ pub struct NodeConfig {
     /// its components used lately (it may share the machine with other work or other nodes);
     /// without one, the host's load average per core.
     pub cpu_budget: Option<f32>,
+    /// Bytes of peers' messages (deployments, migration parts, large forwarded requests) the
+    /// node holds at once, over all peers; past it a peer's message is refused before more is
+    /// read. At least the largest message (256 MiB) to take every kind.
+    pub peer_budget: ByteSize,
     /// HTTP/1.1 connections held at once; at the cap the one idle longest is closed for a new
     /// one. Default: three quarters of the file-descriptor limit, less 64.
     pub max_connections: Option<usize>,
@@ -90,6 +94,7 @@ impl Default for NodeConfig {
             checkpoint_every: Duration::from_secs(10),
             migration_timeout: Duration::from_secs(10),
             cpu_budget: None,
+            peer_budget: ByteSize::gib(1),
             max_connections: None,
             limits: Limits::default(),
         }

@@ -85,6 +85,8 @@ pub struct Metrics {
     pub gossip_bytes: Family<DirectionLabels, Counter>,
     pub gossip_messages: Family<DirectionLabels, Counter>,
     pub mesh_peers: Gauge,
+    /// Bytes of peers' rpc messages held (read, not yet answered), against `--peer-budget`.
+    pub peer_bytes: Gauge,
     pub forwarded: Family<DirectionLabels, Counter>,
     pub migrations: Family<MigrationLabels, Counter>,
     /// Freeze to the target's Ready, as the source measured it.
@@ -119,6 +121,7 @@ impl Default for Metrics {
             gossip_bytes: Family::default(),
             gossip_messages: Family::default(),
             mesh_peers: Gauge::default(),
+            peer_bytes: Gauge::default(),
             forwarded: Family::default(),
             migrations: Family::default(),
             migration_downtime_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
@@ -212,6 +215,11 @@ impl Default for Metrics {
             "mesh_peers",
             "Peers in this node's view",
             m.mesh_peers.clone(),
+        );
+        r.register(
+            "peer_bytes",
+            "Bytes of peers' rpc messages held (read, not yet answered)",
+            m.peer_bytes.clone(),
         );
         r.register(
             "forwarded_requests",

@@ -294,6 +294,7 @@ async fn run_node(config: NodeConfig, dir: DataDir, key: libp2p::identity::Keypa
         // Long enough for a remote deployment to compile its module on a small board; a dead
         // host fails faster than this, when its connection does.
         request_timeout: std::time::Duration::from_secs(60),
+        peer_budget: config.peer_budget.as_u64() as usize,
     };
     let (mesh, incoming) = Mesh::start(
         key,
@@ -394,8 +395,11 @@ async fn serve_peers(node: Arc<Node>, incoming: crate::mesh::Incoming) {
         let node = node.clone();
         tokio::spawn(
             async move {
+                // What the request holds of the budget for peers' bytes, until it is answered.
+                let held = envelope.charge.clone();
                 let reply = answer_envelope(&node, from, envelope).await;
                 node.mesh.respond(channel, reply).await;
+                drop(held);
             }
             .in_current_span(),
         );

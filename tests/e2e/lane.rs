@@ -20,7 +20,7 @@ fn forward(name: &str, req: continuum_guest::Request) -> Request {
     }
 }
 
-fn count() -> Request {
+pub(crate) fn count() -> Request {
     forward(
         "counter",
         continuum_guest::Request {
@@ -30,7 +30,7 @@ fn count() -> Request {
     )
 }
 
-async fn until_counted(node: &TestNode, reason: &str, at_least: u64) {
+pub(crate) async fn until_counted(node: &TestNode, reason: &str, at_least: u64) {
     let series = format!("continuum_mesh_rejected_total{{reason=\"{reason}\"}}");
     let deadline = Instant::now() + Duration::from_secs(10);
     while node.metric(&series).await < at_least {

@@ -16,6 +16,7 @@ mod mesh;
 mod migrate;
 mod open_swarm;
 mod placement;
+mod rpc;
 mod single_node;
 mod stranger;
 mod support;

@@ -107,11 +107,16 @@ impl Stranger {
 
     /// Open a call lane to the node.
     pub async fn lane(&mut self) -> libp2p::Stream {
+        self.stream(lane::PROTOCOL).await
+    }
+
+    /// Open a raw stream to the node on `protocol`, to write on it what the test likes.
+    pub async fn stream(&mut self, protocol: libp2p::StreamProtocol) -> libp2p::Stream {
         let mut control = self.swarm.behaviour().lanes.new_control();
         let node = self.node;
-        self.drive(control.open_stream(node, lane::PROTOCOL))
+        self.drive(control.open_stream(node, protocol))
             .await
-            .expect("the node takes a call lane")
+            .expect("the node takes the protocol")
     }
 
     /// Write raw bytes on a lane.

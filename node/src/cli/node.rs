@@ -45,6 +45,10 @@ pub struct NodeArgs {
     /// budget they used (what `balance` acts on), not the host's load average.
     #[arg(long, value_name = "CORES")]
     cpu_budget: Option<f32>,
+    /// Bytes of peers' messages held at once, over all peers, e.g. 1GiB (past it a peer's
+    /// message is refused before more is read).
+    #[arg(long)]
+    peer_budget: Option<ByteSize>,
     /// Largest linear memory of one component, e.g. 256MiB.
     #[arg(long)]
     memory_cap: Option<ByteSize>,
@@ -102,6 +106,9 @@ impl NodeArgs {
         }
         if let Some(b) = self.cpu_budget {
             c.cpu_budget = Some(b);
+        }
+        if let Some(b) = self.peer_budget {
+            c.peer_budget = b;
         }
         if let Some(m) = self.memory_cap {
             c.limits.memory_cap = m;

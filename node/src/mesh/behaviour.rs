@@ -1,17 +1,18 @@
 //! The libp2p behaviours a node runs, composed (one file per role lives in libp2p itself).
 
-use super::rpc::Envelope;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
-use libp2p::{gossipsub, identify, kad, mdns, ping, request_response};
+use libp2p::{connection_limits, gossipsub, identify, kad, mdns, ping, request_response};
 
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
+    /// Connections per peer, so that one peer cannot multiply its streams by dialling again.
+    pub limits: connection_limits::Behaviour,
     pub identify: identify::Behaviour,
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     pub gossipsub: gossipsub::Behaviour,
-    pub rpc: request_response::cbor::Behaviour<Envelope, Envelope>,
+    pub rpc: request_response::Behaviour<super::codec::Codec>,
     /// The call lane's streams (see `lane`).
     pub lanes: libp2p_stream::Behaviour,
     /// Round-trip times to connected peers, for the placement policies.

@@ -14,7 +14,10 @@ use futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, StreamProtocol, Swarm, identify, kad, mdns, noise, ping, tcp, yamux};
+use libp2p::{
+    Multiaddr, StreamProtocol, Swarm, connection_limits, identify, kad, mdns, noise, ping, tcp,
+    yamux,
+};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -34,14 +37,24 @@ pub struct Inbound {
     pub channel: ResponseChannel<Envelope>,
 }
 
+/// Request-response streams open at once on one connection (both ways); what they carry is
+/// bounded by the codec's byte budget.
+const MAX_RPC_STREAMS: usize = 128;
+
+/// Connections to one peer at once: QUIC and TCP may both be up for a while, and two peers
+/// dialling each other at once make two.
+const MAX_CONNECTIONS_PER_PEER: u32 = 3;
+
 pub fn build_swarm(
     key: libp2p::identity::Keypair,
     cfg: &MeshConfig,
     registry: &mut prometheus_client::registry::Registry,
+    metrics: Arc<Metrics>,
 ) -> Result<Swarm<Behaviour>> {
     let me = key.public().to_peer_id();
     let mdns = cfg.mdns;
     let request_timeout = cfg.request_timeout;
+    let peer_budget = cfg.peer_budget;
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(
@@ -82,17 +95,22 @@ pub fn build_swarm(
                     kad::Config::new(StreamProtocol::new("/continuum/kad/1")),
                 );
                 kad.set_mode(Some(kad::Mode::Server));
-                let codec = request_response::cbor::codec::Codec::default()
-                    .set_request_size_maximum(rpc::MAX_MESSAGE as u64)
-                    .set_response_size_maximum(rpc::MAX_MESSAGE as u64);
+                let codec = super::codec::Codec::new(
+                    super::codec::Budget::new(peer_budget, metrics.peer_bytes.clone()),
+                    metrics.clone(),
+                );
                 let rpc = request_response::Behaviour::with_codec(
                     codec,
                     [(StreamProtocol::new(rpc::PROTOCOL), ProtocolSupport::Full)],
                     request_response::Config::default()
                         .with_request_timeout(request_timeout)
-                        .with_max_concurrent_streams(1024),
+                        .with_max_concurrent_streams(MAX_RPC_STREAMS),
                 );
                 Ok(Behaviour {
+                    limits: connection_limits::Behaviour::new(
+                        connection_limits::ConnectionLimits::default()
+                            .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER)),
+                    ),
                     identify: identify::Behaviour::new(identify::Config::new(
                         "/continuum/1".into(),
                         key.public(),

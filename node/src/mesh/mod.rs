@@ -4,6 +4,7 @@
 //! request, deploy that module over there.
 
 mod behaviour;
+mod codec;
 mod driver;
 pub mod lane;
 pub mod resources;
@@ -39,6 +40,8 @@ pub struct MeshConfig {
     pub gossip: continuum_gossip::Config,
     /// Longest a forwarded request or remote deployment may take.
     pub request_timeout: Duration,
+    /// Bytes from peers' rpc messages held at once, over all peers.
+    pub peer_budget: usize,
 }
 
 /// One peer, as `continuum status` shows it.
@@ -218,7 +221,7 @@ impl Mesh {
         let m = metrics.clone();
         let request_timeout = cfg.request_timeout;
         rt.spawn(async move {
-            let built = driver::build_swarm(key.clone(), &cfg, &mut registry)
+            let built = driver::build_swarm(key.clone(), &cfg, &mut registry, m.clone())
                 .context("starting libp2p")
                 .and_then(|swarm| {
                     let control = swarm.behaviour().lanes.new_control();

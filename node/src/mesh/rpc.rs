@@ -38,6 +38,9 @@ pub struct Envelope {
     body: Vec<u8>,
     #[serde(with = "serde_bytes", default, skip_serializing_if = "Option::is_none")]
     mac: Option<[u8; 32]>,
+    /// What it holds of the node's budget for bytes from peers (one read from a peer).
+    #[serde(skip)]
+    pub(crate) charge: Option<std::sync::Arc<super::codec::Charge>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -142,7 +145,11 @@ impl Envelope {
     }
 
     pub fn from_parts(body: Vec<u8>, mac: Option<[u8; 32]>) -> Envelope {
-        Envelope { body, mac }
+        Envelope {
+            body,
+            mac,
+            charge: None,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -176,7 +183,7 @@ pub fn seal<T: Serialize>(key: Option<&SwarmKey>, value: &T) -> Envelope {
     let mut body = Vec::new();
     ciborium::into_writer(value, &mut body).expect("writing to a Vec cannot fail");
     let mac = key.map(|k| k.tag(&[DOMAIN, &body]));
-    Envelope { body, mac }
+    Envelope::from_parts(body, mac)
 }
 
 pub fn open<T: serde::de::DeserializeOwned>(
