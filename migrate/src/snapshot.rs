@@ -355,6 +355,28 @@ impl Snapshot {
         )
     }
 
+    /// The digest of the module an encoded snapshot is of, read from its header alone (the
+    /// page data is not read): to know which modules a node's saved state still needs.
+    pub fn module_of(mut encoded: impl std::io::Read) -> Result<Digest, SnapshotError> {
+        #[derive(Deserialize)]
+        struct Head {
+            #[serde(with = "serde_bytes")]
+            module_digest: Digest,
+        }
+        let mut first = [0u8; 1];
+        encoded
+            .read_exact(&mut first)
+            .map_err(|_| SnapshotError::Truncated)?;
+        if first[0] != 0x82 {
+            return Err(SnapshotError::Malformed(
+                "it does not start with the two-item array of a continuum snapshot".into(),
+            ));
+        }
+        let head: Head =
+            ciborium::from_reader(encoded).map_err(|e| SnapshotError::Malformed(e.to_string()))?;
+        Ok(head.module_digest)
+    }
+
     /// Decode and verify: a snapshot that comes back from here is whole and untampered. The
     /// page data stays in `bytes` (no copy).
     pub fn decode(bytes: impl Into<Bytes>) -> Result<Snapshot, SnapshotError> {
@@ -528,6 +550,16 @@ mod tests {
         assert_eq!(mem[3 * PAGE_SIZE + 7], 9);
         assert_eq!(mem[6], 0);
         assert_eq!(mem[2 * 65536 - 1], 0xff);
+    }
+
+    #[test]
+    fn the_module_is_read_from_the_header_alone() {
+        let bytes = sample().encode();
+        // The page data is not needed: the header's prefix is enough.
+        let header = bytes.len() - sample().memories[0].data.len();
+        assert_eq!(Snapshot::module_of(&bytes[..header]).unwrap(), [7; 32]);
+        assert!(Snapshot::module_of(&b"not a snapshot"[..]).is_err());
+        assert!(Snapshot::module_of(&bytes[..10]).is_err());
     }
 
     #[test]

@@ -316,6 +316,7 @@ impl Components {
         let _op = self.ops.lock().await;
         if self.get(name).is_none() {
             let _ = std::fs::remove_file(self.dir.snapshot(name));
+            self.sweep_modules();
         }
     }
 
@@ -581,6 +582,7 @@ impl Components {
         self.metrics.components.set(self.len() as i64);
         handle.stop(false).await;
         let _ = std::fs::remove_file(self.dir.snapshot(name));
+        self.sweep_modules();
         tracing::info!(component = name, "removed");
         Ok(())
     }
@@ -685,7 +687,34 @@ impl Components {
                 Err(e) => tracing::error!("could not bring back {}: {e}", path.display()),
             }
         }
+        self.sweep_modules();
         restored
+    }
+
+    /// Delete the stored modules that no component here runs and no saved state names (of a
+    /// component removed or moved away, of a migration here that failed): the store keeps
+    /// what the node needs, not everything it was ever sent. If any saved state cannot be
+    /// read, nothing is deleted: the module it needs is unknown.
+    pub fn sweep_modules(&self) {
+        let Ok(entries) = std::fs::read_dir(self.dir.components()) else {
+            return;
+        };
+        let keep: Option<std::collections::HashSet<_>> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "snap"))
+            .map(|p| {
+                let f = std::fs::File::open(&p).ok()?;
+                Snapshot::module_of(std::io::BufReader::new(f)).ok()
+            })
+            .collect();
+        let Some(keep) = keep else {
+            tracing::warn!("a saved state cannot be read: no module deleted");
+            return;
+        };
+        let deleted = self.rt.sweep(&keep);
+        if deleted > 0 {
+            tracing::info!(files = deleted, "deleted stored modules nothing here needs");
+        }
     }
 }
 

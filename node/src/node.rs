@@ -340,6 +340,7 @@ async fn run_node(config: NodeConfig, dir: DataDir, key: libp2p::identity::Keypa
         tokio::spawn(periodic_checkpoints(node.clone()).in_current_span()),
         tokio::spawn(drop_stale_copies(node.clone()).in_current_span()),
         tokio::spawn(place_components(node.clone()).in_current_span()),
+        tokio::spawn(sweep_modules(node.clone()).in_current_span()),
     ];
     dir.write_node_json(&info)?;
     tracing::info!(http = %info.http, "node ready: HTTP/1.1 on TCP and HTTP/3 on UDP {addr}");
@@ -746,6 +747,18 @@ async fn periodic_checkpoints(node: Arc<Node>) {
             let node = node.clone();
             tokio::spawn(async move { node.components.checkpoint_periodic(&h).await });
         }
+    }
+}
+
+/// Now and then, the stored modules nothing needs go (those of migrations here that ended
+/// without a component, above all: removals and departures sweep at once).
+async fn sweep_modules(node: Arc<Node>) {
+    let mut timer = tokio::time::interval(std::time::Duration::from_secs(600));
+    timer.tick().await;
+    loop {
+        timer.tick().await;
+        let n = node.clone();
+        let _ = tokio::task::spawn_blocking(move || n.components.sweep_modules()).await;
     }
 }
 

@@ -304,3 +304,58 @@ async fn the_memory_cap_holds_over_all_memories_and_the_snapshot_restores() {
     node.ok(&["restore", ckpt.to_str().unwrap(), "--name", "again"]);
     assert_eq!(node.h1(Method::GET, "/c/again/", b"").await.text(), "0");
 }
+
+/// The store of modules holds what the node needs, not everything it was sent: a refused
+/// module leaves no file, a removed component's module goes once nothing else runs it, and
+/// what a saved component needs stays through a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_module_store_keeps_what_the_node_needs_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("node");
+    let mut node = TestNode::start_in(&data, &[]);
+    let stored = || {
+        let mut v: Vec<String> = std::fs::read_dir(data.join("modules"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    node.ok(&["deploy", &guest("counter")]);
+    let counter = stored();
+    assert_eq!(
+        counter.len(),
+        2,
+        "the module and its compiled code: {counter:?}"
+    );
+    node.ok(&["deploy", &guest("kv")]);
+    node.ok(&["deploy", &guest("kv"), "--name", "kv2"]);
+    assert_eq!(stored().len(), 4);
+    // Refused after compiling: nothing of it is kept.
+    let greedy = dir.path().join("greedy.wasm");
+    std::fs::write(
+        &greedy,
+        wat::parse_str(
+            r#"(module (import "env" "launch_missiles" (func)) (memory 1) (export "memory" (memory 0))
+               (func (export "continuum_abi_v1")) (func (export "continuum_alloc") (param i32) (result i32) i32.const 0)
+               (func (export "continuum_handle") (param i32 i32) (result i64) i64.const 0))"#,
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    node.fails(&["deploy", greedy.to_str().unwrap()]);
+    assert_eq!(stored().len(), 4);
+    // kv2 still runs kv's module; once both are gone, so is the module.
+    node.ok(&["rm", "kv"]);
+    assert_eq!(stored().len(), 4);
+    node.ok(&["rm", "kv2"]);
+    assert_eq!(stored(), counter);
+    node.h1(Method::POST, "/c/counter/incr", b"").await;
+    assert!(node.sigterm().success());
+    let node = TestNode::start_in(&data, &[]);
+    assert_eq!(stored(), counter);
+    assert_eq!(
+        node.h1(Method::GET, "/c/counter/count", b"").await.text(),
+        "1"
+    );
+}

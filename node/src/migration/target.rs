@@ -201,9 +201,11 @@ async fn settle(node: &Node, id: MigrationId, st: &mut Staged) {
         node.migrations.hosted(id);
     } else {
         st.instance = None;
+        st.module = None;
         if let Some(h) = st.handle.take() {
             node.components.discard(&h).await;
         }
+        node.components.sweep_modules();
         node.metrics.migration("target", "aborted");
     }
 }

@@ -19,7 +19,7 @@ use host::HostState;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use wasmtime::{Config, Engine, InstancePre, Linker, Module};
 
@@ -75,7 +75,10 @@ pub struct Runtime {
     linker: Linker<HostState>,
     /// Where original and compiled modules are kept; `None` keeps them in memory only.
     modules_dir: Option<PathBuf>,
-    loaded: Mutex<HashMap<Digest, Arc<LoadedModule>>>,
+    /// Modules compiled and still in use (by a component, a migration staged here): one that
+    /// nobody holds any more is freed, so peers' modules cannot pile up in memory. Loading it
+    /// again reads the compiled code back from disk.
+    loaded: Mutex<HashMap<Digest, Weak<LoadedModule>>>,
     pub limits: RuntimeLimits,
     stop: Arc<AtomicBool>,
 }
@@ -128,10 +131,10 @@ impl Runtime {
     /// original bytes by digest.
     pub fn load(&self, wasm: &[u8]) -> Result<Arc<LoadedModule>, LoadError> {
         let digest = *blake3::hash(wasm).as_bytes();
-        if let Some(m) = self.loaded.lock().unwrap().get(&digest) {
-            return Ok(m.clone());
+        if let Some(m) = self.in_use(&digest) {
+            return Ok(m);
         }
-        let module = self.compile(&digest, wasm)?;
+        let (module, compiled) = self.compile(&digest, wasm)?;
         let needed: &[&'static str] = if module.get_export(ABI_V2_MARKER).is_some() {
             &[
                 "continuum_alloc",
@@ -154,10 +157,17 @@ impl Runtime {
             .linker
             .instantiate_pre(&module)
             .map_err(|e| LoadError::Imports(format!("{e:#}")))?;
+        // Stored only once it passed every check: a refused module leaves nothing behind.
         if let Some(dir) = &self.modules_dir {
             let path = dir.join(format!("{}.wasm", digest_hex(&digest)));
             if !path.exists() {
                 write_atomic(&path, wasm).map_err(|e| LoadError::Io(format!("{e:#}")))?;
+            }
+            if let Some(code) = compiled
+                && let Err(e) =
+                    write_atomic(&dir.join(format!("{}.cwasm", digest_hex(&digest))), &code)
+            {
+                tracing::warn!("could not cache compiled module: {e:#}");
             }
         }
         let loaded = Arc::new(LoadedModule {
@@ -165,17 +175,50 @@ impl Runtime {
             size: wasm.len(),
             pre,
         });
-        self.loaded.lock().unwrap().insert(digest, loaded.clone());
+        let mut map = self.loaded.lock().unwrap();
+        map.retain(|_, m| m.strong_count() > 0);
+        map.insert(digest, Arc::downgrade(&loaded));
         Ok(loaded)
+    }
+
+    fn in_use(&self, digest: &Digest) -> Option<Arc<LoadedModule>> {
+        self.loaded.lock().unwrap().get(digest)?.upgrade()
     }
 
     /// A module this node stored before, by digest.
     pub fn load_digest(&self, digest: &Digest) -> Result<Arc<LoadedModule>, LoadError> {
-        if let Some(m) = self.loaded.lock().unwrap().get(digest) {
-            return Ok(m.clone());
+        if let Some(m) = self.in_use(digest) {
+            return Ok(m);
         }
         let bytes = self.module_bytes(digest)?;
         self.load(&bytes)
+    }
+
+    /// Delete the stored modules (original and compiled) that nothing here uses and that no
+    /// saved state in `keep` needs; how many were deleted.
+    pub fn sweep(&self, keep: &std::collections::HashSet<Digest>) -> usize {
+        let Some(dir) = &self.modules_dir else {
+            return 0;
+        };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return 0;
+        };
+        let map = self.loaded.lock().unwrap();
+        let mut deleted = 0;
+        for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+            let Some(digest): Option<Digest> = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .and_then(|hex| hex::decode(hex).ok()?.try_into().ok())
+            else {
+                continue;
+            };
+            let used = map.get(&digest).is_some_and(|m| m.strong_count() > 0);
+            if !used && !keep.contains(&digest) && std::fs::remove_file(&path).is_ok() {
+                deleted += 1;
+            }
+        }
+        deleted
     }
 
     /// The original bytes of a stored module.
@@ -188,7 +231,13 @@ impl Runtime {
             .map_err(|_| LoadError::Unknown(digest_hex(digest)))
     }
 
-    fn compile(&self, digest: &Digest, wasm: &[u8]) -> Result<Module, LoadError> {
+    /// The module compiled (or read back compiled); with the code to cache if it was compiled
+    /// now.
+    fn compile(
+        &self,
+        digest: &Digest,
+        wasm: &[u8],
+    ) -> Result<(Module, Option<Vec<u8>>), LoadError> {
         let cached = self
             .modules_dir
             .as_ref()
@@ -198,7 +247,7 @@ impl Runtime {
             // data directory; Wasmtime checks that it matches this engine's version and
             // settings and refuses it otherwise (then we compile afresh).
             match unsafe { Module::deserialize_file(&self.engine, path) } {
-                Ok(m) => return Ok(m),
+                Ok(m) => return Ok((m, None)),
                 Err(e) => {
                     tracing::warn!("recompiling {}: cached code unusable: {e}", path.display())
                 }
@@ -207,12 +256,7 @@ impl Runtime {
         let instrumented = instrument(wasm)?;
         let module = Module::new(&self.engine, &instrumented)
             .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
-        if let Some(path) = cached
-            && let Ok(code) = module.serialize()
-            && let Err(e) = write_atomic(&path, &code)
-        {
-            tracing::warn!("could not cache compiled module: {e:#}");
-        }
-        Ok(module)
+        let code = cached.and_then(|_| module.serialize().ok());
+        Ok((module, code))
     }
 }
