@@ -1,7 +1,8 @@
-//! What travels: every message is a CBOR frame holding a signed payload and, in a closed swarm,
-//! a MAC made with the swarm key. Opening a frame checks, in order: size, encoding, swarm key,
-//! signature, and (for adverts) that the advert speaks for its signer. Each refusal has a
-//! reason the node counts.
+//! What travels: every message is a CBOR frame holding a signed payload; in a closed swarm the
+//! frame is encrypted with a key derived from the swarm key (as Serf does), so a peer without
+//! it can neither forge nor read one, even one relayed through it. Opening a frame checks, in
+//! order: size, swarm key (decryption), encoding, signature, and (for adverts) that the advert
+//! speaks for its signer. Each refusal has a reason the node counts.
 
 use crate::advert::ResourceAdvert;
 use crate::federation::FederationMsg;
@@ -14,10 +15,15 @@ pub const MAX_GOSSIP_BYTES: usize = 64 * 1024;
 pub const MAX_DIRECT_BYTES: usize = 4 << 20;
 
 const SIGN_DOMAIN: &[u8] = b"continuum-gossip-v1";
-const MAC_DOMAIN: &[u8] = b"continuum-swarm-v1";
+const CIPHER_CONTEXT: &str = "continuum 2026 gossip encryption v1";
+const NONCE_CONTEXT: &str = "continuum 2026 gossip nonce v1";
+/// First byte of an encrypted frame (no CBOR frame starts so: it is a map).
+const ENCRYPTED: u8 = 0xE1;
+const NONCE: usize = 24;
 
 /// A swarm key: only nodes holding it may take part in the swarm. Like Serf's gossip key, it
-/// is checked on every application message; libp2p's own transport encryption stays as is.
+/// encrypts every gossip message and tags every direct one; libp2p's own transport
+/// encryption stays as is.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SwarmKey([u8; 32]);
 
@@ -26,9 +32,42 @@ impl SwarmKey {
         SwarmKey(bytes)
     }
 
-    /// A MAC over a frame's signed parts.
-    pub fn mac(&self, key: &[u8], payload: &[u8], sig: &[u8]) -> [u8; 32] {
-        self.tag(&[MAC_DOMAIN, key, payload, sig])
+    /// Encrypt and authenticate (XChaCha20-Poly1305). The nonce is synthesised from the
+    /// plaintext with a second derived key, as SIV does: no randomness (the gossip machine is
+    /// deterministic), and two different messages never share a nonce; the same message
+    /// twice gives the same bytes, which tells an observer nothing it could not see anyway.
+    pub fn encrypt(&self, plain: &[u8]) -> Vec<u8> {
+        use chacha20poly1305::aead::{Aead, KeyInit};
+        let nonce_key = blake3::derive_key(NONCE_CONTEXT, &self.0);
+        let hash = blake3::keyed_hash(&nonce_key, plain);
+        let nonce = chacha20poly1305::XNonce::from_slice(&hash.as_bytes()[..NONCE]);
+        let cipher = chacha20poly1305::XChaCha20Poly1305::new(
+            &blake3::derive_key(CIPHER_CONTEXT, &self.0).into(),
+        );
+        let sealed = cipher
+            .encrypt(nonce, plain)
+            .expect("encrypting into a Vec does not fail");
+        let mut out = Vec::with_capacity(1 + NONCE + sealed.len());
+        out.push(ENCRYPTED);
+        out.extend_from_slice(nonce);
+        out.extend_from_slice(&sealed);
+        out
+    }
+
+    /// The plaintext of [`Self::encrypt`]'s output, if it was made with this key and is whole.
+    pub fn decrypt(&self, sealed: &[u8]) -> Option<Vec<u8>> {
+        use chacha20poly1305::aead::{Aead, KeyInit};
+        let rest = sealed.strip_prefix(&[ENCRYPTED])?;
+        if rest.len() < NONCE {
+            return None;
+        }
+        let (nonce, body) = rest.split_at(NONCE);
+        let cipher = chacha20poly1305::XChaCha20Poly1305::new(
+            &blake3::derive_key(CIPHER_CONTEXT, &self.0).into(),
+        );
+        cipher
+            .decrypt(chacha20poly1305::XNonce::from_slice(nonce), body)
+            .ok()
     }
 
     /// A MAC over length-framed parts; the first should name what is being tagged.
@@ -177,13 +216,6 @@ struct Frame {
     payload: Vec<u8>,
     #[serde(rename = "s", with = "serde_bytes")]
     sig: Vec<u8>,
-    #[serde(
-        rename = "m",
-        with = "serde_bytes",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    mac: Option<[u8; 32]>,
 }
 
 /// An opened frame.
@@ -215,20 +247,21 @@ pub(crate) fn from_cbor<T: serde::de::DeserializeOwned>(
     Ok(value)
 }
 
-/// Sign `message` as `id`, and MAC it with the swarm key if there is one.
+/// Sign `message` as `id`, and encrypt it with the swarm key if there is one.
 pub fn seal(id: &Keypair, key: Option<&SwarmKey>, message: &Message) -> Vec<u8> {
     let payload = to_cbor(message);
     let mut signed = SIGN_DOMAIN.to_vec();
     signed.extend_from_slice(&payload);
     let sig = id.sign(&signed).expect("ed25519 signing does not fail");
-    let pubkey = id.public().encode_protobuf();
-    let mac = key.map(|k| k.mac(&pubkey, &payload, &sig));
-    to_cbor(&Frame {
-        key: pubkey,
+    let frame = to_cbor(&Frame {
+        key: id.public().encode_protobuf(),
         payload,
         sig,
-        mac,
-    })
+    });
+    match key {
+        Some(k) => k.encrypt(&frame),
+        None => frame,
+    }
 }
 
 /// Check and decode a frame (see the module docs for the order of checks).
@@ -236,12 +269,16 @@ pub fn open(bytes: &[u8], key: Option<&SwarmKey>, max: usize) -> Result<Opened, 
     if bytes.len() > max {
         return Err(Reject::Oversized(bytes.len()));
     }
+    let plain;
+    let bytes = match (key, bytes.first()) {
+        (Some(k), Some(&ENCRYPTED)) => {
+            plain = k.decrypt(bytes).ok_or(Reject::SwarmKey)?;
+            &plain[..]
+        }
+        (None, Some(&ENCRYPTED)) | (Some(_), _) => return Err(Reject::SwarmKey),
+        (None, _) => bytes,
+    };
     let frame: Frame = from_cbor(bytes, "frame")?;
-    match (key, frame.mac) {
-        (Some(k), Some(mac)) if k.mac(&frame.key, &frame.payload, &frame.sig) == mac => {}
-        (None, None) => {}
-        _ => return Err(Reject::SwarmKey),
-    }
     let public = PublicKey::try_decode_protobuf(&frame.key)
         .map_err(|e| Reject::Malformed(format!("public key: {e}")))?;
     let mut signed = SIGN_DOMAIN.to_vec();

@@ -474,6 +474,55 @@ fn swarm_keys_partition_the_swarm() {
     assert_eq!(a2.view().len(), 1);
 }
 
+/// In a closed swarm a frame says nothing to a peer without the key (it is encrypted, not
+/// only tagged), and one changed byte anywhere is refused.
+#[test]
+fn a_closed_swarms_frames_are_unreadable_and_untouchable_without_its_key() {
+    let key = SwarmKey::new([9; 32]);
+    let mut g = Gossip::new(
+        0,
+        keypair(1),
+        Some(key.clone()),
+        Config::default(),
+        resources("secret-zone"),
+        1,
+    );
+    let Some(Output::Publish(frame)) = g.poll_output() else {
+        panic!("no advert")
+    };
+    let open_frame = {
+        let mut o = Gossip::new(
+            0,
+            keypair(1),
+            None,
+            Config::default(),
+            resources("secret-zone"),
+            1,
+        );
+        match o.poll_output() {
+            Some(Output::Publish(f)) => f,
+            other => panic!("{other:?}"),
+        }
+    };
+    let has = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
+    assert!(has(&open_frame, b"secret-zone") && has(&open_frame, b"127.0.0.1:7070"));
+    assert!(!has(&frame, b"secret-zone") && !has(&frame, b"127.0.0.1:7070"));
+    assert!(open(&frame, Some(&key), usize::MAX).is_ok());
+    for i in (0..frame.len()).step_by(7) {
+        let mut bad = frame.clone();
+        bad[i] ^= 0x20;
+        assert_eq!(
+            open(&bad, Some(&key), usize::MAX).unwrap_err(),
+            Reject::SwarmKey,
+            "byte {i} changed"
+        );
+    }
+    assert_eq!(
+        open(&frame, Some(&SwarmKey::new([8; 32])), usize::MAX).unwrap_err(),
+        Reject::SwarmKey
+    );
+}
+
 #[test]
 fn a_relay_never_resurrects_a_dead_peer() {
     let mut net = Net::new(&["a", "a", "a"], None);
