@@ -8,6 +8,7 @@ mod bad_gossip;
 mod bad_http;
 mod bad_input;
 mod calls;
+mod closed_swarm;
 mod durability;
 mod forged_epoch;
 mod lane;

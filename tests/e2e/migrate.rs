@@ -597,6 +597,7 @@ async fn offers_past_the_incoming_bound_are_refused_and_counted() {
     let mut s = crate::stranger::Stranger::connect(&node).await;
     let key = std::fs::read_to_string(swarm_key()).unwrap();
     s.key = Some(continuum_gossip::SwarmKey::parse(&key).unwrap());
+    s.prove().await;
     let max = continuum::migration::MAX_INCOMING as u64;
     for i in 0..max + 2 {
         let offer = Request::Migrate(ToTarget::Offer(Offer {

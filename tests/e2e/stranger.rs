@@ -105,6 +105,51 @@ impl Stranger {
         }
     }
 
+    /// Prove it holds the swarm key (`key`), as a node does on connecting to a closed swarm.
+    pub async fn prove(&mut self) {
+        let key = self.key.clone().expect("a stranger with the key");
+        let proof = continuum::mesh::auth::proof(&key, &self.id.public().to_peer_id(), &self.node);
+        let mut s = self.stream(continuum::mesh::auth::PROTOCOL).await;
+        self.send(&mut s, &proof).await;
+        self.drive(s.close()).await.unwrap();
+    }
+
+    /// Whether the node closes the connection within `within` (the swarm goes on meanwhile).
+    pub async fn cut_off_within(&mut self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline.into(), self.swarm.select_next_some()).await {
+                Err(_) => return false,
+                Ok(libp2p::swarm::SwarmEvent::ConnectionClosed {
+                    peer_id,
+                    num_established: 0,
+                    ..
+                }) if peer_id == self.node => return true,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Dial the node again; whether a connection came up.
+    pub async fn redial(&mut self, addr: &str) -> bool {
+        self.swarm
+            .dial(addr.parse::<libp2p::Multiaddr>().unwrap())
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match tokio::time::timeout_at(deadline.into(), self.swarm.select_next_some()).await {
+                Err(_) => return false,
+                Ok(libp2p::swarm::SwarmEvent::ConnectionEstablished { peer_id, .. })
+                    if peer_id == self.node =>
+                {
+                    return true;
+                }
+                Ok(libp2p::swarm::SwarmEvent::OutgoingConnectionError { .. }) => return false,
+                Ok(_) => {}
+            }
+        }
+    }
+
     /// Open a call lane to the node.
     pub async fn lane(&mut self) -> libp2p::Stream {
         self.stream(lane::PROTOCOL).await

@@ -177,6 +177,10 @@ pub struct Driver {
     dirty: bool,
     /// Smoothed round-trip time to each peer, ms.
     rtts: HashMap<PeerId, f64>,
+    /// In a closed swarm: who proved the key (see `auth`), and where proofs go out and come in.
+    gate: Option<super::auth::Gate>,
+    auth: libp2p_stream::Control,
+    verdicts: mpsc::Receiver<(PeerId, bool)>,
 }
 
 impl Driver {
@@ -204,6 +208,15 @@ impl Driver {
         let first_seq = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_micros() as u64);
+        let mut auth = swarm.behaviour().lanes.new_control();
+        let (verdict_tx, verdicts) = mpsc::channel(256);
+        if let Some(key) = cfg.key.clone() {
+            let incoming = auth
+                .accept(super::auth::PROTOCOL)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let me = id.public().to_peer_id();
+            tokio::spawn(super::auth::read_proofs(incoming, key, me, verdict_tx));
+        }
         let gossip = Gossip::new(
             0,
             id,
@@ -212,6 +225,7 @@ impl Driver {
             local.clone(),
             first_seq,
         );
+        let cfg_key_gate = cfg.key.is_some().then(super::auth::Gate::default);
         Ok(Driver {
             swarm,
             gossip,
@@ -229,6 +243,9 @@ impl Driver {
             ready: Some(ready),
             dirty: true,
             rtts: HashMap::new(),
+            gate: cfg_key_gate,
+            auth,
+            verdicts,
         })
     }
 
@@ -246,6 +263,7 @@ impl Driver {
             self.cfg.gossip.heartbeat_ms.clamp(1000, 5000),
         ));
         let mut bootstrap = tokio::time::interval(Duration::from_secs(300));
+        let mut auth_check = tokio::time::interval(Duration::from_millis(500));
         loop {
             let wake = self.started + Duration::from_millis(self.gossip.poll_timeout());
             tokio::select! {
@@ -281,8 +299,35 @@ impl Driver {
                 _ = bootstrap.tick() => {
                     let _ = self.swarm.behaviour_mut().kad.bootstrap();
                 }
+                Some((peer, good)) = self.verdicts.recv() => self.on_proof(peer, good),
+                _ = auth_check.tick(), if self.gate.is_some() => {
+                    let late = self.gate.as_mut().map(|g| g.overdue(Instant::now())).unwrap_or_default();
+                    for peer in late {
+                        tracing::info!(%peer, "no proof of the swarm key in time: disconnected");
+                        self.metrics.mesh_reject("keyless_peer");
+                        let _ = self.swarm.disconnect_peer_id(peer);
+                    }
+                }
             }
             self.flush();
+        }
+    }
+
+    /// A peer's proof of the swarm key came in (or failed to).
+    fn on_proof(&mut self, peer: PeerId, good: bool) {
+        let Some(gate) = self.gate.as_mut() else {
+            return;
+        };
+        if good {
+            if gate.proven(peer, self.swarm.is_connected(&peer)) {
+                let now = self.now();
+                self.gossip.handle_connected(now, peer);
+            }
+        } else {
+            gate.failed(Instant::now(), peer);
+            tracing::info!(%peer, "a wrong proof of the swarm key: disconnected");
+            self.metrics.mesh_reject("keyless_peer");
+            let _ = self.swarm.disconnect_peer_id(peer);
         }
     }
 
@@ -380,6 +425,29 @@ impl Driver {
                 num_established,
                 ..
             } if num_established.get() == 1 => {
+                if let Some(gate) = self.gate.as_mut() {
+                    match gate.connected(Instant::now(), peer_id) {
+                        super::auth::Admit::Refuse => {
+                            self.metrics.mesh_reject("peer_kept_away");
+                            let _ = self.swarm.disconnect_peer_id(peer_id);
+                            return;
+                        }
+                        admit => {
+                            let key = self.key.clone().expect("a gate only with a key");
+                            let me = self.gossip.me();
+                            tokio::spawn(super::auth::send_proof(
+                                self.auth.clone(),
+                                key,
+                                me,
+                                peer_id,
+                            ));
+                            if admit == super::auth::Admit::Wait {
+                                // Exchanges begin once it proves the key (see `on_proof`).
+                                return;
+                            }
+                        }
+                    }
+                }
                 self.gossip.handle_connected(now, peer_id);
                 if self.cfg.join.iter().any(|a| {
                     a.iter()
@@ -392,7 +460,12 @@ impl Driver {
                 peer_id,
                 num_established: 0,
                 ..
-            } => self.gossip.handle_disconnected(peer_id),
+            } => {
+                if let Some(gate) = self.gate.as_mut() {
+                    gate.closed(peer_id);
+                }
+                self.gossip.handle_disconnected(peer_id)
+            }
             SwarmEvent::NewListenAddr { address, .. } => {
                 let full = address.with_p2p(self.gossip.me()).unwrap_or_else(|a| a);
                 tracing::info!(addr = %full, "listening for peers");

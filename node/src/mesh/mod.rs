@@ -3,6 +3,7 @@
 //! node talks to it through [`Mesh`]: where is a component, who are the peers, forward this
 //! request, deploy that module over there.
 
+pub mod auth;
 mod behaviour;
 mod codec;
 mod driver;
