@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Everything CI runs, on a fresh machine too: formatting, lints, the example components, and
-# every test (unit, property, and end-to-end tests that start real nodes on 127.0.0.1).
+# every test (unit, property, and end-to-end tests that start real nodes on 127.0.0.1), and a
+# short run of every fuzz target.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +12,7 @@ done
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
+(cd fuzz && cargo fmt -- --check)
 
 echo "== example components (wasm32-wasip1)"
 scripts/build-guests.sh
@@ -23,3 +25,6 @@ cargo clippy --workspace --all-targets --features continuum/fault-injection -- -
 
 echo "== cargo test"
 cargo test --workspace --features continuum/fault-injection
+
+echo "== fuzzing: 10 s of each target (scripts/fuzz.sh SECONDS for longer runs)"
+scripts/fuzz.sh 10

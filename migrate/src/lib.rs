@@ -20,7 +20,7 @@ mod snapshot;
 
 #[cfg(feature = "runtime")]
 mod capture;
-#[cfg(feature = "runtime")]
+#[cfg(feature = "instrument")]
 mod instrument;
 
 pub use delta::{Delta, MemoryDelta, WrittenPages, decode_pages, encode_pages, split_round};
@@ -36,7 +36,7 @@ pub use snapshot::{ComponentMeta, FORMAT_VERSION, MemoryImage, Snapshot, Snapsho
 
 #[cfg(feature = "runtime")]
 pub use capture::{CaptureError, StateHandles, Tracking};
-#[cfg(feature = "runtime")]
+#[cfg(feature = "instrument")]
 pub use instrument::{
     EXPORT_GLOBAL_PREFIX, EXPORT_MEMORY_PREFIX, EXPORT_START, InstrumentError, instrument,
 };
