@@ -152,6 +152,12 @@ pub struct Gossip {
     feds: Federations,
     out: VecDeque<Output>,
     events: VecDeque<Event>,
+    /// Where each name was last found, to check a move against (see [`Gossip::directory`]).
+    believed: HashMap<String, (PeerId, u64)>,
+    /// Claims of a move passed over for want of the previous host's hand-off, and the last
+    /// one passed over for each name (each is counted once).
+    unproven_moves: u64,
+    passed_over: HashMap<String, (PeerId, u64)>,
 }
 
 impl Gossip {
@@ -190,6 +196,9 @@ impl Gossip {
             feds: Federations::default(),
             out: VecDeque::new(),
             events: VecDeque::new(),
+            believed: HashMap::new(),
+            unproven_moves: 0,
+            passed_over: HashMap::new(),
         };
         g.sync_every = g.cfg.sync_min_ms;
         g.publish_advert(now);
@@ -691,28 +700,71 @@ impl Gossip {
 
     /// Every component location known: from this node's own components and from every
     /// advert in the view. Where two hosts claim a name, the higher epoch wins, then the lower
-    /// peer id, so every node picks the same one.
-    pub fn directory(&self) -> BTreeMap<String, Location> {
+    /// peer id, so every node picks the same one; but a move away from where the name was
+    /// found before is believed only with the hand-off that host signed to the new one, for
+    /// the very next epoch, or once that host claims the name no more (it moved on twice
+    /// before this node looked, or it is gone). So a peer claiming a higher epoch cannot divert
+    /// a name from a host that still has it.
+    pub fn directory(&mut self) -> BTreeMap<String, Location> {
         let mine = self.local.components.iter().map(|h| (self.me, h));
         let theirs = self
             .view
             .iter()
             .filter_map(|p| p.advert.as_ref().map(|a| (p.peer, a)))
             .flat_map(|(peer, a)| a.resources.components.iter().map(move |h| (peer, h)));
-        let mut dir: BTreeMap<String, Location> = BTreeMap::new();
+        let mut claims: BTreeMap<String, Vec<Location>> = BTreeMap::new();
         for (host, h) in mine.chain(theirs) {
-            let better = dir.get(&h.name).is_none_or(|cur| {
-                (h.epoch, std::cmp::Reverse(host)) > (cur.epoch, std::cmp::Reverse(cur.host))
-            });
-            if better {
-                dir.insert(h.name.clone(), location(host, h));
-            }
+            claims
+                .entry(h.name.clone())
+                .or_default()
+                .push(location(host, h));
         }
+        let mut dir = BTreeMap::new();
+        for (name, mut all) in claims {
+            all.sort_by_key(|l| std::cmp::Reverse((l.epoch, std::cmp::Reverse(l.host))));
+            let chosen = match self.believed.get(&name) {
+                None => 0,
+                Some(&(host, epoch)) => {
+                    let follows = |l: &Location| {
+                        l.epoch <= epoch
+                            || l.host == host
+                            || l.handoff.as_ref().is_some_and(|h| {
+                                h.verify().is_ok_and(|h| {
+                                    h.from == host
+                                        && h.to == l.host
+                                        && h.name == name
+                                        && h.epoch == l.epoch
+                                        && l.epoch == epoch + 1
+                                })
+                            })
+                    };
+                    let at = all.iter().position(follows).unwrap_or(0);
+                    if let Some(l) = all[..at].first() {
+                        let claim = (l.host, l.epoch);
+                        if self.passed_over.insert(name.clone(), claim) != Some(claim) {
+                            self.unproven_moves += 1;
+                        }
+                    }
+                    at
+                }
+            };
+            dir.insert(name, all.swap_remove(chosen));
+        }
+        self.believed = dir
+            .iter()
+            .map(|(n, l)| (n.clone(), (l.host, l.epoch)))
+            .collect();
+        self.passed_over.retain(|n, _| dir.contains_key(n));
         dir
     }
 
+    /// Claims of a move passed over so far for want of a hand-off (see [`Self::directory`]).
+    pub fn unproven_moves(&self) -> u64 {
+        self.unproven_moves
+    }
+
     /// Where component `name` is.
-    pub fn locate(&self, name: &str) -> Option<Location> {
+    pub fn locate(&mut self, name: &str) -> Option<Location> {
         self.directory().remove(name)
     }
 }

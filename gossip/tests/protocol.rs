@@ -725,3 +725,62 @@ fn fresh_identities_are_refused_past_the_bounds_and_known_peers_heard_on() {
     g.handle_gossip(10_001, &alive(&fresh(5000), 1)).unwrap();
     assert_eq!(g.view().len(), 1);
 }
+
+/// A move away from where a name was found is believed only with the hand-off its host signed
+/// for the next epoch (or once that host claims it no more): a peer claiming a far higher
+/// epoch diverts nothing from a host that still has the name, nor from one it was handed to.
+#[test]
+fn a_claimed_move_is_followed_only_with_the_hand_off_of_the_host_before() {
+    use continuum_gossip::SignedHandoff;
+    let (h1, h2, forger) = (keypair(11), keypair(12), keypair(13));
+    let id = |k: &Keypair| k.public().to_peer_id();
+    let mut g = Gossip::new(0, keypair(10), None, Config::default(), resources("a"), 1);
+    let mut seq = 0;
+    let mut claim = |g: &mut Gossip, by: &Keypair, hosted: Vec<Hosted>| {
+        seq += 1;
+        let advert = Message {
+            seq,
+            body: Body::Advert(ResourceAdvert {
+                peer: id(by).to_bytes(),
+                ttl_ms: 60_000,
+                resources: Resources {
+                    components: hosted,
+                    ..resources("a")
+                },
+            }),
+        };
+        g.handle_gossip(seq, &seal(by, None, &advert)).unwrap();
+    };
+    let hosted = |epoch: u64, handoff: Option<SignedHandoff>| Hosted {
+        name: "counter".into(),
+        epoch,
+        digest: [1; 32],
+        handoff,
+    };
+    let host = |g: &mut Gossip| {
+        let l = g.locate("counter").expect("located");
+        (l.host, l.epoch)
+    };
+    claim(&mut g, &h1, vec![hosted(3, None)]);
+    assert_eq!(host(&mut g), (id(&h1), 3));
+    // A forger's higher epoch, with a hand-off of its own making: h1 still has it.
+    let own = SignedHandoff::sign(&forger, "counter", 99, id(&forger));
+    claim(&mut g, &forger, vec![hosted(99, Some(own))]);
+    assert_eq!(host(&mut g), (id(&h1), 3));
+    assert_eq!(
+        g.unproven_moves(),
+        1,
+        "counted once, however often looked up"
+    );
+    // h1 hands it to h2 for epoch 4: believed at once, while h1's old advert still claims it.
+    let signed = SignedHandoff::sign(&h1, "counter", 4, id(&h2));
+    claim(&mut g, &h2, vec![hosted(4, Some(signed))]);
+    assert_eq!(host(&mut g), (id(&h2), 4));
+    // h1 lets go; the forger still claims 99, unproven: h2 keeps it.
+    claim(&mut g, &h1, vec![]);
+    assert_eq!(host(&mut g), (id(&h2), 4));
+    // Once h2 claims it no more either (gone, or moved on unseen), the best claim is all
+    // there is.
+    claim(&mut g, &h2, vec![]);
+    assert_eq!(host(&mut g), (id(&forger), 99));
+}

@@ -181,6 +181,8 @@ pub struct Driver {
     gate: Option<super::auth::Gate>,
     auth: libp2p_stream::Control,
     verdicts: mpsc::Receiver<(PeerId, bool)>,
+    /// Claims of a move the directory passed over, as counted so far.
+    unproven_seen: u64,
 }
 
 impl Driver {
@@ -246,6 +248,7 @@ impl Driver {
             gate: cfg_key_gate,
             auth,
             verdicts,
+            unproven_seen: 0,
         })
     }
 
@@ -717,10 +720,15 @@ impl Driver {
             })
             .collect();
         self.metrics.mesh_peers.set(peers.len() as i64);
+        let directory = self.gossip.directory();
+        for _ in self.unproven_seen..self.gossip.unproven_moves() {
+            self.metrics.mesh_reject("unproven_move");
+        }
+        self.unproven_seen = self.gossip.unproven_moves();
         let snap = Snapshot {
             peers,
             federations,
-            directory: self.gossip.directory(),
+            directory,
             listen: self.listen.iter().map(|a| a.to_string()).collect(),
         };
         *self.snapshot.write().unwrap() = Arc::new(snap);
