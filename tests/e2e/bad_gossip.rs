@@ -141,3 +141,110 @@ async fn bad_gossip_is_dropped_counted_and_survived() {
         200
     );
 }
+
+/// Lies a raw peer tells in syncs (the node's direct messages): another peer's advert passed off
+/// as its own, a dead peer's advert relayed as heard long ago, its own advert claiming to live
+/// for ever, and thousands of fresh identities. The node believes a peer alive only on that
+/// peer's own word, holds every expiry to its own bounds, keeps its view bounded, counts the
+/// refusals, and serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lies_in_syncs_keep_no_one_alive_and_fill_nothing() {
+    use crate::lane::until_counted;
+    use crate::stranger::Stranger;
+    use continuum::mesh::rpc::{Reply, Request};
+    use continuum_gossip::SyncEntry;
+    let node = TestNode::start(&["--advert-expiry", "1s"]);
+    node.ok(&["deploy", &guest("counter")]);
+    let mut s = Stranger::connect(&node).await;
+    let id = s.id.clone();
+    let me = id.public().to_peer_id();
+    let sealed = |by: &Keypair, seq: u64, body: Body| seal(by, None, &Message { seq, body });
+    let advert = |by: &Keypair, seq: u64, ttl_ms: u64| {
+        sealed(
+            by,
+            seq,
+            Body::Advert(ResourceAdvert {
+                peer: by.public().to_peer_id().to_bytes(),
+                ttl_ms,
+                resources: Resources::default(),
+            }),
+        )
+    };
+    let dead = Keypair::generate_ed25519();
+    let dead_id = dead.public().to_peer_id().to_string();
+
+    // Another's advert as its own: refused.
+    let forged = Body::SyncRequest {
+        mine: advert(&dead, 1, 60_000),
+        known: vec![],
+    };
+    let reply = s.ask(&Request::Sync(sealed(&id, 1, forged))).await;
+    assert!(matches!(reply, Reply::Synced), "{reply:?}");
+    until_counted(&node, "wrong_peer", 1).await;
+    // A dead peer relayed as heard a minute ago: never alive here.
+    let stale = Body::SyncReply {
+        entries: vec![SyncEntry {
+            frame: advert(&dead, 1, 60_000),
+            heard_ago_ms: 60_000,
+        }],
+    };
+    s.ask(&Request::Sync(sealed(&id, 2, stale))).await;
+    // Its own advert, to live for ever.
+    let forever = Body::SyncRequest {
+        mine: advert(&id, 3, u64::MAX),
+        known: vec![],
+    };
+    s.ask(&Request::Sync(sealed(&id, 4, forever))).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !node.peers().await.contains(&me.to_string()) {
+        assert!(
+            Instant::now() < deadline,
+            "the stranger's own advert was not taken"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !node.peers().await.contains(&dead_id),
+        "a stale relay made a dead peer alive"
+    );
+    // 17,000 fresh identities, relayed as heard just now: the view takes 16,384 at most.
+    let fresh: Vec<Vec<u8>> = (0..17_000)
+        .map(|_| advert(&Keypair::generate_ed25519(), 1, 60_000))
+        .collect();
+    for (i, chunk) in fresh.chunks(4_000).enumerate() {
+        let entries = chunk
+            .iter()
+            .map(|frame| SyncEntry {
+                frame: frame.clone(),
+                heard_ago_ms: 0,
+            })
+            .collect();
+        s.ask(&Request::Sync(sealed(
+            &id,
+            5 + i as u64,
+            Body::SyncReply { entries },
+        )))
+        .await;
+    }
+    until_counted(&node, "view_full", 1).await;
+    let seen = node.peers().await.len();
+    assert!(
+        (16_000..=16_384).contains(&seen),
+        "{seen} peers in the view"
+    );
+    assert_eq!(
+        node.h1(Method::POST, "/c/counter/incr", b"").await.status,
+        200
+    );
+    // Silence: every one of them, the stranger with its endless advert too, expires within four
+    // times the node's own time to live (1 s).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !node.peers().await.is_empty() {
+        assert!(Instant::now() < deadline, "lies kept peers alive");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        node.h1(Method::GET, "/c/counter/count", b"").await.text(),
+        "1"
+    );
+}
