@@ -113,6 +113,9 @@ pub enum Event {
     PeerUp(PeerId),
     PeerDown(PeerId),
     Federation(FederationEvent),
+    /// One of several entries of a sync refused, past the first (which the call returns):
+    /// so that each refusal is counted.
+    Refused(Reject),
 }
 
 /// Where a component is, according to its host's advert.
@@ -524,7 +527,10 @@ impl Gossip {
                 let mut first_error = None;
                 for entry in entries {
                     if let Err(e) = self.relayed(now, entry, None) {
-                        first_error.get_or_insert(e);
+                        match first_error {
+                            None => first_error = Some(e),
+                            Some(_) => self.events.push_back(Event::Refused(e)),
+                        }
                     }
                 }
                 first_error.map_or(Ok(()), Err)

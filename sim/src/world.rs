@@ -211,7 +211,7 @@ impl World {
             match e {
                 Event::PeerUp(_) => self.counters.peer_up += 1,
                 Event::PeerDown(_) => self.counters.peer_down += 1,
-                Event::Federation(_) => {}
+                Event::Federation(_) | Event::Refused(_) => {}
             }
         }
         let next = g.poll_timeout();

@@ -226,7 +226,8 @@ async fn lies_in_syncs_keep_no_one_alive_and_fill_nothing() {
         )))
         .await;
     }
-    until_counted(&node, "view_full", 1).await;
+    // Each refused identity is counted.
+    until_counted(&node, "view_full", 17_000 - 16_384).await;
     let seen = node.peers().await.len();
     assert!(
         (16_000..=16_384).contains(&seen),

@@ -628,6 +628,7 @@ impl Driver {
         while let Some(event) = self.gossip.poll_event() {
             changed = true;
             match event {
+                Event::Refused(e) => self.reject(&e),
                 Event::PeerUp(peer) => {
                     tracing::info!(%peer, "peer joined the view");
                     self.learn_addresses(peer);
