@@ -316,6 +316,7 @@ impl Components {
         let _op = self.ops.lock().await;
         if self.get(name).is_none() {
             let _ = std::fs::remove_file(self.dir.snapshot(name));
+            let _ = std::fs::remove_file(self.dir.handoff(name));
             self.sweep_modules();
         }
     }
@@ -582,6 +583,7 @@ impl Components {
         self.metrics.components.set(self.len() as i64);
         handle.stop(false).await;
         let _ = std::fs::remove_file(self.dir.snapshot(name));
+        let _ = std::fs::remove_file(self.dir.handoff(name));
         self.sweep_modules();
         tracing::info!(component = name, "removed");
         Ok(())
@@ -683,12 +685,49 @@ impl Components {
                 Err(e) => Err(ApiError::Internal(e.to_string())),
             };
             match result {
-                Ok(()) => restored += 1,
+                Ok(()) => {
+                    restored += 1;
+                    self.recall_handoff(&name);
+                }
                 Err(e) => tracing::error!("could not bring back {}: {e}", path.display()),
             }
         }
         self.sweep_modules();
         restored
+    }
+
+    /// Keep the hand-off that brought `h` here with its state, so that after a restart the
+    /// node still proves where the component came from (and the host before, should it come
+    /// back with an old copy, learns that its copy is stale).
+    pub fn keep_handoff(&self, h: &ComponentHandle) {
+        let Some(handoff) = h.handoff.get() else {
+            return;
+        };
+        if let Err(e) = write_atomic(&self.dir.handoff(&h.name), &handoff.to_bytes()) {
+            tracing::warn!(component = %h.name, "could not keep its hand-off: {e:#}");
+        }
+    }
+
+    /// The kept hand-off of a component brought back from disk, if it is for this node and the
+    /// epoch the component is at (an older one is of a stay before).
+    fn recall_handoff(&self, name: &str) {
+        let (Some(h), Ok(bytes)) = (self.get(name), std::fs::read(self.dir.handoff(name))) else {
+            return;
+        };
+        let epoch = h.stats.epoch.load(Ordering::Relaxed);
+        match continuum_gossip::SignedHandoff::from_bytes(&bytes) {
+            Ok(signed)
+                if signed
+                    .verify()
+                    .is_ok_and(|f| f.to == self.me && f.name == name && f.epoch == epoch) =>
+            {
+                let _ = h.handoff.set(signed);
+            }
+            _ => tracing::info!(
+                component = name,
+                "its kept hand-off is not for this stay: ignored"
+            ),
+        }
     }
 
     /// Delete the stored modules that no component here runs and no saved state names (of a

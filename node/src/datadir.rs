@@ -8,6 +8,7 @@
 //! DATA_DIR/modules/HEX.wasm    original module bytes, by blake3 digest
 //! DATA_DIR/modules/HEX.cwasm   the same module compiled for this host (a cache)
 //! DATA_DIR/components/NAME.snap  the latest checkpoint of each component
+//! DATA_DIR/components/NAME.handoff  the hand-off that brought it here, if it migrated here
 //! DATA_DIR/node.json           written when the node is ready, removed when it stops
 //! ```
 
@@ -71,6 +72,10 @@ impl DataDir {
     }
     pub fn snapshot(&self, name: &str) -> PathBuf {
         self.components().join(format!("{name}.snap"))
+    }
+    /// The hand-off that brought component `name` here, as its previous host signed it.
+    pub fn handoff(&self, name: &str) -> PathBuf {
+        self.components().join(format!("{name}.handoff"))
     }
 
     /// The admin token, made on first use.

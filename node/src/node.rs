@@ -352,7 +352,11 @@ async fn run_node(config: NodeConfig, dir: DataDir, key: libp2p::identity::Keypa
     }
     udp.close(quinn::VarInt::from_u32(0x100), b"node stopping");
     dir.remove_node_json();
-    if !node.components.stop_all().await {
+    let stopped = node.components.stop_all().await;
+    // Peers hear of it now rather than when their connections time out: one that comes back
+    // under the same identity then finds no stale connection in its way.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), node.mesh.close_all()).await;
+    if !stopped {
         anyhow::bail!(
             "stopped, but the last checkpoint of some components was not written (see above): their state since the last written one is lost"
         );

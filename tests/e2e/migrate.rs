@@ -689,3 +689,50 @@ async fn a_long_freeze_holds_queue_depth_requests_and_refuses_the_rest_at_once()
     let r = a.h1(Method::GET, "/c/counter/count", b"").await;
     assert_eq!((r.text(), host_of(&r)), ("1".to_string(), to));
 }
+
+/// The hand-off that brought a component to a node is kept with its state: after the new host
+/// restarts it still proves the move, so an old copy that comes back at the source (restored
+/// from a backup, say) is known to be stale there and goes, rather than serving beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_off_survives_a_restart_and_an_old_copy_at_the_source_goes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bdir = tmp.path().join("b");
+    let a = TestNode::start(&keyed(&[]));
+    let join = a.p2p();
+    let b_args = keyed(&["--join", &join]);
+    let mut b = TestNode::start_in(&bdir, &b_args);
+    until_full_views(&[&a, &b], Duration::from_secs(30)).await;
+    a.ok(&["deploy", &guest("counter"), "--name", "counter"]);
+    for _ in 0..3 {
+        assert_eq!(a.h1(Method::POST, "/c/counter/incr", b"").await.status, 200);
+    }
+    let backup = tmp.path().join("before.ckpt");
+    a.ok(&["checkpoint", "counter", "-o", backup.to_str().unwrap()]);
+    migrate(&a, "counter", &b, &[]);
+    assert!(bdir.join("components/counter.handoff").exists());
+    assert!(b.sigterm().success());
+    let b = TestNode::start_in(&bdir, &b_args);
+    until_full_views(&[&a, &b], Duration::from_secs(30)).await;
+    let r = a.h1(Method::POST, "/c/counter/incr", b"").await;
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), b.log());
+    a.ok(&["restore", backup.to_str().unwrap(), "--name", "counter"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while a
+        .metric("continuum_rejected_total{reason=\"stale_copy\"}")
+        .await
+        == 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the old copy stayed at the source:\n{}",
+            a.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!a.dir.join("components/counter.snap").exists());
+    let r = a.h1(Method::GET, "/c/counter/count", b"").await;
+    assert_eq!(
+        (r.text(), host_of(&r)),
+        ("4".to_string(), b.peer_id().to_string())
+    );
+}

@@ -120,26 +120,31 @@ impl Gate {
     }
 }
 
-/// Send this node's proof to `peer`.
+/// Send this node's proof to `peer`, on each new connection. A stream goes on any connection
+/// to the peer, and one of them may be dead without either side knowing yet (a peer that
+/// restarted comes back on a new connection while the old one times out): so a few tries,
+/// each short, within the peer's bound.
 pub async fn send_proof(
     mut control: libp2p_stream::Control,
     key: SwarmKey,
     me: PeerId,
     peer: PeerId,
 ) {
-    let sent = async {
-        let mut s = control
-            .open_stream(peer, PROTOCOL)
-            .await
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
-        s.write_all(&proof(&key, &me, &peer)).await?;
-        s.close().await
-    };
-    if let Err(e) = tokio::time::timeout(WITHIN, sent)
-        .await
-        .unwrap_or_else(|_| Err(std::io::Error::other("timed out")))
-    {
-        tracing::debug!(%peer, "could not send the key proof: {e}");
+    const TRIES: u32 = 4;
+    for attempt in 1..=TRIES {
+        let sent = async {
+            let mut s = control
+                .open_stream(peer, PROTOCOL)
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            s.write_all(&proof(&key, &me, &peer)).await?;
+            s.close().await
+        };
+        match tokio::time::timeout(WITHIN / (TRIES + 1), sent).await {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => tracing::debug!(%peer, attempt, "could not send the key proof: {e}"),
+            Err(_) => tracing::debug!(%peer, attempt, "the key proof timed out"),
+        }
     }
 }
 

@@ -183,6 +183,8 @@ pub struct Driver {
     verdicts: mpsc::Receiver<(PeerId, bool)>,
     /// Claims of a move the directory passed over, as counted so far.
     unproven_seen: u64,
+    /// The node is stopping: answered once no connection is left.
+    closing: Option<oneshot::Sender<()>>,
 }
 
 impl Driver {
@@ -249,6 +251,7 @@ impl Driver {
             auth,
             verdicts,
             unproven_seen: 0,
+            closing: None,
         })
     }
 
@@ -313,6 +316,9 @@ impl Driver {
                 }
             }
             self.flush();
+            if self.closing.is_some() && self.swarm.connected_peers().next().is_none() {
+                let _ = self.closing.take().map(|done| done.send(()));
+            }
         }
     }
 
@@ -427,29 +433,26 @@ impl Driver {
                 peer_id,
                 num_established,
                 ..
-            } if num_established.get() == 1 => {
+            } => {
                 if let Some(gate) = self.gate.as_mut() {
-                    match gate.connected(Instant::now(), peer_id) {
-                        super::auth::Admit::Refuse => {
-                            self.metrics.mesh_reject("peer_kept_away");
-                            let _ = self.swarm.disconnect_peer_id(peer_id);
-                            return;
-                        }
-                        admit => {
-                            let key = self.key.clone().expect("a gate only with a key");
-                            let me = self.gossip.me();
-                            tokio::spawn(super::auth::send_proof(
-                                self.auth.clone(),
-                                key,
-                                me,
-                                peer_id,
-                            ));
-                            if admit == super::auth::Admit::Wait {
-                                // Exchanges begin once it proves the key (see `on_proof`).
-                                return;
-                            }
-                        }
+                    let admit = gate.connected(Instant::now(), peer_id);
+                    if admit == super::auth::Admit::Refuse {
+                        self.metrics.mesh_reject("peer_kept_away");
+                        let _ = self.swarm.disconnect_peer_id(peer_id);
+                        return;
                     }
+                    // On every connection: the peer may be new on it (it restarted, and its
+                    // old connection here has not timed out yet).
+                    let key = self.key.clone().expect("a gate only with a key");
+                    let me = self.gossip.me();
+                    tokio::spawn(super::auth::send_proof(self.auth.clone(), key, me, peer_id));
+                    if admit == super::auth::Admit::Wait {
+                        // Exchanges begin once it proves the key (see `on_proof`).
+                        return;
+                    }
+                }
+                if num_established.get() > 1 {
+                    return;
                 }
                 self.gossip.handle_connected(now, peer_id);
                 if self.cfg.join.iter().any(|a| {
@@ -586,6 +589,13 @@ impl Driver {
             } => self.send(peer, envelope, Pending::Call(reply)),
             Command::Disconnect(peer) => {
                 let _ = self.swarm.disconnect_peer_id(peer);
+            }
+            Command::CloseAll(done) => {
+                let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+                for peer in peers {
+                    let _ = self.swarm.disconnect_peer_id(peer);
+                }
+                self.closing = Some(done);
             }
             Command::Federate(op, reply) => {
                 let result = match op {

@@ -147,6 +147,8 @@ pub(crate) enum Command {
     },
     /// Close every connection to a peer (fault injection for the tests).
     Disconnect(PeerId),
+    /// Close every connection (the node is stopping); answered once they are closed.
+    CloseAll(oneshot::Sender<()>),
     Federate(FederationOp, oneshot::Sender<Result<(), String>>),
     Respond {
         channel: libp2p::request_response::ResponseChannel<rpc::Envelope>,
@@ -503,6 +505,14 @@ impl Mesh {
     /// Close every connection to `peer` at once, as a cut cable would.
     pub fn disconnect(&self, peer: PeerId) {
         let _ = self.cmd.try_send(Command::Disconnect(peer));
+    }
+
+    /// Close every connection, and wait (briefly) until they are closed.
+    pub async fn close_all(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.cmd.send(Command::CloseAll(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
     }
 
     /// Tell the mesh which components this node hosts now.

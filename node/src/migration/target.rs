@@ -431,6 +431,7 @@ async fn become_host(node: &Node, handle: Option<Arc<ComponentHandle>>, epoch: u
     if let Err(e) = node.components.save(&h.name, "migration").await {
         tracing::error!(component = %h.name, "first checkpoint after the migration failed: {e}");
     }
+    node.components.keep_handoff(&h);
 }
 
 /// The target's timers: a source gone quiet before Ready means discard; Ready without a
