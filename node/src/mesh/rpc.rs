@@ -11,6 +11,26 @@ use continuum_migrate::{MigrationId, Outcome, ToSource, ToTarget};
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        /// Whatever bytes a peer sends as an envelope, a call-lane frame or a request body,
+        /// they are opened or refused, never a panic (cargo-fuzz covers the libraries; this
+        /// covers the node's own decoders on the stable toolchain).
+        #[test]
+        fn any_bytes_from_a_peer_are_opened_or_refused(
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..512),
+            tagged in proptest::bool::ANY,
+        ) {
+            let key = SwarmKey::new([5; 32]);
+            let mac = tagged.then(|| key.tag(&[DOMAIN, &body]));
+            let env = Envelope::from_parts(body.clone(), mac);
+            let _ = open::<Request>(Some(&key), &env);
+            let _ = open::<Reply>(Some(&key), &env);
+            let _ = open::<Request>(None, &Envelope::from_parts(body.clone(), None));
+            let mut framed = &body[..];
+            let _ = futures::executor::block_on(super::super::lane::read_frame(&mut framed, 1 << 20));
+        }
+    }
+
     #[test]
     fn syncs_are_told_by_their_first_bytes() {
         assert!(is_sync(&seal(None, &Request::Sync(vec![1, 2, 3]))));
