@@ -18,6 +18,7 @@ pub mod mesh;
 pub mod metrics;
 pub mod migration;
 pub mod node;
+pub mod peer;
 pub mod runtime;
 pub mod tls;
 

@@ -1,16 +1,16 @@
 //! A raw libp2p peer (not a continuum node) that speaks the node's peer protocols, for the
-//! tests that play a hostile peer: rpc on request-response, and raw call-lane streams.
+//! tests that play a hostile peer: requests on each request-response protocol (written on raw
+//! streams, as the request-response codec frames them: one CBOR envelope each way, then the
+//! end of the stream), and raw call-lane streams.
 
 use crate::support::TestNode;
 use continuum::mesh::lane;
-use continuum::mesh::rpc::{self, Envelope, Reply, Request};
-use futures::{AsyncWriteExt, StreamExt};
-use libp2p::request_response::{self, Event, Message, ProtocolSupport};
+use continuum::mesh::rpc::{self, Envelope, Protocol, Reply, Request};
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use std::time::{Duration, Instant};
 
 #[derive(libp2p::swarm::NetworkBehaviour)]
 pub struct Behaviour {
-    rpc: request_response::cbor::Behaviour<Envelope, Envelope>,
     lanes: libp2p_stream::Behaviour,
 }
 
@@ -30,13 +30,6 @@ impl Stranger {
             .with_tokio()
             .with_quic()
             .with_behaviour(|_| Behaviour {
-                rpc: request_response::cbor::Behaviour::new(
-                    [(
-                        libp2p::StreamProtocol::new(rpc::PROTOCOL),
-                        ProtocolSupport::Full,
-                    )],
-                    request_response::Config::default(),
-                ),
                 lanes: libp2p_stream::Behaviour::new(),
             })
             .unwrap()
@@ -78,31 +71,34 @@ impl Stranger {
         }
     }
 
-    /// Send one rpc request on request-response; the node's reply.
+    /// Send one rpc request on its protocol; the node's reply.
     pub async fn ask(&mut self, req: &Request) -> Reply {
-        let id = self
-            .swarm
-            .behaviour_mut()
-            .rpc
-            .send_request(&self.node, rpc::seal(self.key.as_ref(), req));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let e = tokio::time::timeout_at(deadline.into(), self.swarm.select_next_some())
-                .await
-                .expect("no reply from the node");
-            if let libp2p::swarm::SwarmEvent::Behaviour(BehaviourEvent::Rpc(Event::Message {
-                message:
-                    Message::Response {
-                        request_id,
-                        response,
-                    },
-                ..
-            })) = e
-                && request_id == id
-            {
-                return rpc::open(self.key.as_ref(), &response).unwrap();
-            }
-        }
+        self.ask_on(Protocol::of(req), req).await
+    }
+
+    /// Send one rpc request on `protocol` (its own or another); the node's reply.
+    pub async fn ask_on(&mut self, protocol: Protocol, req: &Request) -> Reply {
+        let env = rpc::seal(self.key.as_ref(), req);
+        let reply = self.exchange(protocol, &env).await;
+        rpc::open(self.key.as_ref(), &reply).unwrap()
+    }
+
+    /// Write one envelope on a new stream of `protocol` and read the envelope that answers it.
+    pub async fn exchange(&mut self, protocol: Protocol, env: &Envelope) -> Envelope {
+        let mut bytes = Vec::new();
+        ciborium::into_writer(env, &mut bytes).unwrap();
+        let mut stream = self
+            .stream(libp2p::StreamProtocol::new(protocol.name()))
+            .await;
+        self.send(&mut stream, &bytes).await;
+        let mut reply = Vec::new();
+        self.drive(async {
+            stream.close().await?;
+            stream.read_to_end(&mut reply).await
+        })
+        .await
+        .expect("no reply from the node");
+        ciborium::from_reader(reply.as_slice()).expect("the reply is an envelope")
     }
 
     /// Prove it holds the swarm key (`key`), as a node does on connecting to a closed swarm.

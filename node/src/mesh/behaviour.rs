@@ -12,9 +12,31 @@ pub struct Behaviour {
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     pub gossipsub: gossipsub::Behaviour,
-    pub rpc: request_response::Behaviour<super::codec::Codec>,
+    /// The request-response protocols, one behaviour each (see `rpc::Protocol`).
+    pub sync: request_response::Behaviour<super::codec::Codec>,
+    pub forward: request_response::Behaviour<super::codec::Codec>,
+    pub deploy: request_response::Behaviour<super::codec::Codec>,
+    pub migrate: request_response::Behaviour<super::codec::Codec>,
+    pub control: request_response::Behaviour<super::codec::Codec>,
     /// The call lane's streams (see `lane`).
     pub lanes: libp2p_stream::Behaviour,
     /// Round-trip times to connected peers, for the placement policies.
     pub ping: ping::Behaviour,
+}
+
+impl Behaviour {
+    /// The behaviour that speaks `p`.
+    pub fn rpc(
+        &mut self,
+        p: super::rpc::Protocol,
+    ) -> &mut request_response::Behaviour<super::codec::Codec> {
+        use super::rpc::Protocol;
+        match p {
+            Protocol::Sync => &mut self.sync,
+            Protocol::Forward => &mut self.forward,
+            Protocol::Deploy => &mut self.deploy,
+            Protocol::Migrate => &mut self.migrate,
+            Protocol::Control => &mut self.control,
+        }
+    }
 }

@@ -1,4 +1,5 @@
-//! The rpc protocol's codec: CBOR envelopes, read against one byte budget for the whole node.
+//! The codec of the request-response protocols: CBOR envelopes, each protocol with its own size
+//! limit, read against one byte budget for the whole node.
 //!
 //! A size limit per message is not enough: a peer (or many fresh identities) may open dozens of
 //! streams and send a large message on each, so what a node buffers is the limit times the
@@ -7,7 +8,7 @@
 //! stream is refused before more is read, and counted. So is a stream that stops sending
 //! halfway (it would hold its share for as long as the request timeout otherwise).
 
-use super::rpc::{Envelope, MAX_MESSAGE};
+use super::rpc::Envelope;
 use crate::metrics::Metrics;
 use futures::prelude::*;
 use libp2p::StreamProtocol;
@@ -91,11 +92,12 @@ pub struct Codec {
 }
 
 impl Codec {
-    pub fn new(budget: Arc<Budget>, metrics: Arc<Metrics>) -> Codec {
+    /// `max`: the protocol's message size limit.
+    pub fn new(budget: Arc<Budget>, metrics: Arc<Metrics>, max: usize) -> Codec {
         Codec {
             budget,
             metrics,
-            max: MAX_MESSAGE,
+            max,
         }
     }
 
@@ -130,14 +132,14 @@ impl Codec {
             };
             let n = n?;
             buf.truncate(at + n);
+            // Charge what is kept, not the chunk's room: a peer that sends in small pieces
+            // must not hold many times what it sent.
+            charge.bytes -= CHUNK - n;
+            self.budget.give_back(CHUNK - n);
             if n == 0 {
                 break;
             }
         }
-        // Charge what is kept, not the last chunk's room.
-        let unused = charge.bytes - buf.len();
-        charge.bytes -= unused;
-        self.budget.give_back(unused);
         let mut env: Envelope = ciborium::from_reader(buf.as_slice()).map_err(|e| {
             self.metrics.mesh_reject("rpc_malformed");
             io::Error::new(io::ErrorKind::InvalidData, e.to_string())
@@ -201,11 +203,7 @@ mod tests {
     fn codec(cap: usize, max: usize) -> (Codec, Arc<Budget>, Arc<Metrics>) {
         let metrics = Arc::new(Metrics::default());
         let budget = Budget::new(cap, metrics.peer_bytes.clone());
-        let c = Codec {
-            budget: budget.clone(),
-            metrics: metrics.clone(),
-            max,
-        };
+        let c = Codec::new(budget.clone(), metrics.clone(), max);
         (c, budget, metrics)
     }
 

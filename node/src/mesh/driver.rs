@@ -3,7 +3,7 @@
 //! tokio layer drives quinn-proto.
 
 use super::behaviour::{Behaviour, BehaviourEvent};
-use super::rpc::{self, Envelope, Reply, Request};
+use super::rpc::{self, Envelope, Protocol, Reply, Request};
 use super::{Command, FederationOp, FederationStatus, MeshConfig, MeshError, PeerStatus, Snapshot};
 use crate::metrics::Metrics;
 use anyhow::Result;
@@ -33,13 +33,14 @@ const DIRECT_PEERS: usize = 8;
 /// migration's rounds of pages do not hold up the swarm's event loop.
 pub struct Inbound {
     pub from: PeerId,
+    /// The protocol it came on: the request must be of its kind.
+    pub protocol: Protocol,
     pub envelope: Envelope,
     pub channel: ResponseChannel<Envelope>,
 }
 
-/// Request-response streams open at once on one connection (both ways); what they carry is
-/// bounded by the codec's byte budget.
-const MAX_RPC_STREAMS: usize = 128;
+/// Longest a sync may take: a small message, answered by the driver at once.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Connections to one peer at once: QUIC and TCP may both be up for a while, and two peers
 /// dialling each other at once make two.
@@ -95,17 +96,24 @@ pub fn build_swarm(
                     kad::Config::new(StreamProtocol::new("/continuum/kad/1")),
                 );
                 kad.set_mode(Some(kad::Mode::Server));
-                let codec = super::codec::Codec::new(
-                    super::codec::Budget::new(peer_budget, metrics.peer_bytes.clone()),
-                    metrics.clone(),
-                );
-                let rpc = request_response::Behaviour::with_codec(
-                    codec,
-                    [(StreamProtocol::new(rpc::PROTOCOL), ProtocolSupport::Full)],
-                    request_response::Config::default()
-                        .with_request_timeout(request_timeout)
-                        .with_max_concurrent_streams(MAX_RPC_STREAMS),
-                );
+                // One budget for what every protocol reads from peers; a size limit, a
+                // timeout and a stream cap per protocol.
+                let budget = super::codec::Budget::new(peer_budget, metrics.peer_bytes.clone());
+                let rpc = |p: Protocol| {
+                    let codec =
+                        super::codec::Codec::new(budget.clone(), metrics.clone(), p.max_message());
+                    let timeout = match p {
+                        Protocol::Sync => SYNC_TIMEOUT.min(request_timeout),
+                        _ => request_timeout,
+                    };
+                    request_response::Behaviour::with_codec(
+                        codec,
+                        [(StreamProtocol::new(p.name()), ProtocolSupport::Full)],
+                        request_response::Config::default()
+                            .with_request_timeout(timeout)
+                            .with_max_concurrent_streams(p.max_streams()),
+                    )
+                };
                 Ok(Behaviour {
                     limits: connection_limits::Behaviour::new(
                         connection_limits::ConnectionLimits::default()
@@ -122,7 +130,11 @@ pub fn build_swarm(
                         None.into()
                     },
                     gossipsub,
-                    rpc,
+                    sync: rpc(Protocol::Sync),
+                    forward: rpc(Protocol::Forward),
+                    deploy: rpc(Protocol::Deploy),
+                    migrate: rpc(Protocol::Migrate),
+                    control: rpc(Protocol::Control),
                     lanes: libp2p_stream::Behaviour::new(),
                     ping: ping::Behaviour::new(
                         ping::Config::new().with_interval(Duration::from_secs(10)),
@@ -168,7 +180,8 @@ pub struct Driver {
     /// the host's load average.
     load: Option<f32>,
     listen: Vec<Multiaddr>,
-    pending: HashMap<OutboundRequestId, (PeerId, Pending)>,
+    /// Requests sent and not yet answered (ids are per protocol).
+    pending: HashMap<(Protocol, OutboundRequestId), (PeerId, Pending)>,
     metrics: Arc<Metrics>,
     snapshot: Arc<RwLock<Arc<Snapshot>>>,
     inbound: mpsc::Sender<Inbound>,
@@ -371,35 +384,11 @@ impl Driver {
                     .gossipsub
                     .report_message_validation_result(&message_id, &propagation_source, verdict);
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Rpc(request_response::Event::Message {
-                peer,
-                message,
-                ..
-            })) => match message {
-                request_response::Message::Request {
-                    request, channel, ..
-                } => self.on_request(peer, request, channel),
-                request_response::Message::Response {
-                    request_id,
-                    response,
-                } => self.on_response(request_id, response),
-            },
-            SwarmEvent::Behaviour(BehaviourEvent::Rpc(
-                request_response::Event::OutboundFailure {
-                    request_id,
-                    error,
-                    peer,
-                    ..
-                },
-            )) => {
-                let why = error.to_string();
-                match self.pending.remove(&request_id) {
-                    Some((_, Pending::Call(tx))) => {
-                        let _ = tx.send(Err(MeshError::Unreachable(peer.to_string(), why)));
-                    }
-                    _ => tracing::debug!(%peer, "sync failed: {why}"),
-                }
-            }
+            SwarmEvent::Behaviour(BehaviourEvent::Sync(e)) => self.on_rpc(Protocol::Sync, e),
+            SwarmEvent::Behaviour(BehaviourEvent::Forward(e)) => self.on_rpc(Protocol::Forward, e),
+            SwarmEvent::Behaviour(BehaviourEvent::Deploy(e)) => self.on_rpc(Protocol::Deploy, e),
+            SwarmEvent::Behaviour(BehaviourEvent::Migrate(e)) => self.on_rpc(Protocol::Migrate, e),
+            SwarmEvent::Behaviour(BehaviourEvent::Control(e)) => self.on_rpc(Protocol::Control, e),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
                 info,
@@ -491,11 +480,48 @@ impl Driver {
         }
     }
 
-    fn on_request(&mut self, from: PeerId, env: Envelope, channel: ResponseChannel<Envelope>) {
-        if !rpc::is_sync(&env) {
+    /// What one of the request-response protocols reports.
+    fn on_rpc(&mut self, protocol: Protocol, event: request_response::Event<Envelope, Envelope>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => self.on_request(protocol, peer, request, channel),
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => self.on_response(protocol, request_id, response),
+            },
+            request_response::Event::OutboundFailure {
+                request_id,
+                error,
+                peer,
+                ..
+            } => {
+                let why = error.to_string();
+                match self.pending.remove(&(protocol, request_id)) {
+                    Some((_, Pending::Call(tx))) => {
+                        let _ = tx.send(Err(MeshError::Unreachable(peer.to_string(), why)));
+                    }
+                    _ => tracing::debug!(%peer, "sync failed: {why}"),
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_request(
+        &mut self,
+        protocol: Protocol,
+        from: PeerId,
+        env: Envelope,
+        channel: ResponseChannel<Envelope>,
+    ) {
+        if protocol != Protocol::Sync {
             if let Err(mpsc::error::TrySendError::Full(i) | mpsc::error::TrySendError::Closed(i)) =
                 self.inbound.try_send(Inbound {
                     from,
+                    protocol,
                     envelope: env,
                     channel,
                 })
@@ -507,7 +533,7 @@ impl Driver {
                 let _ = self
                     .swarm
                     .behaviour_mut()
-                    .rpc
+                    .rpc(protocol)
                     .send_response(i.channel, rpc::seal(self.key.as_ref(), &reply));
             }
             return;
@@ -522,10 +548,16 @@ impl Driver {
                 }
                 Reply::Synced
             }
-            Ok(_) => Reply::Refused {
-                status: 400,
-                message: "malformed sync".into(),
-            },
+            Ok(other) => {
+                self.metrics.mesh_reject("wrong_protocol");
+                Reply::Refused {
+                    status: 400,
+                    message: format!(
+                        "a request for {} does not belong on {protocol}",
+                        Protocol::of(&other)
+                    ),
+                }
+            }
             Err(e) => {
                 self.reject(&e);
                 Reply::Refused {
@@ -537,12 +569,12 @@ impl Driver {
         let _ = self
             .swarm
             .behaviour_mut()
-            .rpc
+            .sync
             .send_response(channel, rpc::seal(self.key.as_ref(), &reply));
     }
 
-    fn on_response(&mut self, id: OutboundRequestId, env: Envelope) {
-        let Some((_, pending)) = self.pending.remove(&id) else {
+    fn on_response(&mut self, protocol: Protocol, id: OutboundRequestId, env: Envelope) {
+        let Some((_, pending)) = self.pending.remove(&(protocol, id)) else {
             return;
         };
         if let Pending::Call(tx) = pending {
@@ -571,12 +603,16 @@ impl Driver {
         }
     }
 
-    fn send(&mut self, to: PeerId, envelope: Envelope, pending: Pending) {
+    fn send(&mut self, to: PeerId, protocol: Protocol, envelope: Envelope, pending: Pending) {
         if !self.swarm.is_connected(&to) {
             self.learn_addresses(to);
         }
-        let id = self.swarm.behaviour_mut().rpc.send_request(&to, envelope);
-        self.pending.insert(id, (to, pending));
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .rpc(protocol)
+            .send_request(&to, envelope);
+        self.pending.insert((protocol, id), (to, pending));
     }
 
     fn on_command(&mut self, command: Command) {
@@ -584,9 +620,10 @@ impl Driver {
         match command {
             Command::Request {
                 peer,
+                protocol,
                 envelope,
                 reply,
-            } => self.send(peer, envelope, Pending::Call(reply)),
+            } => self.send(peer, protocol, envelope, Pending::Call(reply)),
             Command::Disconnect(peer) => {
                 let _ = self.swarm.disconnect_peer_id(peer);
             }
@@ -605,11 +642,15 @@ impl Driver {
                 };
                 let _ = reply.send(result.map_err(|e| e.to_string()));
             }
-            Command::Respond { channel, envelope } => {
+            Command::Respond {
+                protocol,
+                channel,
+                envelope,
+            } => {
                 let _ = self
                     .swarm
                     .behaviour_mut()
-                    .rpc
+                    .rpc(protocol)
                     .send_response(channel, envelope);
             }
         }
@@ -631,7 +672,7 @@ impl Driver {
                 Output::Send { to, bytes } => {
                     self.metrics.gossip_out(bytes.len());
                     let sync = rpc::seal(self.key.as_ref(), &Request::Sync(bytes));
-                    self.send(to, sync, Pending::Sync);
+                    self.send(to, Protocol::Sync, sync, Pending::Sync);
                 }
             }
         }

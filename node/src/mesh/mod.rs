@@ -142,6 +142,7 @@ pub(crate) enum Command {
     /// Send a sealed request to a peer; its sealed reply (or a lost connection) comes back.
     Request {
         peer: PeerId,
+        protocol: rpc::Protocol,
         envelope: rpc::Envelope,
         reply: oneshot::Sender<Result<rpc::Envelope, MeshError>>,
     },
@@ -151,6 +152,7 @@ pub(crate) enum Command {
     CloseAll(oneshot::Sender<()>),
     Federate(FederationOp, oneshot::Sender<Result<(), String>>),
     Respond {
+        protocol: rpc::Protocol,
         channel: libp2p::request_response::ResponseChannel<rpc::Envelope>,
         envelope: rpc::Envelope,
     },
@@ -336,13 +338,15 @@ impl Mesh {
         opened
     }
 
-    /// Send a request to a peer and wait for its reply: a small one on the call lane (on
-    /// request-response if the peer has none), a large one on request-response.
+    /// Send a request to a peer and wait for its reply, on its protocol: a small forwarded
+    /// request (or result, or answer) on the call lane (on request-response if the peer has
+    /// none), the rest on request-response.
     async fn request(&self, peer: PeerId, request: rpc::Request) -> Result<rpc::Reply, MeshError> {
         let bulk = request.is_bulk();
+        let protocol = rpc::Protocol::of(&request);
         let envelope = self.seal(request, bulk).await;
-        let env = if bulk {
-            self.request_response(peer, envelope).await?
+        let env = if bulk || protocol != rpc::Protocol::Forward {
+            self.request_response(peer, protocol, envelope).await?
         } else {
             let unreachable = |e: String| MeshError::Unreachable(peer.to_string(), e);
             match tokio::time::timeout(self.request_timeout, self.lanes.request(peer, &envelope))
@@ -351,7 +355,7 @@ impl Mesh {
                 Ok(Ok(env)) => env,
                 Ok(Err(lane::LaneError::Open(e))) => {
                     tracing::debug!(%peer, "no call lane ({e}); request-response instead");
-                    self.request_response(peer, envelope).await?
+                    self.request_response(peer, protocol, envelope).await?
                 }
                 Ok(Err(e)) => return Err(unreachable(e.to_string())),
                 Err(_) => return Err(unreachable("timed out".into())),
@@ -370,12 +374,14 @@ impl Mesh {
     async fn request_response(
         &self,
         peer: PeerId,
+        protocol: rpc::Protocol,
         envelope: rpc::Envelope,
     ) -> Result<rpc::Envelope, MeshError> {
         let (reply, rx) = oneshot::channel();
         self.cmd
             .send(Command::Request {
                 peer,
+                protocol,
                 envelope,
                 reply,
             })
@@ -534,14 +540,22 @@ impl Mesh {
             .map_err(|_| "the mesh is shutting down".to_string())?
     }
 
-    /// Answer an inbound request.
+    /// Answer an inbound request (on the protocol it came on).
     pub async fn respond(
         &self,
+        protocol: rpc::Protocol,
         channel: libp2p::request_response::ResponseChannel<rpc::Envelope>,
         reply: rpc::Reply,
     ) {
         let envelope = self.seal_reply(reply).await;
-        let _ = self.cmd.send(Command::Respond { channel, envelope }).await;
+        let _ = self
+            .cmd
+            .send(Command::Respond {
+                protocol,
+                channel,
+                envelope,
+            })
+            .await;
     }
 
     /// Seal a reply to a peer (a large one on the bulk pool).

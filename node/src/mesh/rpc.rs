@@ -3,6 +3,11 @@
 //! call chain), results and answers that follow a migrated component, deployments placed on
 //! another node, and the migration handshake. Every request and
 //! reply is tagged with the swarm key, so a peer without it can neither ask nor answer.
+//!
+//! Each kind of request has a protocol of its own ([`Protocol`]), in the manner of rust-libp2p:
+//! its own stream protocol, message size limit, timeout and streams per connection, so that
+//! one kind cannot crowd out another (a flood of syncs does not hold up a migration) and a
+//! message of one kind that comes on another's protocol is refused unread past its tag.
 
 use continuum_gossip::{Reject, SwarmKey};
 use continuum_migrate::{MigrationId, Outcome, ToSource, ToTarget};
@@ -32,23 +37,108 @@ mod tests {
     }
 
     #[test]
-    fn syncs_are_told_by_their_first_bytes() {
-        assert!(is_sync(&seal(None, &Request::Sync(vec![1, 2, 3]))));
-        assert!(!is_sync(&seal(None, &Request::MigrationStatus(7))));
-        assert!(!is_sync(&seal(
-            None,
-            &Request::Wake {
-                name: "Sync".into(),
-                op: 1,
-                result: vec![],
-                hops: 0
-            }
-        )));
+    fn every_protocol_has_its_own_name_and_a_request_of_each_kind_one_home() {
+        let names: std::collections::HashSet<_> = Protocol::ALL.iter().map(|p| p.name()).collect();
+        assert_eq!(names.len(), Protocol::ALL.len());
+        assert_eq!(Protocol::of(&Request::Sync(vec![])), Protocol::Sync);
+        assert_eq!(
+            Protocol::of(&Request::MigrationStatus(7)),
+            Protocol::Migrate
+        );
+        assert!(Protocol::Sync.max_message() < Protocol::Forward.max_message());
+        assert!(!Protocol::Forward.needs_closed_swarm() && Protocol::Deploy.needs_closed_swarm());
     }
 }
 use serde::{Deserialize, Serialize};
 
-pub const PROTOCOL: &str = "/continuum/rpc/1";
+/// The peer protocols on request-response (the call lane, `lane`, is the fast path of
+/// [`Protocol::Forward`]; the key proof, `auth`, has its own stream).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// Gossip syncs, which the mesh driver answers itself.
+    Sync,
+    /// Component requests forwarded to their host, and the results and answers that follow
+    /// a migrated component.
+    Forward,
+    /// A module to run here.
+    Deploy,
+    /// The migration handshake and its pages, and how one ended.
+    Migrate,
+    /// Control-API requests relayed from another node.
+    Control,
+}
+
+impl Protocol {
+    pub const ALL: [Protocol; 5] = [
+        Protocol::Sync,
+        Protocol::Forward,
+        Protocol::Deploy,
+        Protocol::Migrate,
+        Protocol::Control,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Sync => "/continuum/sync/1",
+            Protocol::Forward => "/continuum/forward/1",
+            Protocol::Deploy => "/continuum/deploy/1",
+            Protocol::Migrate => "/continuum/migrate/1",
+            Protocol::Control => "/continuum/control/1",
+        }
+    }
+
+    /// The largest request or reply a peer may send on it: a sync is a gossip direct message
+    /// (plus its envelope); a forwarded request or answer carries a request or response body;
+    /// modules (deployed or sent ahead of a migration) and relayed uploads are the large ones.
+    pub fn max_message(self) -> usize {
+        match self {
+            Protocol::Sync => continuum_gossip::MAX_DIRECT_BYTES + (4 << 10),
+            Protocol::Forward => 64 << 20,
+            Protocol::Deploy | Protocol::Migrate | Protocol::Control => MAX_MESSAGE,
+        }
+    }
+
+    /// Streams open at once on one connection, both ways: a migration sends one step at a
+    /// time, a deployment or a relayed control request is rare; forwarded requests are many.
+    pub fn max_streams(self) -> usize {
+        match self {
+            Protocol::Sync => 16,
+            Protocol::Forward => 128,
+            Protocol::Deploy => 4,
+            Protocol::Migrate => 16,
+            Protocol::Control => 8,
+        }
+    }
+
+    /// Whether only a peer that holds the swarm key may use it: running code here (a
+    /// deployment, a migration in) or controlling this node; an open swarm's peers get
+    /// membership and request routing only.
+    pub fn needs_closed_swarm(self) -> bool {
+        matches!(
+            self,
+            Protocol::Deploy | Protocol::Migrate | Protocol::Control
+        )
+    }
+
+    /// The protocol a request belongs on.
+    pub fn of(request: &Request) -> Protocol {
+        match request {
+            Request::Sync(_) => Protocol::Sync,
+            Request::Forward { .. } | Request::Wake { .. } | Request::Answer { .. } => {
+                Protocol::Forward
+            }
+            Request::Deploy { .. } => Protocol::Deploy,
+            Request::Migrate(_) | Request::MigrationStatus(_) => Protocol::Migrate,
+            Request::Control { .. } => Protocol::Control,
+        }
+    }
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 const DOMAIN: &[u8] = b"continuum-rpc-v1";
 
 /// What travels: a CBOR body and its swarm-key tag (none in an open swarm).
@@ -142,13 +232,6 @@ pub enum Reply {
         status: u16,
         message: String,
     },
-}
-
-/// Whether an envelope holds a gossip sync, which the mesh driver answers itself: told by its
-/// first bytes (a one-entry CBOR map keyed "Sync", as `Request::Sync` encodes) without decoding
-/// the rest. The driver hands everything else on sealed.
-pub fn is_sync(env: &Envelope) -> bool {
-    env.body.starts_with(&[0xA1, 0x64, b'S', b'y', b'n', b'c'])
 }
 
 /// Envelopes larger than this are sealed and opened on the bulk pool, not on an async worker;
