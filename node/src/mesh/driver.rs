@@ -550,13 +550,7 @@ impl Driver {
             }
             Ok(other) => {
                 self.metrics.mesh_reject("wrong_protocol");
-                Reply::Refused {
-                    status: 400,
-                    message: format!(
-                        "a request for {} does not belong on {protocol}",
-                        Protocol::of(&other)
-                    ),
-                }
+                rpc::misplaced(protocol, &other)
             }
             Err(e) => {
                 self.reject(&e);

@@ -234,6 +234,17 @@ pub enum Reply {
     },
 }
 
+/// The refusal of a request that came on another kind's protocol (the caller counts it).
+pub fn misplaced(on: Protocol, request: &Request) -> Reply {
+    Reply::Refused {
+        status: 400,
+        message: format!(
+            "a request for {} does not belong on {on}",
+            Protocol::of(request)
+        ),
+    }
+}
+
 /// Envelopes larger than this are sealed and opened on the bulk pool, not on an async worker;
 /// requests up to it travel on the call lane.
 pub const BULK: usize = 256 << 10;

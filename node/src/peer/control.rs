@@ -2,14 +2,14 @@
 //! (the CLI can reach a whole swarm through one node), answered as the API would.
 
 use super::{misplaced, refused};
-use crate::mesh::rpc::{Reply, Request};
+use crate::mesh::rpc::{Protocol, Reply, Request};
 use crate::node::Node;
 use continuum_gossip::PeerId;
 use std::sync::Arc;
 
 pub async fn answer(node: &Arc<Node>, from: PeerId, request: Request) -> Reply {
     let Request::Control { method, path, body } = request else {
-        return misplaced(&request);
+        return misplaced(node, Protocol::Control, &request);
     };
     tracing::info!(%from, %method, %path, "control request relayed by a peer");
     let rest = path.split('?').next().unwrap_or_default().to_string();

@@ -2,7 +2,7 @@
 //! before it gets here), under the same admission rules as a deployment through the API.
 
 use super::{misplaced, refused};
-use crate::mesh::rpc::{Reply, Request};
+use crate::mesh::rpc::{Protocol, Reply, Request};
 use crate::node::Node;
 use continuum_gossip::PeerId;
 use std::sync::Arc;
@@ -15,7 +15,7 @@ pub async fn answer(node: &Arc<Node>, from: PeerId, request: Request) -> Reply {
         wasm,
     } = request
     else {
-        return misplaced(&request);
+        return misplaced(node, Protocol::Deploy, &request);
     };
     tracing::info!(%from, component = %name, "deployment requested by a peer");
     if let Err(why) = node.name_free(&name) {

@@ -5,7 +5,7 @@
 
 use super::{misplaced, refused};
 use crate::http;
-use crate::mesh::rpc::{Reply, Request};
+use crate::mesh::rpc::{Protocol, Reply, Request};
 use crate::node::Node;
 use continuum_gossip::PeerId;
 use std::sync::Arc;
@@ -84,6 +84,6 @@ pub async fn answer(node: &Arc<Node>, from: PeerId, request: Request) -> Reply {
             }
             Reply::Synced
         }
-        other => misplaced(&other),
+        other => misplaced(node, Protocol::Forward, &other),
     }
 }

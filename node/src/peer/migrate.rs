@@ -3,7 +3,7 @@
 //! target that got no Commit asks).
 
 use super::{misplaced, refused};
-use crate::mesh::rpc::{Reply, Request};
+use crate::mesh::rpc::{Protocol, Reply, Request};
 use crate::node::Node;
 use continuum_gossip::PeerId;
 use std::sync::Arc;
@@ -17,6 +17,6 @@ pub async fn answer(node: &Arc<Node>, from: PeerId, request: Request) -> Reply {
             Some(o) => Reply::MigrationStatus(o),
             None => refused(404, format!("no migration {id} from this node")),
         },
-        other => misplaced(&other),
+        other => misplaced(node, Protocol::Migrate, &other),
     }
 }

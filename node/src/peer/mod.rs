@@ -3,9 +3,9 @@
 //! follow a migrated component), `deploy`, `migrate` and `control`. Syncs never get here: the
 //! mesh driver answers them itself.
 //!
-//! Before a request reaches its protocol's module it is opened (tag first, then the body),
-//! checked to be of the kind its protocol carries, and held to the protocol's rule on who may
-//! ask; each refusal is counted.
+//! Before a request reaches its protocol's module it is opened (tag first, then the body) and
+//! held to the protocol's rule on who may ask; the module refuses a request of a kind its
+//! protocol does not carry. Each refusal is counted.
 
 mod control;
 mod deploy;
@@ -66,8 +66,7 @@ pub async fn serve(node: Arc<Node>, incoming: crate::mesh::Incoming) {
     }
 }
 
-/// Open a request that came on `protocol`, check it belongs there and that `from` may ask it,
-/// and answer it.
+/// Open a request that came on `protocol`, check that `from` may ask it there, and answer it.
 async fn answer(node: &Arc<Node>, from: PeerId, protocol: Protocol, envelope: Envelope) -> Reply {
     let request = match node.mesh.open::<Request>(envelope).await {
         Ok(request) => request,
@@ -76,16 +75,6 @@ async fn answer(node: &Arc<Node>, from: PeerId, protocol: Protocol, envelope: En
             return refused(403, e.to_string());
         }
     };
-    if Protocol::of(&request) != protocol {
-        node.metrics.mesh_reject("wrong_protocol");
-        return refused(
-            400,
-            format!(
-                "a request for {} does not belong on {protocol}",
-                Protocol::of(&request)
-            ),
-        );
-    }
     if protocol.needs_closed_swarm() && node.swarm_key.is_none() {
         node.metrics.reject(match protocol {
             Protocol::Control => "remote_control",
@@ -112,11 +101,8 @@ fn refused(status: u16, message: String) -> Reply {
     Reply::Refused { status, message }
 }
 
-/// What a protocol's module answers to a request of another kind (never reached: `answer`
-/// checks the kind first).
-fn misplaced(request: &Request) -> Reply {
-    refused(
-        400,
-        format!("a request for {} is misplaced", Protocol::of(request)),
-    )
+/// What a protocol's module answers to a request of a kind it does not carry, counted.
+fn misplaced(node: &Node, on: Protocol, request: &Request) -> Reply {
+    node.metrics.mesh_reject("wrong_protocol");
+    crate::mesh::rpc::misplaced(on, request)
 }
