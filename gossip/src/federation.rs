@@ -90,12 +90,28 @@ pub enum FederationEvent {
     Dissolved(String),
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Federations {
     map: BTreeMap<String, Federation>,
+    /// The longest lease this node grants, its own or an owner's (at most [`MAX_LEASE_MS`]).
+    max_lease_ms: u64,
+}
+
+impl Default for Federations {
+    fn default() -> Self {
+        Federations::new(MAX_LEASE_MS)
+    }
 }
 
 impl Federations {
+    /// Leases held to `max_lease_ms` (clamped to [`MIN_LEASE_MS`]..=[`MAX_LEASE_MS`]).
+    pub fn new(max_lease_ms: u64) -> Self {
+        Federations {
+            map: BTreeMap::new(),
+            max_lease_ms: max_lease_ms.clamp(MIN_LEASE_MS, MAX_LEASE_MS),
+        }
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &Federation> {
         self.map.values()
     }
@@ -133,10 +149,10 @@ impl Federations {
                 "name must be 1 to 63 characters".into(),
             ));
         }
-        if !(MIN_LEASE_MS..=MAX_LEASE_MS).contains(&spec.lease_ms) {
+        if !(MIN_LEASE_MS..=self.max_lease_ms).contains(&spec.lease_ms) {
             return Err(FederationError::Invalid(format!(
-                "lease must be {MIN_LEASE_MS} ms to {} h",
-                MAX_LEASE_MS / 3_600_000
+                "lease must be {MIN_LEASE_MS} ms to {} ms on this node",
+                self.max_lease_ms
             )));
         }
         if self.map.contains_key(&spec.name) {
@@ -217,7 +233,7 @@ impl Federations {
         mut spec: FederationSpec,
     ) -> (Option<FederationMsg>, Option<FederationEvent>) {
         // The lease is the owner's claim: this node holds it to its own bounds.
-        spec.lease_ms = spec.lease_ms.clamp(MIN_LEASE_MS, MAX_LEASE_MS);
+        spec.lease_ms = spec.lease_ms.clamp(MIN_LEASE_MS, self.max_lease_ms);
         let name = spec.name.clone();
         match self.map.get_mut(&name) {
             // Two proposals of one name: the lower owner id wins everywhere.

@@ -55,6 +55,9 @@ pub struct Config {
     /// Members of one federation at most (a member need not be in the view yet, so the view's
     /// bound does not hold them).
     pub max_members: usize,
+    /// The longest federation lease this node grants (an owner's longer claim is cut to it),
+    /// so a federation whose owner went silent dissolves within it.
+    pub max_lease_ms: u64,
 }
 
 /// How far membership reaches.
@@ -82,6 +85,7 @@ impl Default for Config {
             max_peers: 16_384,
             max_federations: 256,
             max_members: 4_096,
+            max_lease_ms: crate::MAX_LEASE_MS,
         }
     }
 }
@@ -176,6 +180,7 @@ impl Gossip {
         first_seq: u64,
     ) -> Gossip {
         let me = id.public().to_peer_id();
+        let feds = Federations::new(cfg.max_lease_ms);
         let mut g = Gossip {
             id,
             me,
@@ -196,7 +201,7 @@ impl Gossip {
             connected: Default::default(),
             sync_every: 0,
             next_sync: u64::MAX,
-            feds: Federations::default(),
+            feds,
             out: VecDeque::new(),
             events: VecDeque::new(),
             believed: HashMap::new(),

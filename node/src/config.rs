@@ -30,6 +30,11 @@ pub struct NodeConfig {
     /// Peers are dropped from the view this long after their last advert or heartbeat.
     #[serde(with = "humantime_serde")]
     pub advert_expiry: Duration,
+    /// The longest federation lease this node grants, to its own federations and to other
+    /// owners' (a longer claim is cut to it): a federation whose owner went silent is gone
+    /// from here within it. At most 24 h.
+    #[serde(with = "humantime_serde")]
+    pub max_lease: Duration,
     /// How long a request for a component nobody is known to host waits for news of one
     /// before it gets 404.
     #[serde(with = "humantime_serde")]
@@ -90,6 +95,7 @@ impl Default for NodeConfig {
             swarm_key: None,
             mdns: true,
             advert_expiry: Duration::from_secs(15),
+            max_lease: Duration::from_millis(continuum_gossip::MAX_LEASE_MS),
             route_wait: Duration::from_secs(1),
             checkpoint_every: Duration::from_secs(10),
             migration_timeout: Duration::from_secs(10),

@@ -191,6 +191,13 @@ pub async fn run(config: NodeConfig) -> Result<()> {
             "cpu_budget must be a positive number of cores (e.g. 0.5), not {b}"
         );
     }
+    let lease = continuum_gossip::MIN_LEASE_MS..=continuum_gossip::MAX_LEASE_MS;
+    anyhow::ensure!(
+        lease.contains(&(config.max_lease.as_millis().min(u64::MAX as u128) as u64)),
+        "max_lease must be {} ms to 24h, not {}",
+        continuum_gossip::MIN_LEASE_MS,
+        humantime::format_duration(config.max_lease)
+    );
     crate::bulk::init();
     let dir = DataDir::open(&config.data_dir)?;
     dir.remove_node_json();
@@ -287,6 +294,7 @@ async fn run_node(config: NodeConfig, dir: DataDir, key: libp2p::identity::Keypa
         gossip: continuum_gossip::Config {
             // In an open swarm nobody can prove it owns a federation.
             federations: key_file.is_some(),
+            max_lease_ms: config.max_lease.as_millis() as u64,
             ..continuum_gossip::Config::with_ttl(config.advert_expiry.as_millis() as u64)
         },
         key: key_file,

@@ -49,3 +49,78 @@ async fn a_peer_without_the_key_is_cut_off_and_kept_away_and_a_key_holder_stays(
         "the holder was never counted"
     );
 }
+
+/// A key holder announces a federation to last for ever: the node holds the lease to its own
+/// bound (`--max-lease 2s`), so the federation is gone from it within that once its owner goes
+/// silent, though the owner stays connected; the node serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_federation_announced_for_ever_dissolves_within_the_nodes_bound() {
+    use continuum_gossip::{Body, FederationMsg, FederationSpec, Message, seal};
+    use std::time::Instant;
+    let node = TestNode::start(&["--swarm-key", swarm_key(), "--max-lease", "2s"]);
+    node.ok(&["deploy", &guest("counter"), "--name", "counter"]);
+    let key = std::fs::read_to_string(swarm_key()).unwrap();
+    let key = continuum_gossip::SwarmKey::parse(&key).unwrap();
+    let mut owner = Stranger::connect(&node).await;
+    owner.key = Some(key.clone());
+    owner.prove().await;
+    let spec = FederationSpec {
+        name: "forever".into(),
+        objective: "never to end".into(),
+        require: Default::default(),
+        min_members: 1,
+        lease_ms: u64::MAX,
+    };
+    let message = Message {
+        seq: 1,
+        body: Body::Federation(FederationMsg::Announce(spec)),
+    };
+    owner.publish(seal(&owner.id, Some(&key), &message)).await;
+    let listed = || -> Option<serde_json::Value> {
+        let list: Vec<serde_json::Value> =
+            serde_json::from_str(&node.ok(&["federate", "ls", "--json"])).unwrap();
+        list.into_iter().find(|f| f["name"] == "forever")
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let f = loop {
+        if let Some(f) = listed() {
+            break f;
+        }
+        assert!(Instant::now() < deadline, "the announcement never arrived");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(f["lease_ms"], 2_000, "{f}");
+    assert!(f["expires_in_ms"].as_u64().unwrap() <= 2_000, "{f}");
+    // Silent from now on, still connected: gone within the bound (and some slack).
+    let silent = Instant::now();
+    while listed().is_some() {
+        assert!(
+            silent.elapsed() < Duration::from_secs(6),
+            "the federation outlived the node's bound on leases"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!owner.cut_off_within(Duration::from_millis(100)).await);
+    assert_eq!(
+        node.h1(Method::POST, "/c/counter/incr", b"").await.status,
+        200
+    );
+    // A bound past what any node grants is refused at start, saying why.
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_continuum"))
+        .args([
+            "node",
+            "--no-mdns",
+            "--http",
+            "127.0.0.1:0",
+            "--max-lease",
+            "48h",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("max_lease must be"), "{err}");
+}

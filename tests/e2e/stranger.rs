@@ -7,12 +7,17 @@ use crate::support::TestNode;
 use continuum::mesh::lane;
 use continuum::mesh::rpc::{self, Envelope, Protocol, Reply, Request};
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use libp2p::gossipsub;
 use std::time::{Duration, Instant};
 
 #[derive(libp2p::swarm::NetworkBehaviour)]
 pub struct Behaviour {
     lanes: libp2p_stream::Behaviour,
+    /// The node's gossip topic, configured as the node's (anonymous messages, ids by content).
+    gossip: gossipsub::Behaviour,
 }
+
+const TOPIC: &str = "continuum/gossip/1";
 
 pub struct Stranger {
     swarm: libp2p::Swarm<Behaviour>,
@@ -31,6 +36,19 @@ impl Stranger {
             .with_quic()
             .with_behaviour(|_| Behaviour {
                 lanes: libp2p_stream::Behaviour::new(),
+                gossip: gossipsub::Behaviour::new(
+                    gossipsub::MessageAuthenticity::Anonymous,
+                    gossipsub::ConfigBuilder::default()
+                        .validation_mode(gossipsub::ValidationMode::Anonymous)
+                        .message_id_fn(|m: &gossipsub::Message| {
+                            gossipsub::MessageId::new(blake3::hash(&m.data).as_bytes())
+                        })
+                        .max_transmit_size(1 << 20)
+                        .heartbeat_interval(Duration::from_millis(200))
+                        .build()
+                        .unwrap(),
+                )
+                .unwrap(),
             })
             .unwrap()
             .build();
@@ -144,6 +162,46 @@ impl Stranger {
                 Ok(_) => {}
             }
         }
+    }
+
+    /// Publish a gossip frame on the node's topic, once the node has it from this peer (it
+    /// subscribes first, and waits for the node to take it into its mesh).
+    pub async fn publish(&mut self, frame: Vec<u8>) {
+        let topic = gossipsub::IdentTopic::new(TOPIC);
+        let gossip = &mut self.swarm.behaviour_mut().gossip;
+        if gossip.subscribe(&topic).unwrap() {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let e = tokio::time::timeout_at(deadline.into(), self.swarm.select_next_some())
+                    .await
+                    .expect("the node never subscribed this peer to its gossip topic");
+                if let libp2p::swarm::SwarmEvent::Behaviour(BehaviourEvent::Gossip(
+                    gossipsub::Event::Subscribed { peer_id, .. },
+                )) = e
+                    && peer_id == self.node
+                {
+                    break;
+                }
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while let Err(e) = self
+            .swarm
+            .behaviour_mut()
+            .gossip
+            .publish(topic.clone(), frame.clone())
+        {
+            assert!(Instant::now() < deadline, "could not publish: {e}");
+            let _ = tokio::time::timeout(Duration::from_millis(100), self.swarm.select_next_some())
+                .await;
+        }
+        // Let the swarm send it.
+        let _ = tokio::time::timeout(Duration::from_millis(300), async {
+            loop {
+                self.swarm.select_next_some().await;
+            }
+        })
+        .await;
     }
 
     /// Open a call lane to the node.

@@ -35,6 +35,9 @@ pub struct NodeArgs {
     /// How long after its last message a silent peer leaves the view, e.g. 15s.
     #[arg(long, value_parser = humantime::parse_duration)]
     advert_expiry: Option<Duration>,
+    /// The longest federation lease granted, its own or another owner's, e.g. 1h (at most 24h).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    max_lease: Option<Duration>,
     /// How often changed components are checkpointed to disk (the most a kill -9 loses).
     #[arg(long, value_parser = humantime::parse_duration)]
     checkpoint_every: Option<Duration>,
@@ -97,6 +100,9 @@ impl NodeArgs {
         }
         if let Some(d) = self.advert_expiry {
             c.advert_expiry = d;
+        }
+        if let Some(d) = self.max_lease {
+            c.max_lease = d;
         }
         if let Some(d) = self.checkpoint_every {
             c.checkpoint_every = d;
