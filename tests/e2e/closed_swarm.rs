@@ -124,3 +124,64 @@ async fn a_federation_announced_for_ever_dissolves_within_the_nodes_bound() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("max_lease must be"), "{err}");
 }
+
+/// Before it proves the key, a peer learns nothing from the protocols that tell: identify
+/// (the node's addresses and protocols) and Kademlia (other peers' addresses) drop its streams
+/// unread, each counted; once a peer proves the key, both answer it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_learns_nothing_from_identify_or_kademlia_before_it_proves_the_key() {
+    use std::time::Instant;
+    const IDENTIFY: &str = "/ipfs/id/1.0.0";
+    const KAD: &str = "/continuum/kad/1";
+    // A Kademlia FIND_NODE (protobuf: type = 4, key = a peer id), length-prefixed.
+    let find_node = |key: &[u8]| {
+        let mut msg = vec![0x08, 0x04, 0x12, key.len() as u8];
+        msg.extend_from_slice(key);
+        let mut framed = vec![msg.len() as u8];
+        framed.extend(msg);
+        framed
+    };
+    let node = TestNode::start(&["--swarm-key", swarm_key()]);
+    let mut keyless = Stranger::connect(&node).await;
+    let me = keyless.id.public().to_peer_id().to_bytes();
+    let within = Duration::from_millis(500);
+    assert_eq!(keyless.read_on(IDENTIFY, b"", within).await, b"");
+    assert_eq!(keyless.read_on(KAD, &find_node(&me), within).await, b"");
+    until_counted(&node, "unproven_peer", 2).await;
+
+    // A key holder is answered by both, once its proof is in.
+    let key = std::fs::read_to_string(swarm_key()).unwrap();
+    let mut holder = Stranger::connect(&node).await;
+    holder.key = Some(continuum_gossip::SwarmKey::parse(&key).unwrap());
+    holder.prove().await;
+    let me = holder.id.public().to_peer_id().to_bytes();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let identified = holder.read_on(IDENTIFY, b"", within).await;
+        if !identified.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "identify never answered the holder"
+        );
+    }
+    assert!(
+        !holder
+            .read_on(KAD, &find_node(&me), Duration::from_secs(5))
+            .await
+            .is_empty(),
+        "Kademlia never answered the holder"
+    );
+    // The keyless one is cut off as before, and never counted as admitted.
+    assert!(
+        keyless
+            .cut_off_within(continuum::mesh::auth::WITHIN + Duration::from_secs(3))
+            .await
+    );
+    assert_eq!(
+        node.h1(Method::GET, "/metrics", b"").await.status,
+        200,
+        "the node serves on"
+    );
+}

@@ -169,20 +169,24 @@ impl Stranger {
     pub async fn publish(&mut self, frame: Vec<u8>) {
         let topic = gossipsub::IdentTopic::new(TOPIC);
         let gossip = &mut self.swarm.behaviour_mut().gossip;
-        if gossip.subscribe(&topic).unwrap() {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                let e = tokio::time::timeout_at(deadline.into(), self.swarm.select_next_some())
-                    .await
-                    .expect("the node never subscribed this peer to its gossip topic");
-                if let libp2p::swarm::SwarmEvent::Behaviour(BehaviourEvent::Gossip(
-                    gossipsub::Event::Subscribed { peer_id, .. },
-                )) = e
-                    && peer_id == self.node
-                {
-                    break;
-                }
-            }
+        gossip.subscribe(&topic).unwrap();
+        // The node's subscription may have come in already, while the swarm was driven for
+        // something else: ask gossipsub, not its events.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let hash = topic.hash();
+        while !self
+            .swarm
+            .behaviour()
+            .gossip
+            .all_peers()
+            .any(|(p, topics)| *p == self.node && topics.contains(&&hash))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the node never subscribed this peer to its gossip topic"
+            );
+            let _ = tokio::time::timeout(Duration::from_millis(50), self.swarm.select_next_some())
+                .await;
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         while let Err(e) = self
@@ -202,6 +206,29 @@ impl Stranger {
             }
         })
         .await;
+    }
+
+    /// Open a stream on `protocol`, write `bytes`, close the writing side, and collect what the
+    /// node writes back within `within` (nothing: it dropped the stream unread).
+    pub async fn read_on(
+        &mut self,
+        protocol: &'static str,
+        bytes: &[u8],
+        within: Duration,
+    ) -> Vec<u8> {
+        let mut s = self.stream(libp2p::StreamProtocol::new(protocol)).await;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        let read = async {
+            if s.write_all(bytes).await.is_ok() {
+                let _ = s.close().await;
+            }
+            while let Ok(n @ 1..) = s.read(&mut buf).await {
+                got.extend_from_slice(&buf[..n]);
+            }
+        };
+        let _ = tokio::time::timeout(within, self.drive(read)).await;
+        got
     }
 
     /// Open a call lane to the node.

@@ -1,5 +1,6 @@
 //! The libp2p behaviours a node runs, composed (one file per role lives in libp2p itself).
 
+use super::gated::Gated;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{connection_limits, gossipsub, identify, kad, mdns, ping, request_response};
@@ -8,8 +9,9 @@ use libp2p::{connection_limits, gossipsub, identify, kad, mdns, ping, request_re
 pub struct Behaviour {
     /// Connections per peer, so that one peer cannot multiply its streams by dialling again.
     pub limits: connection_limits::Behaviour,
-    pub identify: identify::Behaviour,
-    pub kad: kad::Behaviour<kad::store::MemoryStore>,
+    /// What tells a peer something is held shut until it is admitted (see `gated`).
+    pub identify: Gated<identify::Behaviour>,
+    pub kad: Gated<kad::Behaviour<kad::store::MemoryStore>>,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     pub gossipsub: gossipsub::Behaviour,
     /// The request-response protocols, one behaviour each (see `rpc::Protocol`).

@@ -3,6 +3,7 @@
 //! tokio layer drives quinn-proto.
 
 use super::behaviour::{Behaviour, BehaviourEvent};
+use super::gated::Gated;
 use super::rpc::{self, Envelope, Protocol, Reply, Request};
 use super::{Command, FederationOp, FederationStatus, MeshConfig, MeshError, PeerStatus, Snapshot};
 use crate::metrics::Metrics;
@@ -56,6 +57,10 @@ pub fn build_swarm(
     let mdns = cfg.mdns;
     let request_timeout = cfg.request_timeout;
     let peer_budget = cfg.peer_budget;
+    let admission = cfg
+        .key
+        .is_some()
+        .then(|| super::gated::Admission::new(metrics.clone()));
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(
@@ -119,11 +124,14 @@ pub fn build_swarm(
                         connection_limits::ConnectionLimits::default()
                             .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER)),
                     ),
-                    identify: identify::Behaviour::new(identify::Config::new(
-                        "/continuum/1".into(),
-                        key.public(),
-                    )),
-                    kad,
+                    identify: Gated::new(
+                        identify::Behaviour::new(identify::Config::new(
+                            "/continuum/1".into(),
+                            key.public(),
+                        )),
+                        admission.clone(),
+                    ),
+                    kad: Gated::new(kad, admission.clone()),
                     mdns: if mdns {
                         Some(mdns::tokio::Behaviour::new(mdns::Config::default(), me)?).into()
                     } else {
@@ -192,6 +200,8 @@ pub struct Driver {
     rtts: HashMap<PeerId, f64>,
     /// In a closed swarm: who proved the key (see `auth`), and where proofs go out and come in.
     gate: Option<super::auth::Gate>,
+    /// The same peers, for the protocols held shut until then (see `gated`).
+    admission: Option<super::gated::Admission>,
     auth: libp2p_stream::Control,
     verdicts: mpsc::Receiver<(PeerId, bool)>,
     /// Claims of a move the directory passed over, as counted so far.
@@ -243,6 +253,7 @@ impl Driver {
             first_seq,
         );
         let cfg_key_gate = cfg.key.is_some().then(super::auth::Gate::default);
+        let admission = swarm.behaviour().identify.admission().cloned();
         Ok(Driver {
             swarm,
             gossip,
@@ -261,6 +272,7 @@ impl Driver {
             dirty: true,
             rtts: HashMap::new(),
             gate: cfg_key_gate,
+            admission,
             auth,
             verdicts,
             unproven_seen: 0,
@@ -342,11 +354,17 @@ impl Driver {
         };
         if good {
             if gate.proven(peer, self.swarm.is_connected(&peer)) {
+                if let Some(a) = &self.admission {
+                    a.admit(peer);
+                }
                 let now = self.now();
                 self.gossip.handle_connected(now, peer);
             }
         } else {
             gate.failed(Instant::now(), peer);
+            if let Some(a) = &self.admission {
+                a.revoke(&peer);
+            }
             tracing::info!(%peer, "a wrong proof of the swarm key: disconnected");
             self.metrics.mesh_reject("keyless_peer");
             let _ = self.swarm.disconnect_peer_id(peer);
@@ -458,6 +476,9 @@ impl Driver {
             } => {
                 if let Some(gate) = self.gate.as_mut() {
                     gate.closed(peer_id);
+                }
+                if let Some(a) = &self.admission {
+                    a.revoke(&peer_id);
                 }
                 self.gossip.handle_disconnected(peer_id)
             }

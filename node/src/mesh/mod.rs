@@ -7,6 +7,7 @@ pub mod auth;
 mod behaviour;
 mod codec;
 mod driver;
+mod gated;
 pub mod lane;
 pub mod resources;
 pub mod rpc;
