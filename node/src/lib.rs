@@ -20,6 +20,7 @@ pub mod migration;
 pub mod node;
 pub mod peer;
 pub mod runtime;
+mod tasks;
 pub mod tls;
 
 /// The first characters of a peer id, as logs and tables show it.
