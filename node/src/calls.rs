@@ -4,8 +4,8 @@
 //! result goes back to the component's thread. Replies of requests that migrated with their
 //! component are parked here until the new host sends the answer.
 
+use crate::context::Node;
 use crate::http::{self, HOST_HEADER};
-use crate::node::Node;
 use crate::runtime::router::call_result;
 use crate::runtime::{Answer, Back, CallCtx, ComponentHandle, ReplyTo, Router, error_kind};
 use continuum_gossip::PeerId;

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod client;
 pub mod components;
 pub mod config;
+pub mod context;
 pub mod datadir;
 pub mod fault;
 pub mod http;

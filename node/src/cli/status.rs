@@ -1,5 +1,5 @@
 use super::{ClientArgs, human_bytes};
-use crate::node::Status;
+use crate::context::Status;
 use anyhow::Result;
 use clap::Args;
 use http::Method;

@@ -21,9 +21,9 @@
 //! ```
 
 use crate::components::{ApiError, Bounds, ComponentInfo};
+use crate::context::Node;
 use crate::mesh::{FederationOp, MeshError};
 use crate::migration;
-use crate::node::Node;
 use bytes::Bytes;
 use continuum_gossip::{FederationSpec, PeerId};
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};

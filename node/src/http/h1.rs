@@ -4,7 +4,7 @@
 
 use super::conns::{Admitted, Conns};
 use super::{BODY_IDLE_TIMEOUT, BodyCollector, Proto, precheck, route};
-use crate::node::Node;
+use crate::context::Node;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};

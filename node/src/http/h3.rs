@@ -1,7 +1,7 @@
 //! HTTP/3 over QUIC (quinn + h3), on the UDP port that matches the TCP one.
 
 use super::{BODY_IDLE_TIMEOUT, BodyCollector, Proto, precheck, route};
-use crate::node::Node;
+use crate::context::Node;
 use bytes::{Buf, Bytes};
 use h3::error::{ConnectionError, StreamError};
 use h3::server::RequestStream;

@@ -10,8 +10,8 @@ pub(crate) mod control;
 pub mod h1;
 pub mod h3;
 
+use crate::context::Node;
 use crate::mesh::MeshError;
-use crate::node::Node;
 use crate::runtime::router::CALLER_HEADER;
 use crate::runtime::{CallCtx, Unavailable, error_response};
 use bytes::Bytes;

@@ -15,8 +15,8 @@ mod target;
 pub use source::{resolve_target, start};
 pub use target::on_message;
 
+use crate::context::Node;
 use crate::fault::{fault, faulty};
-use crate::node::Node;
 use continuum_gossip::PeerId;
 use continuum_migrate::{MigrationId, Outcome, Report};
 use serde::{Deserialize, Serialize};

@@ -2,7 +2,7 @@
 
 use super::{KEEP_FINISHED, Progress, RoundProgress, fault, faulty, now, step_timeout};
 use crate::components::ApiError;
-use crate::node::Node;
+use crate::context::Node;
 use crate::runtime::ComponentHandle;
 use continuum_gossip::PeerId;
 use continuum_migrate::{

@@ -2,8 +2,8 @@
 
 use super::{fault, faulty, now, step_timeout};
 use crate::components::check_name;
+use crate::context::Node;
 use crate::fault::faulty_file;
-use crate::node::Node;
 use crate::runtime::carried::CarriedLimits;
 use crate::runtime::{Carried, ComponentHandle, Instance, LoadedModule};
 use continuum_gossip::PeerId;

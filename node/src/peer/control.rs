@@ -2,8 +2,8 @@
 //! (the CLI can reach a whole swarm through one node), answered as the API would.
 
 use super::{misplaced, refused};
+use crate::context::Node;
 use crate::mesh::rpc::{Protocol, Reply, Request};
-use crate::node::Node;
 use continuum_gossip::PeerId;
 use std::sync::Arc;
 

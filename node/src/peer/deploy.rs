@@ -2,8 +2,8 @@
 //! before it gets here), under the same admission rules as a deployment through the API.
 
 use super::{misplaced, refused};
+use crate::context::Node;
 use crate::mesh::rpc::{Protocol, Reply, Request};
-use crate::node::Node;
 use continuum_gossip::PeerId;
 use std::sync::Arc;
 

@@ -4,9 +4,9 @@
 //! request whose client waits here.
 
 use super::{misplaced, refused};
+use crate::context::Node;
 use crate::http;
 use crate::mesh::rpc::{Protocol, Reply, Request};
-use crate::node::Node;
 use continuum_gossip::PeerId;
 use std::sync::Arc;
 

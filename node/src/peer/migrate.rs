@@ -3,8 +3,8 @@
 //! target that got no Commit asks).
 
 use super::{misplaced, refused};
+use crate::context::Node;
 use crate::mesh::rpc::{Protocol, Reply, Request};
-use crate::node::Node;
 use continuum_gossip::PeerId;
 use std::sync::Arc;
 

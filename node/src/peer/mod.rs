@@ -12,9 +12,9 @@ mod deploy;
 mod forward;
 mod migrate;
 
+use crate::context::Node;
 use crate::mesh::Inbound;
 use crate::mesh::rpc::{Envelope, Protocol, Reply, Request};
-use crate::node::Node;
 use continuum_gossip::PeerId;
 use std::sync::Arc;
 use tracing::Instrument;

@@ -1,6 +1,6 @@
 //! Periodic checkpoints: what bounds the state a `kill -9` can lose.
 
-use crate::node::Node;
+use crate::context::Node;
 use std::sync::Arc;
 
 /// Every `--checkpoint-every`, each component is checkpointed on its own task, so one whose

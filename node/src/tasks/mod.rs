@@ -6,7 +6,7 @@ mod module_sweep;
 mod placement;
 mod stale_copies;
 
-use crate::node::Node;
+use crate::context::Node;
 use std::sync::Arc;
 use tokio::task::JoinHandle;
 use tracing::Instrument;

@@ -1,6 +1,6 @@
 //! Stored modules nothing needs any more, deleted now and then.
 
-use crate::node::Node;
+use crate::context::Node;
 use std::sync::Arc;
 
 /// Now and then, the stored modules nothing needs go (those of migrations here that ended

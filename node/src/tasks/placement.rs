@@ -1,6 +1,6 @@
 //! Placement: the policies, evaluated every second, and the moves they decide started.
 
-use crate::node::Node;
+use crate::context::Node;
 use std::sync::Arc;
 use std::time::Instant;
 

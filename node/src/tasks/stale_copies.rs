@@ -1,6 +1,6 @@
 //! Copies of components that moved on while this node was down: dropped on proof only.
 
-use crate::node::Node;
+use crate::context::Node;
 use std::sync::Arc;
 
 /// A node that comes back from a crash may hold a copy of a component that moved on while it
