@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fuzz every decoder that reads bytes from a peer, a client or a file (fuzz/fuzz_targets):
-# gossip frames, snapshots and page deltas, migration messages, the guest ABI, the
-# instrumenter. Each target runs SECONDS (default 60) on its own corpus (fuzz/corpus/TARGET,
+# gossip frames, rpc envelopes and call-lane frames, snapshots and page deltas, migration
+# messages, the guest ABI, the instrumenter. Each target runs SECONDS (default 60) on its own corpus (fuzz/corpus/TARGET,
 # seeded from fuzz/seeds); the executions and any crash are reported. A crash fails the run and leaves its input in fuzz/artifacts/TARGET: add it to
 # the target's regression seeds once fixed.
 #

@@ -85,17 +85,8 @@ pub struct ComponentInfo {
     pub policy: Policy,
 }
 
-/// Where a component may run, as the deployer set it.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Bounds {
-    #[serde(default)]
-    pub federation: Option<String>,
-    #[serde(default)]
-    pub require: BTreeMap<String, String>,
-    /// Whether (and why) it moves on its own.
-    #[serde(default)]
-    pub policy: Policy,
-}
+/// Where a component may run, as the deployer set it (a deployment to a peer carries it).
+pub use continuum_wire::rpc::Bounds;
 
 pub struct Components {
     rt: Arc<Runtime>,

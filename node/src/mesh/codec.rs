@@ -145,7 +145,7 @@ impl Codec {
             io::Error::new(io::ErrorKind::InvalidData, e.to_string())
         })?;
         drop(buf);
-        env.charge = Some(Arc::new(charge));
+        env.hold(charge);
         Ok(env)
     }
 

@@ -56,7 +56,7 @@ pub async fn serve(node: Arc<Node>, incoming: crate::mesh::Incoming) {
         tokio::spawn(
             async move {
                 // What the request holds of the budget for peers' bytes, until it is answered.
-                let held = envelope.charge.clone();
+                let held = envelope.held();
                 let reply = answer(&node, from, protocol, envelope).await;
                 node.mesh.respond(protocol, channel, reply).await;
                 drop(held);
