@@ -355,6 +355,11 @@ impl Snapshot {
         )
     }
 
+    /// Write the encoding of [`Self::encode`] to `out` as it is made, without holding it whole.
+    pub fn write_to(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        write_framed(self, &self.memories, out)
+    }
+
     /// The digest of the module an encoded snapshot is of, read from its header alone (the
     /// page data is not read): to know which modules a node's saved state still needs.
     pub fn module_of(mut encoded: impl std::io::Read) -> Result<Digest, SnapshotError> {
@@ -423,15 +428,32 @@ pub(crate) fn encode_framed(
     let data_len: usize = memories.iter().map(|m| m.data.len()).sum();
     let digests: usize = memories.iter().map(|m| m.digests.len()).sum();
     let mut out = Vec::with_capacity(data_len + digests + extra + 4096);
-    out.push(0x82); // an array of two items
-    ciborium::into_writer(header, &mut out).expect("writing to a Vec cannot fail");
-    let mut enc = ciborium_ll::Encoder::from(&mut out);
-    enc.push(ciborium_ll::Header::Bytes(Some(data_len)))
-        .expect("writing to a Vec cannot fail");
-    for m in memories {
-        out.extend_from_slice(&m.data);
-    }
+    write_framed(header, memories, &mut out).expect("writing to a Vec cannot fail");
     out
+}
+
+/// The same encoding as [`encode_framed`], written as it is made: a large snapshot goes to a
+/// file without a second copy of its pages in memory.
+pub(crate) fn write_framed(
+    header: &impl Serialize,
+    memories: &[MemoryImage],
+    out: &mut impl std::io::Write,
+) -> std::io::Result<()> {
+    let data_len: usize = memories.iter().map(|m| m.data.len()).sum();
+    out.write_all(&[0x82])?; // an array of two items
+    ciborium::into_writer(header, &mut *out).map_err(|e| match e {
+        ciborium::ser::Error::Io(e) => e,
+        e => std::io::Error::other(e.to_string()),
+    })?;
+    let mut head = Vec::with_capacity(9);
+    ciborium_ll::Encoder::from(&mut head)
+        .push(ciborium_ll::Header::Bytes(Some(data_len)))
+        .expect("writing to a Vec cannot fail");
+    out.write_all(&head)?;
+    for m in memories {
+        out.write_all(&m.data)?;
+    }
+    Ok(())
 }
 
 /// Split an encoding made by [`encode_framed`] into its header and its page data.

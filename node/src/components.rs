@@ -1,7 +1,7 @@
 //! The components this node hosts: deploy, restore, checkpoint, remove, and their persistence
 //! in the data directory (one snapshot file per component, written atomically).
 
-use crate::datadir::{DataDir, write_atomic};
+use crate::datadir::{DataDir, write_atomic, write_atomic_with};
 use crate::metrics::{Metrics, TriggerLabels};
 use crate::runtime::{Carried, ComponentHandle, Instance, Router, Runtime};
 use continuum_gossip::{PeerId, Policy};
@@ -626,25 +626,24 @@ impl Components {
 
     async fn write_snapshot(&self, snap: &Snapshot, trigger: &'static str) -> Result<(), ApiError> {
         let path = self.dir.snapshot(&snap.meta.name);
-        let bytes = {
-            let snap = snap.clone();
-            blocking(move || snap.encode()).await?
-        };
-        let len = bytes.len() as u64;
+        let snap = snap.clone();
         let written = blocking(move || {
             if crate::fault::faulty_file("disk-full") {
                 anyhow::bail!("no space left on device (fault injection)");
             }
-            write_atomic(&path, &bytes)
+            write_atomic_with(&path, |w| snap.write_to(w))
         })
         .await?;
-        if let Err(e) = written {
-            self.metrics
-                .checkpoint_failures
-                .get_or_create(&TriggerLabels { trigger })
-                .inc();
-            return Err(e.into());
-        }
+        let len = match written {
+            Ok(len) => len,
+            Err(e) => {
+                self.metrics
+                    .checkpoint_failures
+                    .get_or_create(&TriggerLabels { trigger })
+                    .inc();
+                return Err(e.into());
+            }
+        };
         self.metrics
             .checkpoints
             .get_or_create(&TriggerLabels { trigger })

@@ -125,20 +125,33 @@ pub fn read_node_json(root: &Path) -> Result<NodeInfo> {
 /// Replace `path` with `bytes` so that a crash leaves either the old or the new file, never a
 /// torn one: write a temporary file, fsync it, rename it over, fsync the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_with(path, |f| f.write_all(bytes)).map(|_| ())
+}
+
+/// [`write_atomic`] of what `write` writes as it makes it (a large snapshot is never held
+/// whole in memory); the bytes written.
+pub fn write_atomic_with(
+    path: &Path,
+    write: impl FnOnce(&mut std::io::BufWriter<fs::File>) -> std::io::Result<()>,
+) -> Result<u64> {
     let tmp = path.with_extension(format!(
         "{}.tmp",
         path.extension().and_then(|e| e.to_str()).unwrap_or("")
     ));
-    let mut f = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
+    let f = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+    let len = write(&mut w)
+        .and_then(|_| w.into_inner().map_err(|e| e.into_error()))
+        .and_then(|f| {
+            f.sync_all()?;
+            f.metadata().map(|m| m.len())
+        })
         .with_context(|| format!("writing {}", tmp.display()))?;
-    drop(f);
     fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
     if let Some(dir) = path.parent() {
         fs::File::open(dir).and_then(|d| d.sync_all()).ok();
     }
-    Ok(())
+    Ok(len)
 }
 
 #[cfg(unix)]

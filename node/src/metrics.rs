@@ -77,6 +77,8 @@ pub struct Metrics {
     pub checkpoint_failures: Family<TriggerLabels, Counter>,
     pub checkpoint_seconds: Histogram,
     pub checkpoint_bytes: Counter,
+    /// Bytes of uploads that went to a file rather than to memory (see `http::BodyCollector`).
+    pub uploads_spooled: Counter,
     pub components: Gauge,
     /// HTTP/1.1 connections open.
     pub http_connections: Gauge,
@@ -115,6 +117,7 @@ impl Default for Metrics {
             checkpoint_failures: Family::default(),
             checkpoint_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             checkpoint_bytes: Counter::default(),
+            uploads_spooled: Counter::default(),
             components: Gauge::default(),
             http_connections: Gauge::default(),
             mesh_rejected: Family::default(),
@@ -185,6 +188,11 @@ impl Default for Metrics {
             "checkpoint_bytes",
             "Bytes of snapshots written",
             m.checkpoint_bytes.clone(),
+        );
+        r.register(
+            "uploads_spooled_bytes",
+            "Bytes of uploads written to a file in the data directory as they came",
+            m.uploads_spooled.clone(),
         );
         r.register(
             "components",

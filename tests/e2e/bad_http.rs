@@ -155,4 +155,27 @@ async fn a_100_mib_checkpoint_restores_through_the_api_whole() {
         node.h1(Method::GET, "/c/copy/digest", b"").await.text(),
         digest
     );
+    // It came through a file, not the node's memory, and the file is gone.
+    assert!(
+        node.metric("continuum_uploads_spooled_bytes_total").await >= size,
+        "the upload was held in memory"
+    );
+    let uploads = node.dir.join("uploads");
+    assert_eq!(std::fs::read_dir(&uploads).unwrap().count(), 0);
+    // Where it cannot be written (here the directory is a file), it is refused, saying why,
+    // counted, and nothing else changes.
+    std::fs::remove_dir(&uploads).unwrap();
+    std::fs::write(&uploads, b"in the way").unwrap();
+    let err = node.fails(&["restore", file, "--name", "third"]);
+    assert!(err.contains("could not be written"), "{err}");
+    assert_eq!(
+        node.metric("continuum_rejected_total{reason=\"upload_not_spooled\"}")
+            .await,
+        1
+    );
+    assert_eq!(
+        node.h1(Method::GET, "/c/copy/digest", b"").await.text(),
+        digest
+    );
+    assert!(!node.ok(&["ls"]).contains("third"));
 }

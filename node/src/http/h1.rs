@@ -3,7 +3,7 @@
 //! keep-alive connection closes after it too), and a body that stalls gets 408.
 
 use super::conns::{Admitted, Conns};
-use super::{BODY_IDLE_TIMEOUT, BodyCollector, Proto, precheck, route};
+use super::{BODY_IDLE_TIMEOUT, Proto, precheck, route};
 use crate::context::Node;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
@@ -93,12 +93,11 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>) {
 }
 
 async fn handle(node: &Arc<Node>, req: Request<Incoming>) -> Response<Bytes> {
-    let (limit, reserve) = match precheck(node, req.uri(), req.headers()) {
-        Ok(checked) => checked,
+    let mut collector = match precheck(node, req.uri(), req.headers()) {
+        Ok(collector) => collector,
         Err(refusal) => return *refusal,
     };
     let (parts, mut body) = req.into_parts();
-    let mut collector = BodyCollector::new(limit, reserve);
     loop {
         let Ok(frame) = tokio::time::timeout(BODY_IDLE_TIMEOUT, body.frame()).await else {
             return super::body_timeout(node);
@@ -107,7 +106,7 @@ async fn handle(node: &Arc<Node>, req: Request<Incoming>) -> Response<Bytes> {
         match frame {
             Ok(f) => {
                 if let Some(data) = f.data_ref()
-                    && !collector.push(data)
+                    && !collector.push(data).await
                 {
                     break;
                 }
@@ -121,7 +120,7 @@ async fn handle(node: &Arc<Node>, req: Request<Incoming>) -> Response<Bytes> {
             }
         }
     }
-    match collector.finish(node) {
+    match collector.finish(node).await {
         Ok(body) => route(node, Request::from_parts(parts, body), Proto::H1).await,
         Err(refusal) => *refusal,
     }

@@ -49,7 +49,7 @@ where
     S: h3::quic::BidiStream<Bytes>,
 {
     let resp = match precheck(node, req.uri(), req.headers()) {
-        Ok((limit, reserve)) => match body(node, &mut stream, limit, reserve).await {
+        Ok(collector) => match body(node, &mut stream, collector).await {
             Ok(Ok(body)) => {
                 let (parts, ()) = req.into_parts();
                 route(node, Request::from_parts(parts, body), Proto::H3).await
@@ -81,29 +81,27 @@ where
 async fn body<S>(
     node: &Node,
     stream: &mut RequestStream<S, Bytes>,
-    limit: usize,
-    reserve: Option<u64>,
+    mut collector: BodyCollector,
 ) -> Result<Result<Bytes, http::Response<Bytes>>, StreamError>
 where
     S: h3::quic::BidiStream<Bytes>,
 {
-    let mut collector = BodyCollector::new(limit, reserve);
     loop {
         let Ok(data) = tokio::time::timeout(BODY_IDLE_TIMEOUT, stream.recv_data()).await else {
             stream.stop_sending(h3::error::Code::H3_REQUEST_CANCELLED);
             return Ok(Err(super::body_timeout(node)));
         };
         let Some(mut chunk) = data? else {
-            return Ok(collector.finish(node).map_err(|r| *r));
+            return Ok(collector.finish(node).await.map_err(|r| *r));
         };
         while chunk.has_remaining() {
             let part = chunk.chunk();
-            let more = collector.push(part);
+            let more = collector.push(part).await;
             let n = part.len();
             chunk.advance(n);
             if !more {
                 stream.stop_sending(h3::error::Code::H3_NO_ERROR);
-                return Ok(collector.finish(node).map_err(|r| *r));
+                return Ok(collector.finish(node).await.map_err(|r| *r));
             }
         }
     }

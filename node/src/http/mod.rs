@@ -59,60 +59,141 @@ pub const BODY_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 
 /// What both servers check before they read a byte of the body: the control API's token (a
 /// client without it is refused at once, its body unread) and the declared length against the
-/// limit. Ok: the limit, and how much to allocate at once (the declared length of an upload
-/// whose token checked; anyone else's body grows as it arrives, never on the client's word).
+/// limit. Ok: the collector for the body, which allocates at once what an upload whose token
+/// checked declares (anyone else's body grows as it arrives, never on the client's word).
 pub fn precheck(
     node: &Node,
     uri: &http::Uri,
     headers: &http::HeaderMap,
-) -> Result<(usize, Option<u64>), Box<Response<Bytes>>> {
+) -> Result<BodyCollector, Box<Response<Bytes>>> {
     let path = uri.path();
-    if path.starts_with("/v1/") && !control::authorized(&node.token, headers) {
+    let upload = path.starts_with("/v1/");
+    if upload && !control::authorized(&node.token, headers) {
         return Err(Box::new(control::unauthorized(node)));
     }
     let limit = body_limit(node, path);
     match declared_length(headers) {
         // Refused unread only past what is worth draining (see `DRAIN_MAX`).
         Some(n) if n > (limit as u64).max(DRAIN_MAX) => Err(Box::new(too_large(node, limit))),
-        declared => Ok((limit, declared.filter(|_| path.starts_with("/v1/")))),
+        declared => Ok(BodyCollector::new(
+            limit,
+            declared.filter(|_| upload),
+            upload.then(|| node.config.data_dir.join("uploads")),
+        )),
     }
 }
 
+/// Past this much, an upload goes to a file rather than to memory (see [`BodyCollector`]).
+pub const SPOOL_AT: usize = 16 << 20;
+
 /// Collects a request body up to its limit exactly; past it, keeps counting (and dropping)
 /// what follows up to [`DRAIN_MAX`]. Both servers feed it chunk by chunk.
+///
+/// An upload (a module, a checkpoint of up to `--max-upload`) past [`SPOOL_AT`] is written to an
+/// unnamed file in the data directory as it arrives, and handed on mapped from it: a 1 GiB
+/// checkpoint being restored then sits in the page cache, which the kernel can drop and read
+/// again, not in the node's own memory beside the component it becomes. The file has no name
+/// (O_TMPFILE), so nothing is left behind, even by a crash.
 pub struct BodyCollector {
     buf: bytes::BytesMut,
     seen: u64,
     limit: usize,
+    /// Where an upload past [`SPOOL_AT`] goes (none: the body stays in memory).
+    spool_dir: Option<std::path::PathBuf>,
+    spool: Option<tokio::fs::File>,
+    spool_error: Option<std::io::Error>,
 }
 
 impl BodyCollector {
-    /// `reserve`: what to allocate at once (see [`precheck`]), at most the limit.
-    pub fn new(limit: usize, reserve: Option<u64>) -> Self {
+    /// `reserve`: what to allocate at once (see [`precheck`]), at most the limit and at most
+    /// [`SPOOL_AT`] where the body may go to a file.
+    pub fn new(limit: usize, reserve: Option<u64>, spool_dir: Option<std::path::PathBuf>) -> Self {
+        let mut reserve = reserve.map_or(0, |n| n as usize).min(limit);
+        if spool_dir.is_some() {
+            reserve = reserve.min(SPOOL_AT);
+        }
         BodyCollector {
-            buf: bytes::BytesMut::with_capacity(reserve.map_or(0, |n| n as usize).min(limit)),
+            buf: bytes::BytesMut::with_capacity(reserve),
             seen: 0,
             limit,
+            spool_dir,
+            spool: None,
+            spool_error: None,
         }
     }
 
     /// Take a chunk; `false` when reading further is pointless (the body is over its limit and
-    /// past what is worth draining).
-    pub fn push(&mut self, chunk: &[u8]) -> bool {
+    /// past what is worth draining, or it cannot be written to its file).
+    pub async fn push(&mut self, chunk: &[u8]) -> bool {
         self.seen += chunk.len() as u64;
-        if self.seen <= self.limit as u64 {
+        if self.seen > self.limit as u64 {
+            return self.seen <= DRAIN_MAX;
+        }
+        if self.spool.is_none() && self.buf.len() + chunk.len() <= SPOOL_AT {
             self.buf.extend_from_slice(chunk);
             return true;
         }
-        self.seen <= DRAIN_MAX
+        let Some(dir) = &self.spool_dir else {
+            self.buf.extend_from_slice(chunk);
+            return true;
+        };
+        if let Err(e) = self.spill(dir.clone(), chunk).await {
+            self.spool_error = Some(e);
+            return false;
+        }
+        true
     }
 
-    /// The body, or the 413 that refuses it.
-    pub fn finish(self, node: &Node) -> Result<Bytes, Box<Response<Bytes>>> {
+    /// Write `chunk` to the file, after what was kept in memory so far if it is the first.
+    async fn spill(&mut self, dir: std::path::PathBuf, chunk: &[u8]) -> std::io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        if self.spool.is_none() {
+            let file = tokio::task::spawn_blocking(move || {
+                std::fs::create_dir_all(&dir)?;
+                tempfile::tempfile_in(&dir)
+            })
+            .await
+            .map_err(std::io::Error::other)??;
+            let mut file = tokio::fs::File::from_std(file);
+            file.write_all(&self.buf).await?;
+            self.buf = bytes::BytesMut::new();
+            self.spool = Some(file);
+        }
+        let file = self.spool.as_mut().expect("opened above");
+        file.write_all(chunk).await
+    }
+
+    /// The body, or the answer that refuses it (413 over the limit, 507 when it could not be
+    /// written to its file).
+    pub async fn finish(self, node: &Node) -> Result<Bytes, Box<Response<Bytes>>> {
         if self.seen > self.limit as u64 {
             return Err(Box::new(too_large(node, self.limit)));
         }
-        Ok(self.buf.freeze())
+        let cannot_spool = |e: std::io::Error| {
+            node.metrics.reject("upload_not_spooled");
+            Box::new(text(
+                StatusCode::INSUFFICIENT_STORAGE,
+                format!("the upload could not be written to the data directory: {e}\n"),
+            ))
+        };
+        if let Some(e) = self.spool_error {
+            return Err(cannot_spool(e));
+        }
+        let Some(mut file) = self.spool else {
+            return Ok(self.buf.freeze());
+        };
+        let mapped = async {
+            use tokio::io::AsyncWriteExt;
+            file.flush().await?;
+            let file = file.into_std().await;
+            // SAFETY: the file has no name and this process alone holds it (O_TMPFILE), so
+            // nothing else can change or truncate it under the mapping.
+            let map = unsafe { memmap2::Mmap::map(&file) }?;
+            Ok::<_, std::io::Error>(Bytes::from_owner(map))
+        };
+        let body = mapped.await.map_err(cannot_spool)?;
+        node.metrics.uploads_spooled.inc_by(body.len() as u64);
+        Ok(body)
     }
 }
 
