@@ -1,4 +1,4 @@
-//! The live-migration handshake (ARCHITECTURE.md §4), as two sans-IO state machines: the
+//! The live-migration handshake (README: Design), as two sans-IO state machines: the
 //! source drives, the target answers. The transport is request/reply (every message to the
 //! target gets exactly one answer), so the machines take the time and the answers as input and
 //! return what the driver must do: send a message, capture and send a round of pages, freeze,

@@ -1,4 +1,4 @@
-//! The snapshot format (ARCHITECTURE.md §3): module digest, memory pages, mutable globals and
+//! The snapshot format: module digest, memory pages, mutable globals and
 //! component metadata, encoded as CBOR, with a blake3 digest per page and one over the whole.
 //!
 //! On the wire a snapshot is a CBOR array of two items: a header (every field but page data)

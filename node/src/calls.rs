@@ -5,7 +5,8 @@
 //! component are parked here until the new host sends the answer.
 
 use crate::context::Node;
-use crate::http::{self, HOST_HEADER};
+use crate::routing;
+use crate::runtime::router::HOST_HEADER;
 use crate::runtime::router::call_result;
 use crate::runtime::{Answer, Back, CallCtx, ComponentHandle, ReplyTo, Router, error_kind};
 use continuum_gossip::PeerId;
@@ -86,7 +87,7 @@ impl Router for Calls {
         // Not here (a local callee goes straight from thread to thread): it waits on the
         // mesh, so it runs next to it.
         node.mesh.runtime().clone().spawn(async move {
-            let resp = http::serve(&node, &to, req, ctx).await;
+            let resp = routing::serve(&node, &to, req, ctx).await;
             // follow-traffic counts a component's calls by the node that answered them, so a
             // component that mostly reads from another moves next to it.
             if error_kind(&resp).is_none()

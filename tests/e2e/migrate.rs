@@ -36,7 +36,7 @@ pub(crate) fn migrate(
 }
 
 pub(crate) fn host_of(r: &continuum::client::Reply) -> String {
-    r.headers[continuum::http::HOST_HEADER]
+    r.headers[continuum::runtime::router::HOST_HEADER]
         .to_str()
         .unwrap()
         .to_string()

@@ -12,7 +12,7 @@ fn host(n: &TestNode, name: &str) -> impl std::future::Future<Output = (u16, Str
         let r = n.h1(Method::GET, &target, b"").await;
         let host = r
             .headers
-            .get(continuum::http::HOST_HEADER)
+            .get(continuum::runtime::router::HOST_HEADER)
             .map(|v| v.to_str().unwrap().to_string())
             .unwrap_or_default();
         (r.status, host)

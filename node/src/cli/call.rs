@@ -1,6 +1,6 @@
 use super::ClientArgs;
 use crate::client::{self, H3};
-use crate::http::HOST_HEADER;
+use crate::runtime::router::HOST_HEADER;
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use clap::Args;

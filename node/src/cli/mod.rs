@@ -1,4 +1,4 @@
-//! The command line (ARCHITECTURE.md §6): one file per subcommand. Client commands talk to a
+//! The command line (README: Command line): one file per subcommand. Client commands talk to a
 //! node's HTTP surface; `node` runs one.
 
 mod call;

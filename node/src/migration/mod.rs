@@ -1,4 +1,4 @@
-//! Live migration over the mesh (ARCHITECTURE.md §4). As the source, this node drives
+//! Live migration over the mesh (README: Live migration). As the source, this node drives
 //! `continuum_migrate::Source`: it captures rounds of changed pages on the component's thread
 //! while it keeps serving, freezes it, sends the last pages and the globals, and on the target's
 //! Ready switches the route (held and late requests follow the component). As the target, it

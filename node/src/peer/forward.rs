@@ -5,8 +5,8 @@
 
 use super::{misplaced, refused};
 use crate::context::Node;
-use crate::http;
 use crate::mesh::rpc::{Protocol, Reply, Request};
+use crate::routing;
 use continuum_gossip::PeerId;
 use std::sync::Arc;
 
@@ -50,7 +50,7 @@ pub async fn answer(node: &Arc<Node>, from: PeerId, request: Request) -> Reply {
             };
             match continuum_guest::abi::decode_request(&request) {
                 Ok(req) => Reply::Forwarded(continuum_guest::abi::encode_response(
-                    &http::serve(node, &name, req, ctx).await,
+                    &routing::serve(node, &name, req, ctx).await,
                 )),
                 Err(e) => refused(400, format!("forwarded request did not decode: {e}")),
             }
@@ -64,7 +64,7 @@ pub async fn answer(node: &Arc<Node>, from: PeerId, request: Request) -> Reply {
             if let Some(h) = node.components.get(&name) {
                 h.wake(op, result, from);
             } else if let Some((to, _)) = node.components.moved_to(&name)
-                && hops < http::MAX_HOPS
+                && hops < routing::MAX_HOPS
             {
                 // It moved on from here too: what reached it here follows it.
                 node.calls.send_wake(to, &name, op, result, hops + 1);

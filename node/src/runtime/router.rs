@@ -15,6 +15,9 @@ pub const ERROR_HEADER: &str = "x-continuum-error";
 
 /// Set by the host on a call from another component: its name. Never taken from a client.
 pub const CALLER_HEADER: &str = "x-continuum-caller";
+/// The header that names the node that served a request (the host sets it, never the
+/// component).
+pub const HOST_HEADER: &str = "x-continuum-host";
 
 /// What travels with a request besides itself, from node to node.
 #[derive(Clone, Debug)]
