@@ -12,7 +12,12 @@ use libfuzzer_sys::fuzz_target;
 
 fn look(req: &Request) {
     let p = Protocol::of(req);
-    let _ = (p.max_message(), p.max_streams(), p.needs_closed_swarm(), req.is_bulk());
+    let _ = (
+        p.max_message(),
+        p.max_streams(),
+        p.needs_closed_swarm(),
+        req.is_bulk(),
+    );
     for on in Protocol::ALL {
         if on != p {
             let _ = misplaced(on, req);
@@ -36,9 +41,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = open::<Reply>(None, &body);
     let mut framed = data;
-    while let Ok(Some((_, env))) =
-        futures::executor::block_on(read_frame(&mut framed, 1 << 20))
-    {
+    while let Ok(Some((_, env))) = futures::executor::block_on(read_frame(&mut framed, 1 << 20)) {
         let _ = open::<Request>(None, &env);
     }
 });

@@ -46,6 +46,9 @@ pub struct Status {
     pub components: usize,
     pub memory_bytes: u64,
     pub arch: String,
+    /// What runs the node's Wasm (`cranelift`).
+    #[serde(default)]
+    pub engine: String,
     pub labels: std::collections::BTreeMap<String, String>,
     /// Whether the swarm is closed by a key (its fingerprint), or open.
     pub swarm_key: Option<String>,
@@ -70,6 +73,7 @@ impl Node {
             components: components.len(),
             memory_bytes: components.iter().map(|c| c.memory_bytes).sum(),
             arch: std::env::consts::ARCH.to_string(),
+            engine: crate::runtime::ENGINE.to_string(),
             labels: self.config.labels.clone(),
             swarm_key: self.swarm_key.clone(),
             peers: mesh.peers.clone(),

@@ -190,6 +190,15 @@ impl Default for Metrics {
             m.checkpoint_bytes.clone(),
         );
         r.register(
+            "build",
+            "What this node is: its version, its architecture and what runs its Wasm",
+            prometheus_client::metrics::info::Info::new(vec![
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("arch", std::env::consts::ARCH),
+                ("engine", crate::runtime::ENGINE),
+            ]),
+        );
+        r.register(
             "uploads_spooled_bytes",
             "Bytes of uploads written to a file in the data directory as they came",
             m.uploads_spooled.clone(),

@@ -35,25 +35,10 @@ async fn bad_gossip_is_dropped_counted_and_survived() {
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(attacker.clone())
         .with_tokio()
         .with_quic()
-        .with_behaviour(|_| {
-            let cfg = gossipsub::ConfigBuilder::default()
-                .validation_mode(gossipsub::ValidationMode::Anonymous)
-                .message_id_fn(|m: &gossipsub::Message| {
-                    gossipsub::MessageId::new(blake3::hash(&m.data).as_bytes())
-                })
-                .max_transmit_size(1 << 20)
-                .heartbeat_interval(Duration::from_millis(200))
-                .build()
-                .unwrap();
-            gossipsub::Behaviour::<
-                gossipsub::IdentityTransform,
-                gossipsub::AllowAllSubscriptionFilter,
-            >::new(gossipsub::MessageAuthenticity::Anonymous, cfg)
-            .unwrap()
-        })
+        .with_behaviour(|_| crate::stranger::gossipsub())
         .unwrap()
         .build();
-    let topic = IdentTopic::new("continuum/gossip/1");
+    let topic = IdentTopic::new(crate::stranger::TOPIC);
     swarm.behaviour_mut().subscribe(&topic).unwrap();
     swarm
         .dial(node.p2p().parse::<Multiaddr>().unwrap())

@@ -162,12 +162,22 @@ async fn a_100_mib_checkpoint_restores_through_the_api_whole() {
     );
     let uploads = node.dir.join("uploads");
     assert_eq!(std::fs::read_dir(&uploads).unwrap().count(), 0);
-    // Where it cannot be written (here the directory is a file), it is refused, saying why,
-    // counted, and nothing else changes.
+    // Where it cannot be written (here the directory is a file), an upload is refused once it
+    // is in, saying why, counted, and nothing else changes.
     std::fs::remove_dir(&uploads).unwrap();
     std::fs::write(&uploads, b"in the way").unwrap();
-    let err = node.fails(&["restore", file, "--name", "third"]);
-    assert!(err.contains("could not be written"), "{err}");
+    let token = std::fs::read_to_string(node.dir.join("admin.token")).unwrap();
+    let r = continuum::client::h1(
+        node.addr(),
+        Method::POST,
+        "/v1/restore?name=third",
+        vec![7u8; 20 << 20].into(),
+        Some(token.trim()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 507, "{}", r.text());
+    assert!(r.text().contains("could not be written"), "{}", r.text());
     assert_eq!(
         node.metric("continuum_rejected_total{reason=\"upload_not_spooled\"}")
             .await,

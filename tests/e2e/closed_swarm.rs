@@ -106,22 +106,7 @@ async fn a_federation_announced_for_ever_dissolves_within_the_nodes_bound() {
         200
     );
     // A bound past what any node grants is refused at start, saying why.
-    let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_continuum"))
-        .args([
-            "node",
-            "--no-mdns",
-            "--http",
-            "127.0.0.1:0",
-            "--max-lease",
-            "48h",
-        ])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = crate::support::refused_start(&["--max-lease", "48h"]);
     assert!(err.contains("max_lease must be"), "{err}");
 }
 

@@ -218,3 +218,65 @@ async fn until_all_hosted(via: &TestNode, names: &[&str], want: &TestNode, withi
         }
     }
 }
+
+/// Every node carries what it is as labels of its own (`arch`, `engine`), in its advert, its
+/// status and its metrics, so `--require arch=...` places by architecture; an operator cannot
+/// set them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_advertise_their_architecture_and_engine_and_placement_can_require_them() {
+    let arch = std::env::consts::ARCH;
+    let nodes = mesh(2, crate::migrate::args);
+    until_full_views(&[&nodes[0], &nodes[1]], Duration::from_secs(20)).await;
+    let status = nodes[1].status().await;
+    assert_eq!(status["engine"], "cranelift");
+    let peer = status["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["peer_id"] == nodes[0].peer_id())
+        .unwrap()
+        .clone();
+    assert_eq!(peer["labels"]["arch"], arch, "{peer}");
+    assert_eq!(peer["labels"]["engine"], "cranelift", "{peer}");
+    let metrics = nodes[0].h1(Method::GET, "/metrics", b"").await.text();
+    assert!(
+        metrics.contains(&format!(
+            "continuum_build_info{{version=\"{}\",arch=\"{arch}\",engine=\"cranelift\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{metrics}"
+    );
+    // Here, on this architecture: taken. On one no node has: refused, saying why.
+    let counter = guest("counter");
+    nodes[0].ok(&[
+        "deploy",
+        &counter,
+        "--name",
+        "here",
+        "--require",
+        &format!("arch={arch}"),
+    ]);
+    let err = nodes[0].fails(&[
+        "deploy",
+        &counter,
+        "--name",
+        "there",
+        "--require",
+        "arch=riscv64",
+    ]);
+    assert!(err.contains("arch=riscv64"), "{err}");
+    let err = nodes[0].fails(&[
+        "deploy",
+        &counter,
+        "--name",
+        "there",
+        "--on",
+        nodes[1].peer_id(),
+        "--require",
+        "arch=riscv64",
+    ]);
+    assert!(err.contains("arch=riscv64"), "{err}");
+    // The node's own labels are not the operator's to set.
+    let err = crate::support::refused_start(&["--label", "arch=sparc"]);
+    assert!(err.contains("the label arch is the node's own"), "{err}");
+}

@@ -17,7 +17,24 @@ pub struct Behaviour {
     gossip: gossipsub::Behaviour,
 }
 
-const TOPIC: &str = "continuum/gossip/1";
+pub const TOPIC: &str = "continuum/gossip/1";
+
+/// Gossipsub as the node runs it (anonymous messages, named by their content), for a raw peer.
+pub fn gossipsub() -> gossipsub::Behaviour {
+    gossipsub::Behaviour::new(
+        gossipsub::MessageAuthenticity::Anonymous,
+        gossipsub::ConfigBuilder::default()
+            .validation_mode(gossipsub::ValidationMode::Anonymous)
+            .message_id_fn(|m: &gossipsub::Message| {
+                gossipsub::MessageId::new(blake3::hash(&m.data).as_bytes())
+            })
+            .max_transmit_size(1 << 20)
+            .heartbeat_interval(Duration::from_millis(200))
+            .build()
+            .unwrap(),
+    )
+    .unwrap()
+}
 
 pub struct Stranger {
     swarm: libp2p::Swarm<Behaviour>,
@@ -36,19 +53,7 @@ impl Stranger {
             .with_quic()
             .with_behaviour(|_| Behaviour {
                 lanes: libp2p_stream::Behaviour::new(),
-                gossip: gossipsub::Behaviour::new(
-                    gossipsub::MessageAuthenticity::Anonymous,
-                    gossipsub::ConfigBuilder::default()
-                        .validation_mode(gossipsub::ValidationMode::Anonymous)
-                        .message_id_fn(|m: &gossipsub::Message| {
-                            gossipsub::MessageId::new(blake3::hash(&m.data).as_bytes())
-                        })
-                        .max_transmit_size(1 << 20)
-                        .heartbeat_interval(Duration::from_millis(200))
-                        .build()
-                        .unwrap(),
-                )
-                .unwrap(),
+                gossip: gossipsub(),
             })
             .unwrap()
             .build();

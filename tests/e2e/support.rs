@@ -12,6 +12,21 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+/// A node started with `args` (on loopback, in a fresh directory) that must refuse to start:
+/// what it says on stderr.
+pub fn refused_start(args: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_continuum"))
+        .args(["node", "--no-mdns", "--http", "127.0.0.1:0"])
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the node started with {args:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 pub fn guest(name: &str) -> String {
     let path =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../target/guests/{name}.wasm"));

@@ -67,15 +67,26 @@ pub fn precheck(
         return Err(Box::new(control::unauthorized(node)));
     }
     let limit = body_limit(node, path);
-    match declared_length(headers) {
-        // Refused unread only past what is worth draining (see `DRAIN_MAX`).
-        Some(n) if n > (limit as u64).max(DRAIN_MAX) => Err(Box::new(too_large(node, limit))),
-        declared => Ok(BodyCollector::new(
-            limit,
-            declared.filter(|_| upload),
-            upload.then(|| node.config.data_dir.join("uploads")),
-        )),
+    let declared = declared_length(headers);
+    // Refused unread only past what is worth draining (see `DRAIN_MAX`).
+    if declared.is_some_and(|n| n > (limit as u64).max(DRAIN_MAX)) {
+        return Err(Box::new(too_large(node, limit)));
     }
+    Ok(BodyCollector::new(
+        limit,
+        declared.filter(|_| upload),
+        upload.then(|| node.config.data_dir.join("uploads")),
+    ))
+}
+
+/// The 507 for an upload that could not be written to the data directory (sent once the body
+/// is drained, as a 413 is, so that the client still writing reads it).
+fn cannot_spool(node: &Node, e: &std::io::Error) -> Box<Response<Bytes>> {
+    node.metrics.reject("upload_not_spooled");
+    Box::new(text(
+        StatusCode::INSUFFICIENT_STORAGE,
+        format!("the upload could not be written to the data directory: {e}\n"),
+    ))
 }
 
 /// Past this much, an upload goes to a file rather than to memory (see [`BodyCollector`]).
@@ -117,32 +128,36 @@ impl BodyCollector {
         }
     }
 
-    /// Take a chunk; `false` when reading further is pointless (the body is over its limit and
-    /// past what is worth draining, or it cannot be written to its file).
+    /// Take a chunk; `false` when reading further is pointless (the body will be refused, and
+    /// it is past what is worth draining so that the client reads why).
     pub async fn push(&mut self, chunk: &[u8]) -> bool {
         self.seen += chunk.len() as u64;
-        if self.seen > self.limit as u64 {
+        if self.seen > self.limit as u64 || self.spool_error.is_some() {
             return self.seen <= DRAIN_MAX;
         }
         if self.spool.is_none() && self.buf.len() + chunk.len() <= SPOOL_AT {
             self.buf.extend_from_slice(chunk);
             return true;
         }
-        let Some(dir) = &self.spool_dir else {
+        if self.spool_dir.is_none() {
             self.buf.extend_from_slice(chunk);
             return true;
-        };
-        if let Err(e) = self.spill(dir.clone(), chunk).await {
+        }
+        if let Err(e) = self.spill(chunk).await {
             self.spool_error = Some(e);
-            return false;
+            self.buf = bytes::BytesMut::new();
+            return self.seen <= DRAIN_MAX;
         }
         true
     }
 
-    /// Write `chunk` to the file, after what was kept in memory so far if it is the first.
-    async fn spill(&mut self, dir: std::path::PathBuf, chunk: &[u8]) -> std::io::Result<()> {
+    /// The file an upload goes to (made once, with what was kept in memory so far).
+    async fn open_spool(&mut self) -> std::io::Result<&mut tokio::fs::File> {
         use tokio::io::AsyncWriteExt;
         if self.spool.is_none() {
+            let dir = self.spool_dir.clone().ok_or_else(|| {
+                std::io::Error::other("a body that is not an upload is not written to disk")
+            })?;
             let file = tokio::task::spawn_blocking(move || {
                 std::fs::create_dir_all(&dir)?;
                 tempfile::tempfile_in(&dir)
@@ -154,8 +169,13 @@ impl BodyCollector {
             self.buf = bytes::BytesMut::new();
             self.spool = Some(file);
         }
-        let file = self.spool.as_mut().expect("opened above");
-        file.write_all(chunk).await
+        Ok(self.spool.as_mut().expect("opened above"))
+    }
+
+    /// Write `chunk` to the file, opening it first if need be.
+    async fn spill(&mut self, chunk: &[u8]) -> std::io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        self.open_spool().await?.write_all(chunk).await
     }
 
     /// The body, or the answer that refuses it (413 over the limit, 507 when it could not be
@@ -164,15 +184,8 @@ impl BodyCollector {
         if self.seen > self.limit as u64 {
             return Err(Box::new(too_large(node, self.limit)));
         }
-        let cannot_spool = |e: std::io::Error| {
-            node.metrics.reject("upload_not_spooled");
-            Box::new(text(
-                StatusCode::INSUFFICIENT_STORAGE,
-                format!("the upload could not be written to the data directory: {e}\n"),
-            ))
-        };
         if let Some(e) = self.spool_error {
-            return Err(cannot_spool(e));
+            return Err(cannot_spool(node, &e));
         }
         let Some(mut file) = self.spool else {
             return Ok(self.buf.freeze());
@@ -186,7 +199,7 @@ impl BodyCollector {
             let map = unsafe { memmap2::Mmap::map(&file) }?;
             Ok::<_, std::io::Error>(Bytes::from_owner(map))
         };
-        let body = mapped.await.map_err(cannot_spool)?;
+        let body = mapped.await.map_err(|e| cannot_spool(node, &e))?;
         node.metrics.uploads_spooled.inc_by(body.len() as u64);
         Ok(body)
     }

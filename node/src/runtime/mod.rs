@@ -89,6 +89,10 @@ impl Drop for Runtime {
     }
 }
 
+/// What runs the Wasm on this build: Cranelift's compiled code. Nodes advertise it (the label
+/// `engine`) so that placement can ask for it.
+pub const ENGINE: &str = "cranelift";
+
 impl Runtime {
     pub fn new(limits: RuntimeLimits, modules_dir: Option<PathBuf>) -> anyhow::Result<Runtime> {
         let mut config = Config::new();
