@@ -42,24 +42,19 @@ async fn bind(
 
 /// Labels every node carries, set by the node itself: what it is, for `--require` and
 /// federation predicates to ask for (`arch=aarch64`, `engine=cranelift`).
-pub const BUILT_IN_LABELS: [&str; 2] = ["arch", "engine"];
+pub const BUILT_IN_LABELS: [(&str, &str); 2] = [
+    ("arch", std::env::consts::ARCH),
+    ("engine", crate::runtime::ENGINE),
+];
 
 pub async fn run(mut config: NodeConfig) -> Result<()> {
-    if let Some(k) = BUILT_IN_LABELS
-        .iter()
-        .find(|k| config.labels.contains_key(**k))
-    {
-        anyhow::bail!(
-            "the label {k} is the node's own ({}), not one to set",
-            BUILT_IN_LABELS.join(", ")
+    for (k, v) in BUILT_IN_LABELS {
+        anyhow::ensure!(
+            !config.labels.contains_key(k),
+            "the label {k} is the node's own (arch, engine), not one to set"
         );
+        config.labels.insert(k.into(), v.into());
     }
-    config
-        .labels
-        .insert("arch".into(), std::env::consts::ARCH.into());
-    config
-        .labels
-        .insert("engine".into(), crate::runtime::ENGINE.into());
     if let Some(b) = config.cpu_budget {
         anyhow::ensure!(
             b.is_finite() && b > 0.0,

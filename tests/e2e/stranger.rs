@@ -17,7 +17,7 @@ pub struct Behaviour {
     gossip: gossipsub::Behaviour,
 }
 
-pub const TOPIC: &str = "continuum/gossip/1";
+pub use continuum::mesh::TOPIC;
 
 /// Gossipsub as the node runs it (anonymous messages, named by their content), for a raw peer.
 pub fn gossipsub() -> gossipsub::Behaviour {

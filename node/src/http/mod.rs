@@ -135,15 +135,15 @@ impl BodyCollector {
         if self.seen > self.limit as u64 || self.spool_error.is_some() {
             return self.seen <= DRAIN_MAX;
         }
+        let Some(dir) = self.spool_dir.as_ref() else {
+            self.buf.extend_from_slice(chunk);
+            return true;
+        };
         if self.spool.is_none() && self.buf.len() + chunk.len() <= SPOOL_AT {
             self.buf.extend_from_slice(chunk);
             return true;
         }
-        if self.spool_dir.is_none() {
-            self.buf.extend_from_slice(chunk);
-            return true;
-        }
-        if let Err(e) = self.spill(chunk).await {
+        if let Err(e) = Self::spill(&mut self.spool, &mut self.buf, dir, chunk).await {
             self.spool_error = Some(e);
             self.buf = bytes::BytesMut::new();
             return self.seen <= DRAIN_MAX;
@@ -151,31 +151,30 @@ impl BodyCollector {
         true
     }
 
-    /// The file an upload goes to (made once, with what was kept in memory so far).
-    async fn open_spool(&mut self) -> std::io::Result<&mut tokio::fs::File> {
+    /// Write `chunk` to the file, first making it (in `dir`) with what `buf` kept so far.
+    async fn spill(
+        spool: &mut Option<tokio::fs::File>,
+        buf: &mut bytes::BytesMut,
+        dir: &std::path::Path,
+        chunk: &[u8],
+    ) -> std::io::Result<()> {
         use tokio::io::AsyncWriteExt;
-        if self.spool.is_none() {
-            let dir = self.spool_dir.clone().ok_or_else(|| {
-                std::io::Error::other("a body that is not an upload is not written to disk")
-            })?;
-            let file = tokio::task::spawn_blocking(move || {
-                std::fs::create_dir_all(&dir)?;
-                tempfile::tempfile_in(&dir)
-            })
-            .await
-            .map_err(std::io::Error::other)??;
-            let mut file = tokio::fs::File::from_std(file);
-            file.write_all(&self.buf).await?;
-            self.buf = bytes::BytesMut::new();
-            self.spool = Some(file);
-        }
-        Ok(self.spool.as_mut().expect("opened above"))
-    }
-
-    /// Write `chunk` to the file, opening it first if need be.
-    async fn spill(&mut self, chunk: &[u8]) -> std::io::Result<()> {
-        use tokio::io::AsyncWriteExt;
-        self.open_spool().await?.write_all(chunk).await
+        let file = match spool {
+            Some(file) => file,
+            None => {
+                let dir = dir.to_path_buf();
+                let file = tokio::task::spawn_blocking(move || {
+                    std::fs::create_dir_all(&dir)?;
+                    tempfile::tempfile_in(&dir)
+                })
+                .await
+                .map_err(std::io::Error::other)??;
+                let mut file = tokio::fs::File::from_std(file);
+                file.write_all(&std::mem::take(buf)).await?;
+                spool.insert(file)
+            }
+        };
+        file.write_all(chunk).await
     }
 
     /// The body, or the answer that refuses it (413 over the limit, 507 when it could not be

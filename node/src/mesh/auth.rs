@@ -5,10 +5,11 @@
 //! that doubles with each failure; the node starts no exchange with it before the proof, and
 //! what it may have overheard meanwhile is encrypted (see `continuum_gossip::SwarmKey`).
 
+use super::gated::Admission;
 use continuum_gossip::SwarmKey;
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, StreamProtocol};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
@@ -43,18 +44,26 @@ pub enum Admit {
 }
 
 /// Who has proved the key, who is due to, and who is kept away. Plain state: the driver
-/// gives it the time.
-#[derive(Default)]
+/// gives it the time. Who has proved it is kept in the [`Admission`] the protocols held shut
+/// until then share (see `gated`), so the two never disagree.
 pub struct Gate {
-    proven: HashSet<PeerId>,
+    proven: Admission,
     due: HashMap<PeerId, Instant>,
     /// Kept away until, and the length of the last time it was.
     away: HashMap<PeerId, (Instant, Duration)>,
 }
 
 impl Gate {
+    pub(super) fn new(proven: Admission) -> Gate {
+        Gate {
+            proven,
+            due: HashMap::new(),
+            away: HashMap::new(),
+        }
+    }
+
     pub fn connected(&mut self, now: Instant, peer: PeerId) -> Admit {
-        if self.proven.contains(&peer) {
+        if self.proven.is_admitted(&peer) {
             return Admit::Proven;
         }
         if self.away.get(&peer).is_some_and(|(until, _)| *until > now) {
@@ -71,13 +80,13 @@ impl Gate {
             return false;
         }
         self.away.remove(&peer);
-        self.proven.insert(peer)
+        self.proven.admit(peer)
     }
 
     /// A bad proof, or none in time: keep the peer away, twice as long as last time.
     pub fn failed(&mut self, now: Instant, peer: PeerId) {
         self.due.remove(&peer);
-        self.proven.remove(&peer);
+        self.proven.revoke(&peer);
         let last = self.away.get(&peer).map(|(_, d)| *d);
         let wait = last.map_or(FIRST_BACKOFF, |d| (d * 2).min(MAX_BACKOFF));
         if self.away.len() >= MAX_REMEMBERED {
@@ -111,12 +120,12 @@ impl Gate {
 
     /// Its last connection closed: it proves itself again next time.
     pub fn closed(&mut self, peer: PeerId) {
-        self.proven.remove(&peer);
+        self.proven.revoke(&peer);
         self.due.remove(&peer);
     }
 
     pub fn is_proven(&self, peer: &PeerId) -> bool {
-        self.proven.contains(peer)
+        self.proven.is_admitted(peer)
     }
 }
 
@@ -175,9 +184,13 @@ pub async fn read_proofs(
 mod tests {
     use super::*;
 
+    fn gate() -> Gate {
+        Gate::new(Admission::new(std::sync::Arc::default()))
+    }
+
     #[test]
     fn a_peer_that_does_not_prove_in_time_is_kept_away_longer_each_time() {
-        let (mut g, t0, p) = (Gate::default(), Instant::now(), PeerId::random());
+        let (mut g, t0, p) = (gate(), Instant::now(), PeerId::random());
         assert_eq!(g.connected(t0, p), Admit::Wait);
         assert!(g.overdue(t0 + WITHIN / 2).is_empty());
         assert_eq!(g.overdue(t0 + WITHIN), vec![p]);
@@ -214,7 +227,7 @@ mod tests {
 
     #[test]
     fn fresh_identities_cannot_grow_the_gate_past_its_bound() {
-        let (mut g, t0) = (Gate::default(), Instant::now());
+        let (mut g, t0) = (gate(), Instant::now());
         for _ in 0..MAX_REMEMBERED + 100 {
             g.failed(t0, PeerId::random());
         }

@@ -5,7 +5,9 @@
 use super::behaviour::{Behaviour, BehaviourEvent};
 use super::gated::Gated;
 use super::rpc::{self, Envelope, Protocol, Reply, Request};
-use super::{Command, FederationOp, FederationStatus, MeshConfig, MeshError, PeerStatus, Snapshot};
+use super::{
+    Command, FederationOp, FederationStatus, MeshConfig, MeshError, PeerStatus, Snapshot, TOPIC,
+};
 use crate::metrics::Metrics;
 use anyhow::Result;
 use continuum_gossip::{
@@ -23,8 +25,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
-
-const TOPIC: &str = "continuum/gossip/1";
 
 /// Peers a node connects to on its own once it hears of them.
 const DIRECT_PEERS: usize = 8;
@@ -200,8 +200,6 @@ pub struct Driver {
     rtts: HashMap<PeerId, f64>,
     /// In a closed swarm: who proved the key (see `auth`), and where proofs go out and come in.
     gate: Option<super::auth::Gate>,
-    /// The same peers, for the protocols held shut until then (see `gated`).
-    admission: Option<super::gated::Admission>,
     auth: libp2p_stream::Control,
     verdicts: mpsc::Receiver<(PeerId, bool)>,
     /// Claims of a move the directory passed over, as counted so far.
@@ -252,8 +250,12 @@ impl Driver {
             local.clone(),
             first_seq,
         );
-        let cfg_key_gate = cfg.key.is_some().then(super::auth::Gate::default);
-        let admission = swarm.behaviour().identify.admission().cloned();
+        let gate = swarm
+            .behaviour()
+            .identify
+            .admission()
+            .cloned()
+            .map(super::auth::Gate::new);
         Ok(Driver {
             swarm,
             gossip,
@@ -271,8 +273,7 @@ impl Driver {
             ready: Some(ready),
             dirty: true,
             rtts: HashMap::new(),
-            gate: cfg_key_gate,
-            admission,
+            gate,
             auth,
             verdicts,
             unproven_seen: 0,
@@ -354,17 +355,11 @@ impl Driver {
         };
         if good {
             if gate.proven(peer, self.swarm.is_connected(&peer)) {
-                if let Some(a) = &self.admission {
-                    a.admit(peer);
-                }
                 let now = self.now();
                 self.gossip.handle_connected(now, peer);
             }
         } else {
             gate.failed(Instant::now(), peer);
-            if let Some(a) = &self.admission {
-                a.revoke(&peer);
-            }
             tracing::info!(%peer, "a wrong proof of the swarm key: disconnected");
             self.metrics.mesh_reject("keyless_peer");
             let _ = self.swarm.disconnect_peer_id(peer);
@@ -476,9 +471,6 @@ impl Driver {
             } => {
                 if let Some(gate) = self.gate.as_mut() {
                     gate.closed(peer_id);
-                }
-                if let Some(a) = &self.admission {
-                    a.revoke(&peer_id);
                 }
                 self.gossip.handle_disconnected(peer_id)
             }

@@ -49,10 +49,10 @@ impl Admission {
         self.0.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Admit `peer`, waking its connections' handlers.
-    pub fn admit(&self, peer: PeerId) {
+    /// Admit `peer`, waking its connections' handlers; true if it was not admitted yet.
+    pub fn admit(&self, peer: PeerId) -> bool {
         let mut s = self.state();
-        s.peers.insert(peer);
+        let new = s.peers.insert(peer);
         s.waiting.retain(|_, (p, waker)| {
             if *p == peer {
                 waker.wake_by_ref();
@@ -61,6 +61,7 @@ impl Admission {
                 true
             }
         });
+        new
     }
 
     /// `peer` proves itself again before it is heard (it failed, or its last connection

@@ -12,6 +12,9 @@ pub mod lane;
 pub mod resources;
 pub mod rpc;
 
+/// The gossipsub topic every node of the mesh publishes on.
+pub const TOPIC: &str = "continuum/gossip/1";
+
 use crate::components::ComponentInfo;
 use crate::metrics::Metrics;
 use anyhow::{Context, Result};
