@@ -2,7 +2,7 @@
 # Benchmarks behind BENCHMARKS.md. All on 127.0.0.1, every load bounded in time; prints a
 # summary to paste into BENCHMARKS.md.
 #
-#   scripts/bench.sh [node] [snapshot] [mesh] [migrate] [calls]     (default: all five)
+#   scripts/bench.sh [node] [snapshot] [mesh] [migrate] [calls] [arch]     (default: all six)
 #
 # node:     idle RSS, stripped binary size, requests/s and latency over HTTP/1.1 (wrk) and
 #           HTTP/3 (our h3load), the tick gap of sensor-filter under that load
@@ -14,10 +14,13 @@
 #           stop-and-copy (our migbench)
 # calls:    a call between components on one node and across two (round trips timed inside the
 #           caller, relay's /time), throughput of one relay with 64 requests waiting on slow
+# arch:     release binary sizes (scripts/release.sh), counter's request latency on each engine,
+#           and a 16 MiB pre-copy migration in one run between two x86_64 Cranelift nodes, to a
+#           Pulley node, and to an aarch64 node under qemu-user
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${BENCH_SECS:-10}
-SECTIONS=${*:-node snapshot mesh migrate calls}
+SECTIONS=${*:-node snapshot mesh migrate calls arch}
 want() { [[ " $SECTIONS " == *" $1 "* ]]; }
 
 for tool in wrk curl; do
@@ -163,6 +166,41 @@ one=$(curl -s -o /dev/null -w '%{time_total}' "http://127.0.0.1:7071/c/far/to/sl
 wrk -t1 -c64 -d"${SECS}s" --latency "http://127.0.0.1:7071/c/far/to/slow/after/50" >"$WORK/slow.txt"
 rps=$(awk '/Requests\/sec/ {printf "%.0f", $2}' "$WORK/slow.txt")
 note "- one relay instance, 64 requests waiting on slow /after/50 (wrk -t1 -c64): $rps req/s, p50 $(awk '$1=="50%" {print $2}' "$WORK/slow.txt"), p99 $(awk '$1=="99%" {print $2}' "$WORK/slow.txt"); one request alone takes ${one}s, so a design that serves one request at a time (a blocking call) does $(python3 -c "print(f'{1/$one:.0f}')") req/s: $(python3 -c "print(f'{$rps*$one:.0f}')")x"
+stop_swarm
+fi
+
+if want arch; then
+echo "==> release binaries (scripts/release.sh)"
+scripts/release.sh
+while read -r sum file; do
+    note "- $file: $(stat -c %s "target/dist/$file") bytes ($(du -m "target/dist/$file" | cut -f1) MiB), sha256 ${sum:0:16}..."
+done <target/dist/SHA256SUMS
+echo "==> counter on each engine"
+for engine in cranelift pulley; do
+    start_node --engine "$engine"
+    "$BIN" deploy target/guests/counter.wasm >/dev/null
+    wrk -t1 -c1 -d"${SECS}s" --latency -s "$WORK/post.lua" "$URL/c/counter/incr" >"$WORK/e1.txt"
+    wrk -t1 -c32 -d"${SECS}s" --latency -s "$WORK/post.lua" "$URL/c/counter/incr" >"$WORK/e32.txt"
+    note "- counter POST /incr on $engine: 1 connection p50 $(awk '$1=="50%" {print $2}' "$WORK/e1.txt") p99 $(awk '$1=="99%" {print $2}' "$WORK/e1.txt"); 32 connections $(awk '/Requests\/sec/ {printf "%.0f req/s", $2}' "$WORK/e32.txt"), p50 $(awk '$1=="50%" {print $2}' "$WORK/e32.txt")"
+    stop_node
+done
+echo "==> the same 16 MiB migration to another engine and another architecture"
+export CONTINUUM_BIN=$BIN
+SW=$WORK/swarm
+foreign=aarch64
+[ "$(uname -m)" != aarch64 ] || foreign=x86_64
+CONTINUUM_NODE_ARGS_3="--engine pulley" scripts/swarm.sh start 4 --dir "$SW" \
+    --arch "$(uname -m),$(uname -m),$(uname -m),$foreign" -- --checkpoint-every 1h >/dev/null
+for b in 2 3 4; do
+    case $b in
+        2) what="same architecture and engine ($(uname -m), cranelift)" ;;
+        3) what="to a pulley node (same host)" ;;
+        4) what="to an $foreign node under qemu-user (cranelift)" ;;
+    esac
+    note "- 16 MiB, 1 % dirtied, pre-copy, 5 migrations back and forth, $what:"
+    target/release/examples/migbench --a "$SW/node1" --b "$SW/node$b" --sizes 16 --dirty 1 \
+        --modes pre-copy --runs 5 | tail -n 1 | tee -a "$SUMMARY"
+done
 stop_swarm
 fi
 

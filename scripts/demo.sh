@@ -4,7 +4,8 @@
 # HTTP/1.1), a second is placed on a remote node, the first moves live from node to node while
 # a client keeps calling it (no request lost), it is updated live to a version with another
 # state layout (and a broken version rolls back), a federation forms from the nodes' labels, and
-# a checkpoint restores elsewhere. Then an application of three components that call each
+# a checkpoint restores elsewhere, and the counter moves to a node of another architecture
+# (aarch64, under qemu-user) and back. Then an application of three components that call each
 # other by name (a sensor, a filter, a controller) runs on the three nodes, its middle stage
 # moves live while the others keep calling it, and a component that reads the sensor moves next
 # to it on its own. Everything it starts, it stops.
@@ -34,10 +35,14 @@ on() {
 BASE=${CONTINUUM_BASE_PORT:-7070}
 peer() { sed -n 's/.*"peer_id": "\([^"]*\)".*/\1/p' "$WORK/swarm/node$1/node.json"; }
 
-step "make a swarm key and start three nodes (node 1 is the others' bootstrap peer)"
+# Node 4 runs this host's pair architecture's build (aarch64 on x86_64) under qemu-user; the
+# first run builds it (a few minutes).
+FOREIGN=aarch64
+[ "$(uname -m)" != aarch64 ] || FOREIGN=x86_64
+step "make a swarm key and start four nodes (node 1 is the others' bootstrap peer; node 4 is an $FOREIGN build under qemu-user)"
 "$BIN" keygen -o "$WORK/swarm.key"
 export CONTINUUM_NODE_ARGS_1="--label zone=a --label sensor=temp" CONTINUUM_NODE_ARGS_2="--label zone=a" CONTINUUM_NODE_ARGS_3="--label zone=b"
-scripts/swarm.sh start 3 --dir "$WORK/swarm" -- --swarm-key "$WORK/swarm.key"
+scripts/swarm.sh start 4 --arch "$(uname -m),$(uname -m),$(uname -m),$FOREIGN" --dir "$WORK/swarm" -- --swarm-key "$WORK/swarm.key"
 on 1 status
 
 step "deploy the counter component on node 1"
@@ -89,6 +94,22 @@ on 3 restore "$WORK/counter.ckpt" --name counter-copy
 on 2 call counter-copy /count
 on 2 status
 
+step "move the counter live to node 4 ($FOREIGN, under qemu-user) and back, while a client sends 300 increments through node 1"
+on 4 status | head -3
+before=$(on 1 call counter /count | tail -1)
+for _ in $(seq 300); do
+    curl -s -o /dev/null -w '%{http_code}\n' -X POST "http://127.0.0.1:$((BASE + 1))/c/counter/incr"
+done >"$WORK/codes" &
+LOAD=$!
+sleep 0.2
+on 2 migrate counter --to "$(peer 4)"
+on 1 call counter /count
+on 4 migrate counter --to "$(peer 2)"
+wait $LOAD
+echo "client: $(grep -c '^200$' "$WORK/codes") of 300 increments answered 200, $(grep -vc '^200$' "$WORK/codes" || true) failed"
+echo "the count should be $before + 300:"
+on 1 call counter /count
+
 step "an application of three components that call each other by name: sensor (every 10 ms) on node 1, which has the sensor; filter (reads it every 10 ms) on node 2; controller (reads the filter every 20 ms, PI control to a setpoint) on node 3"
 on 1 deploy target/guests/sensor.wasm --name sensor --require sensor=temp
 on 2 deploy target/guests/filter.wasm --name filter
@@ -119,4 +140,4 @@ done
 echo "nearby now runs on $host (node 1: $(peer 1))"
 on 3 status | sed -n '/placement decisions/,$p' | head -3
 
-step "done: stopping the three nodes"
+step "done: stopping the four nodes"

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Run N real continuum nodes on 127.0.0.1 (mDNS off), node 1 the bootstrap peer of the others.
 #
-#   scripts/swarm.sh start N [--dir DIR] [--open] [-- NODE ARGS...]   start, wait for full views,
-#                                                                     print a table
+#   scripts/swarm.sh start N [--dir DIR] [--open] [--arch LIST] [-- NODE ARGS...]
+#                                                   start, wait for full views, print a table
 #   scripts/swarm.sh stop [--dir DIR]                         stop exactly the nodes it started
 #
 # The swarm is closed by a key (DIR/swarm.key, made once), so its nodes may deploy to and migrate
@@ -11,10 +11,13 @@
 # CONTINUUM_BASE_PORT+1..+N (default 7070, so 7071..). CONTINUUM_BIN picks the binary
 # (default: target/release/continuum, built if missing). Extra NODE ARGS go to every node,
 # e.g. `-- --swarm-key swarm.key --label zone=a`; CONTINUUM_NODE_ARGS_<i> adds args to node i.
+# --arch x86_64,aarch64,armv7 runs node i on the i-th architecture's binary (target/dist from
+# scripts/release.sh, else target/TARGET/release, built if missing; riscv64 too), a foreign one
+# under Debian's qemu-user (installed if missing); nodes past the list run on this host's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 [ $# -ge 1 ] || usage
 cmd=$1; shift
 n=0
@@ -25,10 +28,12 @@ fi
 dir=${TMPDIR:-/tmp}/continuum-swarm
 node_args=()
 open=0
+archs=()
 while [ $# -gt 0 ]; do
     case $1 in
         --dir) dir=$2; shift 2 ;;
         --open) open=1; shift ;;
+        --arch) IFS=, read -r -a archs <<<"$2"; shift 2 ;;
         --) shift; node_args=("$@"); break ;;
         *) usage ;;
     esac
@@ -69,6 +74,28 @@ if [ ! -x "$bin" ]; then
     echo "building $bin"
     cargo build --release --quiet -p continuum
 fi
+# The command that runs node i: this host's binary, or a target's under its emulator.
+runner() {
+    local arch=${archs[$(($1 - 1))]:-$(uname -m)} target emu
+    case $arch in
+        "$(uname -m)") echo "$bin"; return ;;
+        aarch64) target=aarch64-unknown-linux-musl emu=qemu-aarch64 ;;
+        armv7) target=armv7-unknown-linux-musleabihf emu=qemu-arm ;;
+        riscv64) target=riscv64gc-unknown-linux-musl emu=qemu-riscv64 ;;
+        x86_64) target=x86_64-unknown-linux-musl emu=qemu-x86_64 ;;
+        *) echo "unknown architecture $arch (x86_64, aarch64, armv7, riscv64)" >&2; exit 2 ;;
+    esac
+    # A release binary from scripts/release.sh, else a quicker build of the same target.
+    local foreign=$PWD/target/dist/continuum-$target
+    [ -x "$foreign" ] || foreign=$PWD/target/$target/release/continuum
+    [ -x "$foreign" ] || scripts/release.sh --profile release "$target" >&2
+    command -v "$emu" >/dev/null ||
+        apt-get install -y -q --no-install-recommends qemu-user >/dev/null
+    echo "$emu $foreign"
+}
+runners=()
+for i in $(seq "$n"); do runners[i]=$(runner "$i"); done
+
 mkdir -p "$dir"
 : >"$dir/pids"
 if [ $open = 0 ] && [[ " ${node_args[*]} " != *" --swarm-key "* ]]; then
@@ -86,7 +113,7 @@ start_node() {
     rm -f "$d/node.json"
     local extra_var="CONTINUUM_NODE_ARGS_$i"
     # shellcheck disable=SC2086
-    "$bin" node --data-dir "$d" --http "127.0.0.1:$((base + i))" --no-mdns \
+    ${runners[i]} node --data-dir "$d" --http "127.0.0.1:$((base + i))" --no-mdns \
         "$@" "${node_args[@]}" ${!extra_var:-} >"$d.log" 2>&1 &
     echo $! >>"$dir/pids"
 }
@@ -122,9 +149,10 @@ for w in "${waiters[@]}"; do
 done
 done_at=$(date +%s.%N)
 
-printf '%-5s %-54s %s\n' NODE "PEER ID" HTTP
+printf '%-5s %-54s %-16s %s\n' NODE "PEER ID" HTTP ARCH
 for i in $(seq "$n"); do
-    printf '%-5s %-54s %s\n' "$i" "$(json_field "$dir/node$i/node.json" peer_id)" "$(json_field "$dir/node$i/node.json" http)"
+    printf '%-5s %-54s %-16s %s\n' "$i" "$(json_field "$dir/node$i/node.json" peer_id)" \
+        "$(json_field "$dir/node$i/node.json" http)" "${archs[i - 1]:-$(uname -m)}$([[ ${runners[i]} == qemu-* ]] && echo " (${runners[i]%% *})")"
 done
 awk -v s="$started" -v l="$launched" -v d="$done_at" -v n="$n" 'BEGIN {
     printf "%d nodes in %s: every node sees all %d others %.2f s after the first start (%.2f s after the last node was up)\n", n, "'"$dir"'", n - 1, d - s, d - l

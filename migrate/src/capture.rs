@@ -29,16 +29,19 @@ pub struct Tracking {
 }
 
 impl Tracking {
-    /// Pages of memory `i` written since the last look; `None` if the kernel failed us (the
-    /// caller then hashes every page).
-    pub fn written(&mut self, i: usize, len: usize) -> Option<Vec<u32>> {
+    /// Pages of memory `i` (now `mem`) written since the last look; `None` if the kernel
+    /// failed us or the memory moved (the caller then hashes every page).
+    fn written(&mut self, i: usize, mem: &[u8]) -> Option<Vec<u32>> {
         #[cfg(target_os = "linux")]
         {
-            self.trackers.get_mut(i)?.take_written(len).ok()
+            self.trackers
+                .get_mut(i)?
+                .take_written(mem.as_ptr(), mem.len())
+                .ok()
         }
         #[cfg(not(target_os = "linux"))]
         {
-            let _ = (i, len);
+            let _ = (i, mem);
             None
         }
     }
@@ -186,6 +189,17 @@ impl StateHandles {
         n
     }
 
+    /// Pages of memory `i` written since `tracking` last looked; `None` if it cannot say
+    /// (then every page counts as written).
+    pub fn written(
+        &self,
+        store: impl AsContext,
+        tracking: &mut Tracking,
+        i: usize,
+    ) -> Option<Vec<u32>> {
+        tracking.written(i, self.memories.get(i)?.data(&store))
+    }
+
     /// Copies of the pages of every memory written since `tracking` last looked (every page
     /// of a memory the kernel could not say for): the part of a pre-copy round that needs the
     /// memory, leaving the hashing to another thread.
@@ -200,7 +214,7 @@ impl StateHandles {
             .map(|(i, m)| {
                 let mem = m.data(&store);
                 let pages = tracking
-                    .written(i, mem.len())
+                    .written(i, mem)
                     .unwrap_or_else(|| (0..(mem.len() / PAGE_SIZE) as u32).collect());
                 let mut data = Vec::with_capacity(pages.len() * PAGE_SIZE);
                 for &p in &pages {
@@ -255,7 +269,7 @@ impl StateHandles {
             .map(|(i, m)| {
                 let mem = m.data(&store);
                 let base = base.get(i).map_or(&[][..], |v| v);
-                match tracking.as_mut().and_then(|t| t.written(i, mem.len())) {
+                match tracking.as_mut().and_then(|t| t.written(i, mem)) {
                     Some(written) => MemoryImage::changed_among(mem, base, written),
                     None => MemoryImage::changed_since(mem, base),
                 }

@@ -168,9 +168,14 @@ impl WriteTracker {
     }
 
     /// The pages (indexes from `base`) written since the last call or since tracking began,
-    /// protected again as they are reported. `len` is the region's size now: pages it grew by
-    /// count as written.
-    pub fn take_written(&mut self, len: usize) -> io::Result<Vec<u32>> {
+    /// protected again as they are reported. `base` and `len` are where the region is now:
+    /// pages it grew by count as written; if it moved (a memory that grows by moving, as on
+    /// 32-bit hosts, where Wasmtime reserves little address space), the tracker no longer
+    /// sees it and says so, and the caller hashes every page.
+    pub fn take_written(&mut self, base: *const u8, len: usize) -> io::Result<Vec<u32>> {
+        if base as usize != self.base {
+            return Err(io::Error::other("the memory moved since tracking began"));
+        }
         let mut written = Vec::new();
         let end = self.base + self.len;
         let mut start = self.base;
@@ -233,9 +238,12 @@ mod tests {
         region[3 * PAGE_SIZE + 7] = 1;
         region[40 * PAGE_SIZE] = 2;
         region[41 * PAGE_SIZE + 100] = 3;
-        assert_eq!(t.take_written(len).unwrap(), vec![3, 40, 41]);
-        assert_eq!(t.take_written(len).unwrap(), Vec::<u32>::new());
+        let base = region.as_ptr();
+        assert_eq!(t.take_written(base, len).unwrap(), vec![3, 40, 41]);
+        assert_eq!(t.take_written(base, len).unwrap(), Vec::<u32>::new());
         region[3 * PAGE_SIZE] = 9;
-        assert_eq!(t.take_written(len).unwrap(), vec![3]);
+        assert_eq!(t.take_written(base, len).unwrap(), vec![3]);
+        // A memory that moved is not one this tracker sees.
+        assert!(t.take_written(base.wrapping_add(PAGE_SIZE), len).is_err());
     }
 }

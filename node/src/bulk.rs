@@ -19,7 +19,8 @@ fn lower_priority() {
     // SAFETY: plain system calls on this thread's own id (Linux keeps the policy and the nice
     // value per thread), with a live struct of the declared layout.
     unsafe {
-        let param = libc::sched_param { sched_priority: 0 };
+        // Zeroed: musl's struct has more fields than glibc's; priority 0 is what batch needs.
+        let param: libc::sched_param = std::mem::zeroed();
         libc::sched_setscheduler(0, libc::SCHED_BATCH, &param);
         libc::setpriority(libc::PRIO_PROCESS as _, libc::gettid() as _, 5);
     }

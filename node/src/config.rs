@@ -58,6 +58,9 @@ pub struct NodeConfig {
     /// HTTP/1.1 connections held at once; at the cap the one idle longest is closed for a new
     /// one. Default: three quarters of the file-descriptor limit, less 64.
     pub max_connections: Option<usize>,
+    /// What runs the Wasm: `cranelift` (native code; the default where Cranelift has a
+    /// backend for the host) or `pulley` (Wasmtime's interpreter: any host, about 10x slower).
+    pub engine: crate::runtime::EngineKind,
     pub limits: Limits,
 }
 
@@ -102,6 +105,7 @@ impl Default for NodeConfig {
             cpu_budget: None,
             peer_budget: ByteSize::gib(1),
             max_connections: None,
+            engine: crate::runtime::EngineKind::default(),
             limits: Limits::default(),
         }
     }

@@ -46,7 +46,7 @@ pub struct Status {
     pub components: usize,
     pub memory_bytes: u64,
     pub arch: String,
-    /// What runs the node's Wasm (`cranelift`).
+    /// What runs the node's Wasm (`cranelift` or `pulley`).
     #[serde(default)]
     pub engine: String,
     pub labels: std::collections::BTreeMap<String, String>,
@@ -73,7 +73,7 @@ impl Node {
             components: components.len(),
             memory_bytes: components.iter().map(|c| c.memory_bytes).sum(),
             arch: std::env::consts::ARCH.to_string(),
-            engine: crate::runtime::ENGINE.to_string(),
+            engine: self.config.engine.name().to_string(),
             labels: self.config.labels.clone(),
             swarm_key: self.swarm_key.clone(),
             peers: mesh.peers.clone(),

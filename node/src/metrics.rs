@@ -190,15 +190,6 @@ impl Default for Metrics {
             m.checkpoint_bytes.clone(),
         );
         r.register(
-            "build",
-            "What this node is: its version, its architecture and what runs its Wasm",
-            prometheus_client::metrics::info::Info::new(vec![
-                ("version", env!("CARGO_PKG_VERSION")),
-                ("arch", std::env::consts::ARCH),
-                ("engine", crate::runtime::ENGINE),
-            ]),
-        );
-        r.register(
             "uploads_spooled_bytes",
             "Bytes of uploads written to a file in the data directory as they came",
             m.uploads_spooled.clone(),
@@ -289,6 +280,8 @@ impl Metrics {
     }
 
     /// Serve another subsystem's registry at `/metrics` too.
+    ///
+    /// Also how facts known only once the node is configured (its engine) get there.
     pub fn attach(&self, registry: Registry) {
         self.attached.lock().unwrap().push(registry);
     }
@@ -328,4 +321,20 @@ impl Metrics {
         encode_eof(&mut out).expect("writing to a String cannot fail");
         out
     }
+}
+
+/// What this node is: its version, its architecture and what runs its Wasm
+/// (`continuum_build_info`).
+pub fn build_info(engine: crate::runtime::EngineKind) -> Registry {
+    let mut r = Registry::with_prefix("continuum");
+    r.register(
+        "build",
+        "What this node is: its version, its architecture and what runs its Wasm",
+        prometheus_client::metrics::info::Info::new(vec![
+            ("version", env!("CARGO_PKG_VERSION")),
+            ("arch", std::env::consts::ARCH),
+            ("engine", engine.name()),
+        ]),
+    );
+    r
 }

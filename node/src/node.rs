@@ -9,7 +9,7 @@ use crate::context::Node;
 use crate::datadir::{DataDir, NodeInfo};
 use crate::mesh::{Mesh, MeshConfig};
 use crate::metrics::Metrics;
-use crate::runtime::{Runtime, RuntimeLimits};
+use crate::runtime::{EngineKind, Runtime, RuntimeLimits};
 use crate::{http, identity, short_id, tls};
 use anyhow::{Context, Result};
 use std::net::SocketAddr;
@@ -41,14 +41,13 @@ async fn bind(
 }
 
 /// Labels every node carries, set by the node itself: what it is, for `--require` and
-/// federation predicates to ask for (`arch=aarch64`, `engine=cranelift`).
-pub const BUILT_IN_LABELS: [(&str, &str); 2] = [
-    ("arch", std::env::consts::ARCH),
-    ("engine", crate::runtime::ENGINE),
-];
+/// federation predicates to ask for (`arch=aarch64`, `engine=pulley`).
+pub fn built_in_labels(engine: EngineKind) -> [(&'static str, &'static str); 2] {
+    [("arch", std::env::consts::ARCH), ("engine", engine.name())]
+}
 
 pub async fn run(mut config: NodeConfig) -> Result<()> {
-    for (k, v) in BUILT_IN_LABELS {
+    for (k, v) in built_in_labels(config.engine) {
         anyhow::ensure!(
             !config.labels.contains_key(k),
             "the label {k} is the node's own (arch, engine), not one to set"
@@ -129,7 +128,9 @@ async fn run_node(config: NodeConfig, dir: DataDir, key: libp2p::identity::Keypa
             max_depth: config.limits.max_call_depth,
         },
         Some(dir.modules()),
+        config.engine,
     )?);
+    metrics.attach(crate::metrics::build_info(config.engine));
     let calls = crate::calls::Calls::new(peer_id.parse()?);
     let components = Components::new(
         runtime,

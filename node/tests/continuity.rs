@@ -1,10 +1,11 @@
 //! Property: checkpoint a component at any point of any request sequence, restore the snapshot
-//! into a fresh Engine and Store, and the continuation answers byte for byte like the
-//! instance that was never interrupted.
+//! into a fresh Engine and Store, of either kind (Cranelift's native code, Pulley's
+//! interpreter), and the continuation answers byte for byte like the instance that was never
+//! interrupted.
 //!
 //! Needs the example components: `scripts/build-guests.sh` (scripts/test.sh runs it).
 
-use continuum::runtime::{Instance, Runtime, RuntimeLimits};
+use continuum::runtime::{EngineKind, Instance, Runtime, RuntimeLimits};
 use continuum_guest::{Request, Response};
 use continuum_migrate::{ComponentMeta, Snapshot};
 use proptest::prelude::*;
@@ -31,7 +32,7 @@ fn module_cache() -> PathBuf {
         .to_path_buf()
 }
 
-fn runtime() -> Runtime {
+fn runtime(kind: EngineKind) -> Runtime {
     let limits = RuntimeLimits {
         memory_cap: 256 << 20,
         call_timeout: Duration::from_secs(10),
@@ -40,7 +41,7 @@ fn runtime() -> Runtime {
         max_calls: 16,
         max_depth: 16,
     };
-    Runtime::new(limits, Some(module_cache())).unwrap()
+    Runtime::new(limits, Some(module_cache()), kind).unwrap()
 }
 
 fn req(method: &str, target: &str, body: &[u8]) -> Request {
@@ -53,8 +54,13 @@ fn req(method: &str, target: &str, body: &[u8]) -> Request {
 }
 
 /// Run `ops` once without interruption, and once with a checkpoint after `split` of them and a
-/// restore into a new engine; return the answers to `ops[split..]` from both runs.
-fn both_ways(wasm: &[u8], ops: &[Request], split: usize) -> (Vec<Response>, Vec<Response>) {
+/// restore into a new engine of kind `to`; return the answers to `ops[split..]` from both runs.
+fn both_ways(
+    wasm: &[u8],
+    ops: &[Request],
+    split: usize,
+    (from, to): (EngineKind, EngineKind),
+) -> (Vec<Response>, Vec<Response>) {
     let meta = ComponentMeta {
         name: "c".into(),
         version: "1".into(),
@@ -62,7 +68,7 @@ fn both_ways(wasm: &[u8], ops: &[Request], split: usize) -> (Vec<Response>, Vec<
         epoch: 1,
         ..Default::default()
     };
-    let rt = runtime();
+    let rt = runtime(from);
     let module = rt.load(wasm).unwrap();
     let mut whole = Instance::fresh(&rt, module.clone(), meta.clone()).unwrap();
     let expected: Vec<Response> = ops.iter().map(|r| whole.call(r).unwrap()).collect();
@@ -74,7 +80,7 @@ fn both_ways(wasm: &[u8], ops: &[Request], split: usize) -> (Vec<Response>, Vec<
     let bytes = first.checkpoint().unwrap().encode();
     drop(first);
 
-    let rt2 = runtime();
+    let rt2 = runtime(to);
     let snap = Snapshot::decode(bytes).unwrap();
     let mut second = Instance::restore(&rt2, rt2.load(wasm).unwrap(), &snap).unwrap();
     let got: Vec<Response> = ops[split..]
@@ -105,6 +111,17 @@ fn counter_op() -> impl Strategy<Value = Request> {
     ]
 }
 
+/// Where the run starts and where it is restored: both engines, both directions.
+fn engines() -> impl Strategy<Value = (EngineKind, EngineKind)> {
+    use EngineKind::{Cranelift, Pulley};
+    prop::sample::select(vec![
+        (Cranelift, Cranelift),
+        (Cranelift, Pulley),
+        (Pulley, Cranelift),
+        (Pulley, Pulley),
+    ])
+}
+
 fn ops_and_split(
     op: impl Strategy<Value = Request>,
     max: usize,
@@ -119,16 +136,16 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
     #[test]
-    fn kv_continues_exactly((mut ops, split) in ops_and_split(kv_op(), 40)) {
+    fn kv_continues_exactly((mut ops, split) in ops_and_split(kv_op(), 40), engines in engines()) {
         ops.push(req("GET", "/digest", b""));
-        let (expected, got) = both_ways(&guest("kv"), &ops, split);
+        let (expected, got) = both_ways(&guest("kv"), &ops, split, engines);
         prop_assert_eq!(expected, got);
     }
 
     #[test]
-    fn counter_continues_exactly((mut ops, split) in ops_and_split(counter_op(), 60)) {
+    fn counter_continues_exactly((mut ops, split) in ops_and_split(counter_op(), 60), engines in engines()) {
         ops.push(req("GET", "/count", b""));
-        let (expected, got) = both_ways(&guest("counter"), &ops, split);
+        let (expected, got) = both_ways(&guest("counter"), &ops, split, engines);
         prop_assert_eq!(expected, got);
     }
 }

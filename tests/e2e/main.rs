@@ -4,12 +4,14 @@
 //!
 //! Needs the example components: `scripts/build-guests.sh` (scripts/test.sh runs it).
 
+mod arches;
 mod bad_gossip;
 mod bad_http;
 mod bad_input;
 mod calls;
 mod closed_swarm;
 mod durability;
+mod engines;
 mod forged_epoch;
 mod lane;
 mod mdns;

@@ -192,7 +192,7 @@ const LOAD: Duration = Duration::from_secs(30);
 /// connection to `entry`, and over HTTP/3 through `via`. Checks that no request failed and
 /// that the count is exactly the increments that succeeded; returns what `work` returned and
 /// the increments (HTTP/1.1, HTTP/3).
-async fn under_load<T, F: std::future::Future<Output = T>>(
+pub(crate) async fn under_load<T, F: std::future::Future<Output = T>>(
     entry: &TestNode,
     via: &TestNode,
     work: impl FnOnce(Instant) -> F,

@@ -86,6 +86,15 @@ impl TestNode {
         node
     }
 
+    /// A node on a fresh data directory, run by `program` (e.g. `qemu-aarch64
+    /// target/aarch64-unknown-linux-musl/debug/continuum`) instead of this build's binary.
+    pub fn start_program(program: &[String], extra: &[&str]) -> TestNode {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut node = Self::launch(program, &tmp.path().join("data"), extra, &[], None).unwrap();
+        node._tmp = Some(tmp);
+        node
+    }
+
     /// A node on a fresh data directory whose process may hold at most `nofile` descriptors.
     pub fn start_with_fd_limit(extra: &[&str], nofile: u64) -> TestNode {
         let tmp = tempfile::tempdir().unwrap();
@@ -111,13 +120,30 @@ impl TestNode {
         env: &[(&str, &str)],
         nofile: Option<u64>,
     ) -> Result<TestNode> {
+        Self::launch(
+            &[env!("CARGO_BIN_EXE_continuum").to_string()],
+            dir,
+            extra,
+            env,
+            nofile,
+        )
+    }
+
+    fn launch(
+        program: &[String],
+        dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        nofile: Option<u64>,
+    ) -> Result<TestNode> {
         std::fs::create_dir_all(dir)?;
         // A node killed with -9 leaves its node.json behind; wait for the new one.
         let json = continuum::datadir::node_json_path(dir);
         let _ = std::fs::remove_file(&json);
         let log = std::fs::File::create(dir.with_extension("log"))?;
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_continuum"));
-        cmd.args(["node", "--http", "127.0.0.1:0", "--no-mdns", "--data-dir"])
+        let mut cmd = Command::new(&program[0]);
+        cmd.args(&program[1..])
+            .args(["node", "--http", "127.0.0.1:0", "--no-mdns", "--data-dir"])
             .arg(dir)
             .args(extra)
             .env("CONTINUUM_LOG", "info")

@@ -76,6 +76,10 @@ pub struct NodeArgs {
     /// the connection idle longest makes room.
     #[arg(long)]
     max_connections: Option<usize>,
+    /// What runs the Wasm: cranelift (native code; default where the host has a backend) or
+    /// pulley (Wasmtime's interpreter: any host, about 10x slower).
+    #[arg(long, value_enum)]
+    engine: Option<crate::runtime::EngineKind>,
 }
 
 impl NodeArgs {
@@ -100,6 +104,9 @@ impl NodeArgs {
         }
         if let Some(d) = self.advert_expiry {
             c.advert_expiry = d;
+        }
+        if let Some(e) = self.engine {
+            c.engine = e;
         }
         if let Some(d) = self.max_lease {
             c.max_lease = d;

@@ -1260,7 +1260,7 @@ impl<'a> Actor<'a> {
         for (i, buf) in buffers.iter_mut().enumerate() {
             let len = lens.get(i).copied().unwrap_or(0);
             buf.resize(len, 0);
-            match tracking.written(i, len) {
+            match self.inst.written(&mut tracking, i) {
                 Some(pages) => {
                     for p in pages {
                         let at = p as usize * continuum_migrate::PAGE_SIZE;

@@ -285,6 +285,11 @@ impl Instance {
         self.state.copy_into(&self.store, index, offset, dst)
     }
 
+    /// Pages of memory `index` written since `tracking` last looked; `None` if it cannot say.
+    pub fn written(&self, tracking: &mut Tracking, index: usize) -> Option<Vec<u32>> {
+        self.state.written(&self.store, tracking, index)
+    }
+
     /// Start kernel write tracking of the memories, for the rounds that follow.
     pub fn track(&self) -> std::io::Result<Tracking> {
         self.state.track(&self.store)

@@ -3,12 +3,14 @@
 
 mod actor;
 pub mod carried;
+mod engine;
 mod host;
 mod instance;
 pub mod router;
 
 pub use actor::{Answer, Back, ComponentHandle, ReplyTo, Stats, Unavailable};
 pub use carried::Carried;
+pub use engine::{EngineError, EngineKind, HOST_HAS_CRANELIFT};
 pub use host::now_ms;
 pub use instance::{CallError, Instance};
 pub use router::{CallCtx, Router, error_kind, error_response};
@@ -21,7 +23,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
-use wasmtime::{Config, Engine, InstancePre, Linker, Module};
+use wasmtime::{Engine, InstancePre, Linker, Module};
 
 /// The engine's epoch advances this often; call deadlines are counted in these ticks.
 pub const EPOCH: Duration = Duration::from_millis(10);
@@ -72,6 +74,7 @@ pub struct LoadedModule {
 
 pub struct Runtime {
     engine: Engine,
+    kind: EngineKind,
     linker: Linker<HostState>,
     /// Where original and compiled modules are kept; `None` keeps them in memory only.
     modules_dir: Option<PathBuf>,
@@ -89,15 +92,13 @@ impl Drop for Runtime {
     }
 }
 
-/// What runs the Wasm on this build: Cranelift's compiled code. Nodes advertise it (the label
-/// `engine`) so that placement can ask for it.
-pub const ENGINE: &str = "cranelift";
-
 impl Runtime {
-    pub fn new(limits: RuntimeLimits, modules_dir: Option<PathBuf>) -> anyhow::Result<Runtime> {
-        let mut config = Config::new();
-        config.epoch_interruption(true);
-        let engine = Engine::new(&config)?;
+    pub fn new(
+        limits: RuntimeLimits,
+        modules_dir: Option<PathBuf>,
+        kind: EngineKind,
+    ) -> anyhow::Result<Runtime> {
+        let engine = Engine::new(&kind.config()?)?;
         let mut linker = Linker::new(&engine);
         host::add_to_linker(&mut linker)?;
 
@@ -114,12 +115,30 @@ impl Runtime {
             })?;
         Ok(Runtime {
             engine,
+            kind,
             linker,
             modules_dir,
             loaded: Mutex::default(),
             limits,
             stop,
         })
+    }
+
+    /// What runs this node's Wasm.
+    pub fn engine_kind(&self) -> EngineKind {
+        self.kind
+    }
+
+    /// Where the code compiled for this engine on this architecture is cached: a node that
+    /// changes engine, or a data directory moved to another host, compiles afresh instead of
+    /// handing Wasmtime code it would refuse.
+    fn compiled_path(&self, dir: &std::path::Path, digest: &Digest) -> PathBuf {
+        dir.join(format!(
+            "{}.{}-{}.cwasm",
+            digest_hex(digest),
+            self.kind.name(),
+            std::env::consts::ARCH
+        ))
     }
 
     /// Deadline of one call in epoch ticks (rounded up, plus the tick already under way).
@@ -168,8 +187,7 @@ impl Runtime {
                 write_atomic(&path, wasm).map_err(|e| LoadError::Io(format!("{e:#}")))?;
             }
             if let Some(code) = compiled
-                && let Err(e) =
-                    write_atomic(&dir.join(format!("{}.cwasm", digest_hex(&digest))), &code)
+                && let Err(e) = write_atomic(&self.compiled_path(dir, &digest), &code)
             {
                 tracing::warn!("could not cache compiled module: {e:#}");
             }
@@ -210,9 +228,10 @@ impl Runtime {
         let map = self.loaded.lock().unwrap();
         let mut deleted = 0;
         for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+            // `DIGEST.wasm` or `DIGEST.ENGINE-ARCH.cwasm`.
             let Some(digest): Option<Digest> = path
-                .file_stem()
-                .and_then(|s| s.to_str())
+                .file_name()
+                .and_then(|s| s.to_str()?.split('.').next())
                 .and_then(|hex| hex::decode(hex).ok()?.try_into().ok())
             else {
                 continue;
@@ -245,7 +264,7 @@ impl Runtime {
         let cached = self
             .modules_dir
             .as_ref()
-            .map(|d| d.join(format!("{}.cwasm", digest_hex(digest))));
+            .map(|d| self.compiled_path(d, digest));
         if let Some(path) = cached.as_ref().filter(|p| p.exists()) {
             // SAFETY: the file is one this node wrote with `Module::serialize` into its own
             // data directory; Wasmtime checks that it matches this engine's version and

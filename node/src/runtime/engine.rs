@@ -1,0 +1,87 @@
+//! What runs a node's Wasm: Cranelift's native code where this host has a Cranelift backend
+//! (x86_64, aarch64, riscv64, s390x), or Wasmtime's Pulley interpreter, which runs on any host
+//! (32-bit ARM among them) at about a tenth of the speed. A snapshot holds no native state, so
+//! a component moves between the two, and between architectures, like between two equal nodes.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    Cranelift,
+    Pulley,
+}
+
+/// Whether Cranelift can compile for the machine this binary runs on (the list Wasmtime's
+/// own build uses).
+pub const HOST_HAS_CRANELIFT: bool = cfg!(any(
+    target_arch = "x86_64",
+    target_arch = "aarch64",
+    target_arch = "riscv64",
+    target_arch = "s390x"
+));
+
+impl Default for EngineKind {
+    fn default() -> Self {
+        if HOST_HAS_CRANELIFT {
+            EngineKind::Cranelift
+        } else {
+            EngineKind::Pulley
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(
+        "Cranelift has no backend for this host ({0}); run Wasm here with --engine pulley (the default on it)"
+    )]
+    NoCranelift(&'static str),
+    #[error("configuring Wasmtime: {0}")]
+    Wasmtime(String),
+}
+
+impl EngineKind {
+    /// The name nodes advertise (label `engine`) and print.
+    pub fn name(self) -> &'static str {
+        match self {
+            EngineKind::Cranelift => "cranelift",
+            EngineKind::Pulley => "pulley",
+        }
+    }
+
+    /// Wasmtime's configuration for this engine on this host.
+    pub fn config(self) -> Result<wasmtime::Config, EngineError> {
+        let mut config = wasmtime::Config::new();
+        config.epoch_interruption(true);
+        match self {
+            EngineKind::Cranelift if !HOST_HAS_CRANELIFT => {
+                return Err(EngineError::NoCranelift(std::env::consts::ARCH));
+            }
+            EngineKind::Cranelift => {}
+            EngineKind::Pulley => {
+                config
+                    .target(PULLEY_HOST)
+                    .map_err(|e| EngineError::Wasmtime(format!("{e:#}")))?;
+            }
+        }
+        Ok(config)
+    }
+}
+
+/// Pulley's bytecode for this host's pointer width and byte order.
+const PULLEY_HOST: &str = match (
+    cfg!(target_pointer_width = "64"),
+    cfg!(target_endian = "big"),
+) {
+    (true, false) => "pulley64",
+    (true, true) => "pulley64be",
+    (false, false) => "pulley32",
+    (false, true) => "pulley32be",
+};
+
+impl std::fmt::Display for EngineKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
