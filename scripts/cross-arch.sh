@@ -6,7 +6,7 @@
 #                                          # and riscv64 (Cranelift)
 #   scripts/cross-arch.sh aarch64 armv7    # any of x86_64, aarch64, armv7, riscv64
 #
-# Each foreign node is a release build of its target (scripts/release.sh --profile release)
+# Each foreign node is a release build of its target (scripts/release.sh --runner ARCH)
 # under Debian's qemu-user, installed if missing. A run takes a few minutes per architecture
 # once built (each build takes a while the first time).
 set -euo pipefail
@@ -16,15 +16,9 @@ archs=("$@")
 [ ${#archs[@]} -gt 0 ] || archs=(armv7 riscv64)
 scripts/build-guests.sh > /dev/null
 for arch in "${archs[@]}"; do
-    case $arch in
-        x86_64) target=x86_64-unknown-linux-musl ;;
-        aarch64) target=aarch64-unknown-linux-musl ;;
-        armv7) target=armv7-unknown-linux-musleabihf ;;
-        riscv64) target=riscv64gc-unknown-linux-musl ;;
-        *) echo "unknown architecture $arch (x86_64, aarch64, armv7, riscv64)"; exit 2 ;;
-    esac
-    echo "== $arch ($target)"
-    scripts/release.sh --profile release "$target"
-    CONTINUUM_FOREIGN_ARCH=$arch CONTINUUM_REQUIRE_FOREIGN=1 \
+    echo "== $arch"
+    CONTINUUM_FOREIGN=$(scripts/release.sh --runner "$arch")
+    echo "$CONTINUUM_FOREIGN"
+    CONTINUUM_FOREIGN=$CONTINUUM_FOREIGN \
         cargo test -p continuum --features fault-injection --test e2e -- arches --nocapture
 done

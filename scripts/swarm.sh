@@ -11,9 +11,9 @@
 # CONTINUUM_BASE_PORT+1..+N (default 7070, so 7071..). CONTINUUM_BIN picks the binary
 # (default: target/release/continuum, built if missing). Extra NODE ARGS go to every node,
 # e.g. `-- --swarm-key swarm.key --label zone=a`; CONTINUUM_NODE_ARGS_<i> adds args to node i.
-# --arch x86_64,aarch64,armv7 runs node i on the i-th architecture's binary (target/dist from
-# scripts/release.sh, else target/TARGET/release, built if missing; riscv64 too), a foreign one
-# under Debian's qemu-user (installed if missing); nodes past the list run on this host's.
+# --arch x86_64,aarch64,armv7 runs node i on the i-th architecture's binary (riscv64 too), a
+# foreign one under Debian's qemu-user (scripts/release.sh --runner: built and installed if
+# missing); nodes past the list run on this host's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -74,24 +74,11 @@ if [ ! -x "$bin" ]; then
     echo "building $bin"
     cargo build --release --quiet -p continuum
 fi
-# The command that runs node i: this host's binary, or a target's under its emulator.
+# The command that runs node i: this host's binary, or another architecture's under its
+# emulator (scripts/release.sh --runner builds it if missing).
 runner() {
-    local arch=${archs[$(($1 - 1))]:-$(uname -m)} target emu
-    case $arch in
-        "$(uname -m)") echo "$bin"; return ;;
-        aarch64) target=aarch64-unknown-linux-musl emu=qemu-aarch64 ;;
-        armv7) target=armv7-unknown-linux-musleabihf emu=qemu-arm ;;
-        riscv64) target=riscv64gc-unknown-linux-musl emu=qemu-riscv64 ;;
-        x86_64) target=x86_64-unknown-linux-musl emu=qemu-x86_64 ;;
-        *) echo "unknown architecture $arch (x86_64, aarch64, armv7, riscv64)" >&2; exit 2 ;;
-    esac
-    # A release binary from scripts/release.sh, else a quicker build of the same target.
-    local foreign=$PWD/target/dist/continuum-$target
-    [ -x "$foreign" ] || foreign=$PWD/target/$target/release/continuum
-    [ -x "$foreign" ] || scripts/release.sh --profile release "$target" >&2
-    command -v "$emu" >/dev/null ||
-        apt-get install -y -q --no-install-recommends qemu-user >/dev/null
-    echo "$emu $foreign"
+    local arch=${archs[$(($1 - 1))]:-$(uname -m)}
+    if [ "$arch" = "$(uname -m)" ]; then echo "$bin"; else scripts/release.sh --runner "$arch"; fi
 }
 runners=()
 for i in $(seq "$n"); do runners[i]=$(runner "$i"); done

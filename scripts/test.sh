@@ -26,13 +26,14 @@ cargo clippy --workspace --all-targets --features continuum/fault-injection -- -
 # A node of another architecture for the mixed-architecture test (tests/e2e/arches.rs): this
 # host's pair (aarch64 here, x86_64 on an aarch64 host), cross-built by scripts/release.sh and
 # run under qemu-user. Only where the emulator cannot be installed does that test skip.
-foreign=aarch64-unknown-linux-musl
-[ "$(uname -m)" != aarch64 ] || foreign=x86_64-unknown-linux-musl
+foreign=aarch64
+[ "$(uname -m)" != aarch64 ] || foreign=x86_64
 echo "== a node of another architecture: $foreign"
 if command -v qemu-aarch64 > /dev/null ||
     apt-get install -y -q --no-install-recommends qemu-user > /dev/null; then
-    scripts/release.sh --profile release "$foreign"
-    export CONTINUUM_REQUIRE_FOREIGN=1
+    CONTINUUM_FOREIGN=$(scripts/release.sh --runner "$foreign")
+    export CONTINUUM_FOREIGN
+    echo "$CONTINUUM_FOREIGN"
 else
     echo "SKIP: qemu-user cannot be installed here; the mixed-architecture test will skip"
 fi
