@@ -61,6 +61,9 @@ pub struct NodeConfig {
     /// What runs the Wasm: `cranelift` (native code; the default where Cranelift has a
     /// backend for the host) or `pulley` (Wasmtime's interpreter: any host, about 10x slower).
     pub engine: crate::runtime::EngineKind,
+    /// False on a node that should not compile (a small board): it runs only modules
+    /// precompiled for it with `continuum compile`, put in DATA_DIR/modules, and refuses others.
+    pub compile: bool,
     pub limits: Limits,
 }
 
@@ -106,6 +109,7 @@ impl Default for NodeConfig {
             peer_budget: ByteSize::gib(1),
             max_connections: None,
             engine: crate::runtime::EngineKind::default(),
+            compile: true,
             limits: Limits::default(),
         }
     }

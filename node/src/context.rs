@@ -49,6 +49,9 @@ pub struct Status {
     /// What runs the node's Wasm (`cranelift` or `pulley`).
     #[serde(default)]
     pub engine: String,
+    /// False on a node that runs only modules precompiled for it (`--no-compile`).
+    #[serde(default = "yes")]
+    pub compiles: bool,
     pub labels: std::collections::BTreeMap<String, String>,
     /// Whether the swarm is closed by a key (its fingerprint), or open.
     pub swarm_key: Option<String>,
@@ -74,6 +77,7 @@ impl Node {
             memory_bytes: components.iter().map(|c| c.memory_bytes).sum(),
             arch: std::env::consts::ARCH.to_string(),
             engine: self.config.engine.name().to_string(),
+            compiles: self.config.compile,
             labels: self.config.labels.clone(),
             swarm_key: self.swarm_key.clone(),
             peers: mesh.peers.clone(),
@@ -159,4 +163,8 @@ impl Node {
     pub fn announce_components(&self) {
         self.mesh.set_components(self.components.hosted());
     }
+}
+
+fn yes() -> bool {
+    true
 }

@@ -6,7 +6,8 @@
 //! DATA_DIR/admin.token         bearer token of the control API (mode 0600)
 //! DATA_DIR/tls/{cert,key}.der  self-signed certificate for HTTP/3
 //! DATA_DIR/modules/HEX.wasm    original module bytes, by blake3 digest
-//! DATA_DIR/modules/HEX.cwasm   the same module compiled for this host (a cache)
+//! DATA_DIR/modules/HEX.ENGINE-ARCH.cwasm  the same module compiled for this host (a cache;
+//!                              on a --no-compile node, what `continuum compile` made for it)
 //! DATA_DIR/components/NAME.snap  the latest checkpoint of each component
 //! DATA_DIR/components/NAME.handoff  the hand-off that brought it here, if it migrated here
 //! DATA_DIR/node.json           written when the node is ready, removed when it stops

@@ -41,16 +41,20 @@ async fn bind(
 }
 
 /// Labels every node carries, set by the node itself: what it is, for `--require` and
-/// federation predicates to ask for (`arch=aarch64`, `engine=pulley`).
-pub fn built_in_labels(engine: EngineKind) -> [(&'static str, &'static str); 2] {
-    [("arch", std::env::consts::ARCH), ("engine", engine.name())]
+/// federation predicates to ask for (`arch=aarch64`, `engine=pulley`, `compiles=yes`).
+pub fn built_in_labels(engine: EngineKind, compiles: bool) -> [(&'static str, &'static str); 3] {
+    [
+        ("arch", std::env::consts::ARCH),
+        ("engine", engine.name()),
+        ("compiles", if compiles { "yes" } else { "no" }),
+    ]
 }
 
 pub async fn run(mut config: NodeConfig) -> Result<()> {
-    for (k, v) in built_in_labels(config.engine) {
+    for (k, v) in built_in_labels(config.engine, config.compile) {
         anyhow::ensure!(
             !config.labels.contains_key(k),
-            "the label {k} is the node's own (arch, engine), not one to set"
+            "the label {k} is the node's own (arch, engine, compiles), not one to set"
         );
         config.labels.insert(k.into(), v.into());
     }
@@ -118,18 +122,21 @@ async fn run_node(config: NodeConfig, dir: DataDir, key: libp2p::identity::Keypa
     let token = dir.load_or_create_token()?;
     let cert = tls::load_or_create(&dir)?;
     let metrics = Arc::new(Metrics::default());
-    let runtime = Arc::new(Runtime::new(
-        RuntimeLimits {
-            memory_cap: config.limits.memory_cap.as_u64() as usize,
-            call_timeout: config.limits.call_timeout,
-            queue_depth: config.limits.queue_depth,
-            max_body: config.limits.max_body.as_u64() as usize,
-            max_calls: config.limits.max_calls,
-            max_depth: config.limits.max_call_depth,
-        },
-        Some(dir.modules()),
-        config.engine,
-    )?);
+    let runtime = Arc::new(
+        Runtime::new(
+            RuntimeLimits {
+                memory_cap: config.limits.memory_cap.as_u64() as usize,
+                call_timeout: config.limits.call_timeout,
+                queue_depth: config.limits.queue_depth,
+                max_body: config.limits.max_body.as_u64() as usize,
+                max_calls: config.limits.max_calls,
+                max_depth: config.limits.max_call_depth,
+            },
+            Some(dir.modules()),
+            config.engine,
+        )?
+        .compiling(config.compile),
+    );
     metrics.attach(crate::metrics::build_info(config.engine));
     let calls = crate::calls::Calls::new(peer_id.parse()?);
     let components = Components::new(

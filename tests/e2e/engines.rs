@@ -147,3 +147,96 @@ async fn what(n: &TestNode) -> String {
         s["engine"].as_str().unwrap()
     )
 }
+
+/// The ahead-of-time path: a node started with `--no-compile` (a small board) says so, refuses
+/// a module nothing compiled for it with what to do, and a component cannot move there, losing
+/// nothing; once `continuum compile` made the module's code for it, the same component moves
+/// there and back with exact state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_does_not_compile_runs_only_what_was_compiled_for_it() {
+    let nodes = mesh(2, |i| {
+        let mut a = on(if i == 1 { "cranelift" } else { "pulley" });
+        if i == 2 {
+            a.push("--no-compile".into());
+        }
+        a
+    });
+    let (a, b) = (&nodes[0], &nodes[1]);
+    until_full_views(&[a, b], Duration::from_secs(30)).await;
+    let s = b.status().await;
+    assert_eq!(s["compiles"], false, "{s:#}");
+    assert_eq!(s["labels"]["compiles"], "no", "{s:#}");
+    assert_eq!(a.status().await["labels"]["compiles"], "yes");
+    assert!(b.ok(&["status"]).contains("precompiled modules only"));
+
+    let counter = guest("counter");
+    let err = b.fails(&["deploy", &counter, "--name", "here"]);
+    assert!(
+        err.contains("does not compile") && err.contains("continuum compile"),
+        "{err}"
+    );
+    assert_eq!(
+        b.metric("continuum_rejected_total{reason=\"bad_module\"}")
+            .await,
+        1
+    );
+    a.ok(&["deploy", &counter, "--name", "counter", "--on", a.peer_id()]);
+    for _ in 0..5 {
+        assert_eq!(a.h1(Method::POST, "/c/counter/incr", b"").await.status, 200);
+    }
+    let err = a.fails(&["migrate", "counter", "--to", b.peer_id()]);
+    assert!(err.contains("does not compile"), "{err}");
+    let r = a.h1(Method::GET, "/c/counter/count", b"").await;
+    assert_eq!(
+        (r.text().trim(), host_of(&r)),
+        ("5", a.peer_id().to_string())
+    );
+
+    // Compiled elsewhere (here: by the CLI, for b's engine and architecture) into b's modules.
+    let modules = b.dir.join("modules");
+    let made = a.ok(&[
+        "compile",
+        &counter,
+        "--engine",
+        "pulley",
+        "--out",
+        modules.to_str().unwrap(),
+    ]);
+    let arch = std::env::consts::ARCH;
+    assert!(made.contains(&format!(".pulley-{arch}.cwasm")), "{made}");
+    migrate(a, "counter", b, &[]);
+    let r = b.h1(Method::POST, "/c/counter/incr", b"").await;
+    assert_eq!(
+        (r.text().trim(), host_of(&r)),
+        ("6", b.peer_id().to_string())
+    );
+    migrate(b, "counter", a, &[]);
+    let r = a.h1(Method::GET, "/c/counter/count", b"").await;
+    assert_eq!(
+        (r.text().trim(), host_of(&r)),
+        ("6", a.peer_id().to_string())
+    );
+    // Deploying it on b works now too.
+    b.ok(&["deploy", &counter, "--name", "here"]);
+
+    // Pulley's bytecode for any architecture can be made here; native code only for this one.
+    let elsewhere = b.dir.join("for-arm");
+    let out = a.ok(&[
+        "compile",
+        &counter,
+        "--arch",
+        "arm",
+        "--out",
+        elsewhere.to_str().unwrap(),
+    ]);
+    assert!(out.contains(".pulley-arm.cwasm"), "{out}");
+    let err = a.fails(&[
+        "compile",
+        &counter,
+        "--engine",
+        "cranelift",
+        "--arch",
+        "arm",
+    ]);
+    assert!(err.contains("with --engine pulley"), "{err}");
+}

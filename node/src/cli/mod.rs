@@ -3,6 +3,7 @@
 
 mod call;
 mod checkpoint;
+mod compile;
 mod deploy;
 mod federate;
 mod keygen;
@@ -62,6 +63,8 @@ enum Command {
     Keygen(keygen::KeygenArgs),
     /// Temporary federations: create, join, leave, ls.
     Federate(federate::FederateArgs),
+    /// Compile a module ahead of time for a node that does not compile (--no-compile).
+    Compile(compile::CompileArgs),
 }
 
 impl Cli {
@@ -92,6 +95,7 @@ impl Cli {
                     Command::Update(a) => a.run().await,
                     Command::Keygen(a) => a.run().await,
                     Command::Federate(a) => a.run().await,
+                    Command::Compile(a) => a.run(),
                 }
             })
         });

@@ -80,6 +80,11 @@ pub struct NodeArgs {
     /// pulley (Wasmtime's interpreter: any host, about 10x slower).
     #[arg(long, value_enum)]
     engine: Option<crate::runtime::EngineKind>,
+    /// Never compile: run only modules precompiled for this node (`continuum compile`, into
+    /// DATA_DIR/modules), refuse the others. For a small board that should not spend its CPU
+    /// and memory on Cranelift.
+    #[arg(long)]
+    no_compile: bool,
 }
 
 impl NodeArgs {
@@ -107,6 +112,9 @@ impl NodeArgs {
         }
         if let Some(e) = self.engine {
             c.engine = e;
+        }
+        if self.no_compile {
+            c.compile = false;
         }
         if let Some(d) = self.max_lease {
             c.max_lease = d;

@@ -56,7 +56,15 @@ impl StatusArgs {
         }
         let s: Status = serde_json::from_slice(&reply.body)?;
         println!("peer id     {}", s.peer_id);
-        println!("version     {} ({}, {})", s.version, s.arch, s.engine);
+        let precompiled = if s.compiles {
+            ""
+        } else {
+            ", precompiled modules only"
+        };
+        println!(
+            "version     {} ({}, {}{precompiled})",
+            s.version, s.arch, s.engine
+        );
         println!("http        {}", s.http);
         println!("h3          {}", s.h3);
         println!("uptime      {} s", s.uptime_s);

@@ -37,6 +37,15 @@ pub enum EngineError {
         "Cranelift has no backend for this host ({0}); run Wasm here with --engine pulley (the default on it)"
     )]
     NoCranelift(&'static str),
+    #[error(
+        "this build compiles native code for its own architecture only ({host}), not {0}; precompile for {0} with --engine pulley, or on a {0} host",
+        host = std::env::consts::ARCH
+    )]
+    CraneliftCross(String),
+    #[error(
+        "unknown architecture {0}: Rust's names are x86_64, aarch64, riscv64, s390x, arm, x86, riscv32"
+    )]
+    UnknownArch(String),
     #[error("configuring Wasmtime: {0}")]
     Wasmtime(String),
 }
@@ -52,16 +61,28 @@ impl EngineKind {
 
     /// Wasmtime's configuration for this engine on this host.
     pub fn config(self) -> Result<wasmtime::Config, EngineError> {
+        self.config_for(std::env::consts::ARCH)
+    }
+
+    /// Wasmtime's configuration for this engine on a host of `arch` (Rust's name for it):
+    /// what `continuum compile` precompiles with, so that the node there finds the very
+    /// settings it runs with. Pulley's bytecode depends only on pointer width and byte order,
+    /// so any host can make it for any other; native code only for this host.
+    pub fn config_for(self, arch: &str) -> Result<wasmtime::Config, EngineError> {
+        let host = std::env::consts::ARCH;
         let mut config = wasmtime::Config::new();
         config.epoch_interruption(true);
         match self {
+            EngineKind::Cranelift if arch != host => {
+                return Err(EngineError::CraneliftCross(arch.into()));
+            }
             EngineKind::Cranelift if !HOST_HAS_CRANELIFT => {
-                return Err(EngineError::NoCranelift(std::env::consts::ARCH));
+                return Err(EngineError::NoCranelift(host));
             }
             EngineKind::Cranelift => {}
             EngineKind::Pulley => {
                 config
-                    .target(PULLEY_HOST)
+                    .target(pulley_target(arch)?)
                     .map_err(|e| EngineError::Wasmtime(format!("{e:#}")))?;
             }
         }
@@ -69,16 +90,28 @@ impl EngineKind {
     }
 }
 
-/// Pulley's bytecode for this host's pointer width and byte order.
-const PULLEY_HOST: &str = match (
-    cfg!(target_pointer_width = "64"),
-    cfg!(target_endian = "big"),
-) {
-    (true, false) => "pulley64",
-    (true, true) => "pulley64be",
-    (false, false) => "pulley32",
-    (false, true) => "pulley32be",
-};
+/// Pulley's bytecode for a host of `arch`: its pointer width and byte order.
+fn pulley_target(arch: &str) -> Result<&'static str, EngineError> {
+    if arch == std::env::consts::ARCH {
+        return Ok(
+            match (
+                cfg!(target_pointer_width = "64"),
+                cfg!(target_endian = "big"),
+            ) {
+                (true, false) => "pulley64",
+                (true, true) => "pulley64be",
+                (false, false) => "pulley32",
+                (false, true) => "pulley32be",
+            },
+        );
+    }
+    match arch {
+        "x86_64" | "aarch64" | "riscv64" | "loongarch64" => Ok("pulley64"),
+        "s390x" | "powerpc64" => Ok("pulley64be"),
+        "arm" | "x86" | "riscv32" => Ok("pulley32"),
+        _ => Err(EngineError::UnknownArch(arch.into())),
+    }
+}
 
 impl std::fmt::Display for EngineKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -62,6 +62,12 @@ pub enum LoadError {
     Unknown(String),
     #[error("storing the module: {0}")]
     Io(String),
+    #[error(
+        "this node does not compile Wasm (--no-compile): it runs only modules precompiled for it, and {0} is not in its modules directory; make it elsewhere with `continuum compile MODULE --engine {1} --arch {2}` and copy it there"
+    )]
+    NotPrecompiled(String, &'static str, &'static str),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
 }
 
 /// A module ready to instantiate.
@@ -82,6 +88,9 @@ pub struct Runtime {
     /// nobody holds any more is freed, so peers' modules cannot pile up in memory. Loading it
     /// again reads the compiled code back from disk.
     loaded: Mutex<HashMap<Digest, Weak<LoadedModule>>>,
+    /// False on a node that must not spend its CPU and memory compiling (a small board): it
+    /// runs only what `continuum compile` made for it ahead of time.
+    compiles: bool,
     pub limits: RuntimeLimits,
     stop: Arc<AtomicBool>,
 }
@@ -119,9 +128,17 @@ impl Runtime {
             linker,
             modules_dir,
             loaded: Mutex::default(),
+            compiles: true,
             limits,
             stop,
         })
+    }
+
+    /// A node that never compiles: it loads only code precompiled for it (`continuum compile`)
+    /// and refuses any other module, saying what to make.
+    pub fn compiling(mut self, compiles: bool) -> Self {
+        self.compiles = compiles;
+        self
     }
 
     /// What runs this node's Wasm.
@@ -129,16 +146,13 @@ impl Runtime {
         self.kind
     }
 
-    /// Where the code compiled for this engine on this architecture is cached: a node that
-    /// changes engine, or a data directory moved to another host, compiles afresh instead of
-    /// handing Wasmtime code it would refuse.
+    /// Whether this node compiles the modules it is given.
+    pub fn compiles(&self) -> bool {
+        self.compiles
+    }
+
     fn compiled_path(&self, dir: &std::path::Path, digest: &Digest) -> PathBuf {
-        dir.join(format!(
-            "{}.{}-{}.cwasm",
-            digest_hex(digest),
-            self.kind.name(),
-            std::env::consts::ARCH
-        ))
+        dir.join(compiled_name(digest, self.kind, std::env::consts::ARCH))
     }
 
     /// Deadline of one call in epoch ticks (rounded up, plus the tick already under way).
@@ -217,7 +231,8 @@ impl Runtime {
     }
 
     /// Delete the stored modules (original and compiled) that nothing here uses and that no
-    /// saved state in `keep` needs; how many were deleted.
+    /// saved state in `keep` needs; how many were deleted. A `--no-compile` node keeps all
+    /// compiled code: it cannot make it again.
     pub fn sweep(&self, keep: &std::collections::HashSet<Digest>) -> usize {
         let Some(dir) = &self.modules_dir else {
             return 0;
@@ -228,6 +243,10 @@ impl Runtime {
         let map = self.loaded.lock().unwrap();
         let mut deleted = 0;
         for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+            // On a node that does not compile, compiled code is its operator's, not a cache.
+            if !self.compiles && path.extension().is_some_and(|e| e == "cwasm") {
+                continue;
+            }
             // `DIGEST.wasm` or `DIGEST.ENGINE-ARCH.cwasm`.
             let Some(digest): Option<Digest> = path
                 .file_name()
@@ -267,14 +286,22 @@ impl Runtime {
             .map(|d| self.compiled_path(d, digest));
         if let Some(path) = cached.as_ref().filter(|p| p.exists()) {
             // SAFETY: the file is one this node wrote with `Module::serialize` into its own
-            // data directory; Wasmtime checks that it matches this engine's version and
+            // data directory, or one its operator put there from `continuum compile` (never
+            // one from a peer); Wasmtime checks that it matches this engine's version and
             // settings and refuses it otherwise (then we compile afresh).
             match unsafe { Module::deserialize_file(&self.engine, path) } {
                 Ok(m) => return Ok((m, None)),
                 Err(e) => {
-                    tracing::warn!("recompiling {}: cached code unusable: {e}", path.display())
+                    tracing::warn!("cached code {} unusable: {e}", path.display())
                 }
             }
+        }
+        if !self.compiles {
+            return Err(LoadError::NotPrecompiled(
+                compiled_name(digest, self.kind, std::env::consts::ARCH),
+                self.kind.name(),
+                std::env::consts::ARCH,
+            ));
         }
         let instrumented = instrument(wasm)?;
         let module = Module::new(&self.engine, &instrumented)
@@ -282,4 +309,27 @@ impl Runtime {
         let code = cached.and_then(|_| module.serialize().ok());
         Ok((module, code))
     }
+}
+
+/// The file a module's code compiled for an engine on an architecture is kept in: a node that
+/// changes engine, or a data directory moved to another host, compiles afresh instead of
+/// handing Wasmtime code it would refuse.
+pub fn compiled_name(digest: &Digest, kind: EngineKind, arch: &str) -> String {
+    format!("{}.{}-{arch}.cwasm", digest_hex(digest), kind.name())
+}
+
+/// A module compiled ahead of time for a node of `arch` running `kind`, exactly as that node
+/// would compile it (instrumented, the same settings): its file name there and its bytes.
+pub fn precompile(
+    wasm: &[u8],
+    kind: EngineKind,
+    arch: &str,
+) -> Result<(String, Vec<u8>), LoadError> {
+    let engine = Engine::new(&kind.config_for(arch)?)
+        .map_err(|e| EngineError::Wasmtime(format!("{e:#}")))?;
+    let code = engine
+        .precompile_module(&instrument(wasm)?)
+        .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+    let digest = *blake3::hash(wasm).as_bytes();
+    Ok((compiled_name(&digest, kind, arch), code))
 }
