@@ -24,6 +24,8 @@
 # (Debian's qemu-user, and for glibc builds the target's libc from libc6-*-cross; installed if
 # missing), so a target that builds but cannot start fails here.
 set -euo pipefail
+# A failed build inside $(build ...) must stop the script, not print a path.
+shopt -s inherit_errexit
 cd "$(dirname "$0")/.."
 
 ALL=(

@@ -22,7 +22,10 @@ fn lower_priority() {
         // Zeroed: musl's struct has more fields than glibc's; priority 0 is what batch needs.
         let param: libc::sched_param = std::mem::zeroed();
         libc::sched_setscheduler(0, libc::SCHED_BATCH, &param);
-        libc::setpriority(libc::PRIO_PROCESS as _, libc::gettid() as _, 5);
+        // The raw system call: glibc's gettid() wrapper is newer (2.30) than the 2.28 the
+        // release builds for glibc hosts link against.
+        let tid = libc::syscall(libc::SYS_gettid);
+        libc::setpriority(libc::PRIO_PROCESS as _, tid as _, 5);
     }
 }
 
