@@ -61,7 +61,7 @@ resolve() {
 # The command that runs a target's binary here: nothing for this host's own architecture,
 # else its qemu-user emulator (with the target's libc for a glibc build).
 emulator() {
-    local arch=${1%%-*} emu sysroot=
+    local arch=${1%%-*} emu pkg sysroot=
     case "$arch" in
         "$(uname -m)") return ;;
         armv7) emu=qemu-arm sysroot=arm-linux-gnueabihf pkg=libc6-armhf-cross ;;

@@ -186,6 +186,11 @@ async fn a_node_that_does_not_compile_runs_only_what_was_compiled_for_it() {
     }
     let err = a.fails(&["migrate", "counter", "--to", b.peer_id()]);
     assert!(err.contains("does not compile"), "{err}");
+    assert_eq!(
+        b.metric("continuum_rejected_total{reason=\"bad_module\"}")
+            .await,
+        2
+    );
     let r = a.h1(Method::GET, "/c/counter/count", b"").await;
     assert_eq!(
         (r.text().trim(), host_of(&r)),

@@ -100,7 +100,10 @@ pub async fn on_message(node: &Arc<Node>, from: PeerId, msg: ToTarget) -> ToSour
                         st.module = Some(m);
                         st.target.module_stored(now(node))
                     }
-                    Ok(Err(e)) => st.target.failed(format!("module refused: {e}")),
+                    Ok(Err(e)) => {
+                        node.metrics.reject("bad_module");
+                        st.target.failed(format!("module refused: {e}"))
+                    }
                     Err(e) => st.target.failed(format!("module refused: {e}")),
                 }
             }

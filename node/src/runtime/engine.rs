@@ -92,25 +92,22 @@ impl EngineKind {
 
 /// Pulley's bytecode for a host of `arch`: its pointer width and byte order.
 fn pulley_target(arch: &str) -> Result<&'static str, EngineError> {
-    if arch == std::env::consts::ARCH {
-        return Ok(
-            match (
-                cfg!(target_pointer_width = "64"),
-                cfg!(target_endian = "big"),
-            ) {
-                (true, false) => "pulley64",
-                (true, true) => "pulley64be",
-                (false, false) => "pulley32",
-                (false, true) => "pulley32be",
-            },
-        );
-    }
-    match arch {
-        "x86_64" | "aarch64" | "riscv64" | "loongarch64" => Ok("pulley64"),
-        "s390x" | "powerpc64" => Ok("pulley64be"),
-        "arm" | "x86" | "riscv32" => Ok("pulley32"),
-        _ => Err(EngineError::UnknownArch(arch.into())),
-    }
+    Ok(match arch {
+        "x86_64" | "aarch64" | "riscv64" | "loongarch64" => "pulley64",
+        "s390x" | "powerpc64" => "pulley64be",
+        "arm" | "x86" | "riscv32" => "pulley32",
+        // Any other host knows its own pointer width and byte order.
+        host if host == std::env::consts::ARCH => match (
+            cfg!(target_pointer_width = "64"),
+            cfg!(target_endian = "big"),
+        ) {
+            (true, false) => "pulley64",
+            (true, true) => "pulley64be",
+            (false, false) => "pulley32",
+            (false, true) => "pulley32be",
+        },
+        _ => return Err(EngineError::UnknownArch(arch.into())),
+    })
 }
 
 impl std::fmt::Display for EngineKind {

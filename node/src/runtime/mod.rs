@@ -146,11 +146,6 @@ impl Runtime {
         self.kind
     }
 
-    /// Whether this node compiles the modules it is given.
-    pub fn compiles(&self) -> bool {
-        self.compiles
-    }
-
     fn compiled_path(&self, dir: &std::path::Path, digest: &Digest) -> PathBuf {
         dir.join(compiled_name(digest, self.kind, std::env::consts::ARCH))
     }
