@@ -14,7 +14,7 @@
 #           stop-and-copy (our migbench)
 # calls:    a call between components on one node and across two (round trips timed inside the
 #           caller, relay's /time), throughput of one relay with 64 requests waiting on slow
-# arch:     release binary sizes (scripts/release.sh), counter's request latency on each engine,
+# arch:     release binary sizes (scripts/release.sh, or only RELEASE_TARGETS="T ..."), counter's request latency on each engine,
 #           and a 16 MiB pre-copy migration in one run between two x86_64 Cranelift nodes, to a
 #           Pulley node, and to an aarch64 node under qemu-user
 set -euo pipefail
@@ -170,8 +170,9 @@ stop_swarm
 fi
 
 if want arch; then
-echo "==> release binaries (scripts/release.sh)"
-scripts/release.sh
+echo "==> release binaries (scripts/release.sh ${RELEASE_TARGETS:-})"
+# shellcheck disable=SC2086 # a list of targets; all four when unset (some 20 minutes each)
+scripts/release.sh ${RELEASE_TARGETS:-}
 while read -r sum file; do
     note "- $file: $(stat -c %s "target/dist/$file") bytes ($(du -m "target/dist/$file" | cut -f1) MiB), sha256 ${sum:0:16}..."
 done <target/dist/SHA256SUMS

@@ -65,11 +65,13 @@ emulator() {
     case "$arch" in
         "$(uname -m)") return ;;
         armv7) emu=qemu-arm sysroot=arm-linux-gnueabihf pkg=libc6-armhf-cross ;;
-        riscv64gc) emu=qemu-riscv64 sysroot=riscv64-linux-gnu pkg=libc6-riscv64-cross ;;
+        # A RISC-V host with the vector extension, on which Cranelift compiles (the node runs
+        # Pulley by default on one without: Wasmtime 48's Cranelift needs V there).
+        riscv64gc) emu="qemu-riscv64 -cpu rv64,v=true,vext_spec=v1.0" sysroot=riscv64-linux-gnu pkg=libc6-riscv64-cross ;;
         aarch64) emu=qemu-aarch64 sysroot=aarch64-linux-gnu pkg=libc6-arm64-cross ;;
         *) emu=qemu-$arch sysroot=$arch-linux-gnu pkg=libc6-amd64-cross ;;
     esac
-    command -v "$emu" > /dev/null || apt_install qemu-user
+    command -v "${emu%% *}" > /dev/null || apt_install qemu-user
     if [[ $1 == *-gnu* ]]; then
         [ -d "/usr/$sysroot/lib" ] || apt_install "$pkg"
         echo "$emu -L /usr/$sysroot"

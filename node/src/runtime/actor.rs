@@ -1541,6 +1541,9 @@ fn run(mut a: Actor<'_>, rx: Receiver<Command>) {
     let mut held_wakes: Vec<(u64, Vec<u8>, Option<PeerId>)> = Vec::new();
 
     let mut copying: Option<CopyJob> = None;
+    // A stop is answered once the instance is gone, so that whoever stopped it (removing the
+    // component, say) finds its module no longer in use.
+    let mut stopped = None;
     let moved_to = 'run: loop {
         if let (Mode::Serving, Some(job)) = (&mode, copying.as_mut())
             && a.copy_step(job)
@@ -1584,7 +1587,7 @@ fn run(mut a: Actor<'_>, rx: Receiver<Command>) {
                             if !drained {
                                 a.cancel_all("the node is stopping");
                             }
-                            let _ = reply.send(Some(a.checkpoint()));
+                            stopped = Some((reply, Some(a.checkpoint())));
                             break None;
                         }
                     }
@@ -1774,7 +1777,7 @@ fn run(mut a: Actor<'_>, rx: Receiver<Command>) {
                 if !checkpoint {
                     a.cancel_all(&format!("component {} was stopped", a.name));
                 }
-                let _ = reply.send(checkpoint.then(|| a.checkpoint()));
+                stopped = Some((reply, checkpoint.then(|| a.checkpoint())));
                 break None;
             }
         }
@@ -1787,6 +1790,11 @@ fn run(mut a: Actor<'_>, rx: Receiver<Command>) {
         )))));
     }
     a.gauges();
+    if let Some((reply, snap)) = stopped {
+        drop(a);
+        let _ = reply.send(snap);
+        return;
+    }
     let Some(to) = moved_to else { return };
     // The state lives on elsewhere: free it, and send on every request and result that still
     // comes (from callers that took the handle before the switch, from calls in flight) until

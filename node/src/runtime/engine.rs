@@ -12,18 +12,37 @@ pub enum EngineKind {
     Pulley,
 }
 
-/// Whether Cranelift can compile for the machine this binary runs on (the list Wasmtime's
-/// own build uses).
-pub const HOST_HAS_CRANELIFT: bool = cfg!(any(
-    target_arch = "x86_64",
-    target_arch = "aarch64",
-    target_arch = "riscv64",
-    target_arch = "s390x"
-));
+/// Why Cranelift cannot compile for the machine this binary runs on, if it cannot: this
+/// architecture has no Cranelift backend (Wasmtime's own list), or it is a RISC-V host without
+/// the vector extension, where Wasmtime 48 emits 16-byte vector moves for small `memory.copy`s
+/// that its RISC-V backend can only lower with V (boards such as the StarFive JH7110 lack
+/// it; Wasmtime 50 falls back to scalar moves there).
+pub fn cranelift_missing() -> Option<&'static str> {
+    if !cfg!(any(
+        target_arch = "x86_64",
+        target_arch = "aarch64",
+        target_arch = "riscv64",
+        target_arch = "s390x"
+    )) {
+        return Some("Cranelift has no backend for this architecture");
+    }
+    #[cfg(all(target_arch = "riscv64", target_os = "linux"))]
+    {
+        // The kernel's hardware capabilities: one bit per single-letter extension.
+        let v = 1 << (b'V' - b'A');
+        // SAFETY: getauxval reads the process's auxiliary vector; no memory is passed.
+        if unsafe { libc::getauxval(libc::AT_HWCAP) } & v == 0 {
+            return Some(
+                "this RISC-V host has no vector extension (V), which Wasmtime 48's Cranelift needs for the modules Rust builds",
+            );
+        }
+    }
+    None
+}
 
 impl Default for EngineKind {
     fn default() -> Self {
-        if HOST_HAS_CRANELIFT {
+        if cranelift_missing().is_none() {
             EngineKind::Cranelift
         } else {
             EngineKind::Pulley
@@ -34,7 +53,8 @@ impl Default for EngineKind {
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error(
-        "Cranelift has no backend for this host ({0}); run Wasm here with --engine pulley (the default on it)"
+        "Cranelift cannot compile on this host ({host}): {0}; run Wasm here with --engine pulley (the default on it)",
+        host = std::env::consts::ARCH
     )]
     NoCranelift(&'static str),
     #[error(
@@ -76,8 +96,8 @@ impl EngineKind {
             EngineKind::Cranelift if arch != host => {
                 return Err(EngineError::CraneliftCross(arch.into()));
             }
-            EngineKind::Cranelift if !HOST_HAS_CRANELIFT => {
-                return Err(EngineError::NoCranelift(host));
+            EngineKind::Cranelift if let Some(why) = cranelift_missing() => {
+                return Err(EngineError::NoCranelift(why));
             }
             EngineKind::Cranelift => {}
             EngineKind::Pulley => {

@@ -10,7 +10,7 @@ pub mod router;
 
 pub use actor::{Answer, Back, ComponentHandle, ReplyTo, Stats, Unavailable};
 pub use carried::Carried;
-pub use engine::{EngineError, EngineKind, HOST_HAS_CRANELIFT};
+pub use engine::{EngineError, EngineKind};
 pub use host::now_ms;
 pub use instance::{CallError, Instance};
 pub use router::{CallCtx, Router, error_kind, error_response};
