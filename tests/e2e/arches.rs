@@ -7,7 +7,7 @@
 //! so where it cannot install the emulator; without it the test says it skipped.
 //! scripts/cross-arch.sh runs it for armv7 (Pulley) and riscv64, by hand or nightly.
 
-use crate::engines::moves_both_ways_with_exact_state;
+use crate::engines::{moves_both_ways_with_exact_state, slow_host_args};
 use crate::mesh::until_full_views;
 use crate::support::TestNode;
 use std::time::Duration;
@@ -21,11 +21,7 @@ async fn components_move_between_two_architectures_with_exact_state() {
         return;
     };
     let program: Vec<String> = foreign.split_whitespace().map(String::from).collect();
-    // An emulated node runs tens of times slower than this one (Pulley under qemu-arm, some
-    // hundred): as on a small board, its operator gives requests (hashing 16 MiB of `kv`) and
-    // migrations more time than the defaults, which are set for servers.
-    let mut args = crate::migrate::args(0);
-    args.extend(["--call-timeout", "30s", "--migration-timeout", "60s"].map(String::from));
+    let args = slow_host_args();
     let a = TestNode::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let join = a.p2p();
     let mut b_args: Vec<&str> = args.iter().map(String::as_str).collect();
