@@ -27,9 +27,10 @@ set -euo pipefail
 # A failed build inside $(build ...) must stop the script, not print a path.
 shopt -s inherit_errexit
 cd "$(dirname "$0")/.."
-# AWS-LC (which libp2p-quic enables in quinn for its endpoint keys; TLS itself runs on ring)
-# built small: without its precomputed tables and AVX-512 code, about 1.5 MB less per binary,
-# and nothing on a path that carries requests or state.
+# AWS-LC (the mesh's QUIC runs its TLS on it: libp2p-tls picks it; the HTTP/3 side runs on
+# ring) built small: without its precomputed tables and its AVX-512 code. That leaves
+# ChaCha20-Poly1305 (the suite libp2p-tls prefers) on its AVX2 or NEON code, gigabytes a
+# second, far above what a migration sends, and makes handshakes a little slower.
 export AWS_LC_SYS_SMALL=1
 
 ALL=(
