@@ -38,6 +38,8 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/continuum-bench.XXXXXX")
 PID=
 cleanup() {
     [ -n "$PID" ] && kill -TERM "$PID" 2>/dev/null && wait "$PID" 2>/dev/null
+    # A section that failed leaves no swarm running.
+    [ -d "${SW:-}" ] && scripts/swarm.sh stop --dir "$SW" >/dev/null 2>&1
     rm -rf "$WORK"
 }
 trap cleanup EXIT

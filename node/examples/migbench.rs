@@ -159,7 +159,9 @@ async fn main() -> Result<()> {
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for &mib in &args.sizes {
-        let name = format!("churn{mib}");
+        // A name of this run's own: the mesh may still route the last run's (removed on the
+        // node that held it last) to that node for a while, and refuse the name meanwhile.
+        let name = format!("churn{mib}-{}", std::process::id());
         a.call(Method::PUT, &format!("/v1/components/{name}"), wasm.clone())
             .await?;
         a.call(Method::POST, &format!("/c/{name}/fill?mb={mib}"), "")
