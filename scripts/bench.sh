@@ -14,8 +14,8 @@
 #           stop-and-copy (our migbench)
 # calls:    a call between components on one node and across two (round trips timed inside the
 #           caller, relay's /time), throughput of one relay with 64 requests waiting on slow
-# arch:     release binary sizes (scripts/release.sh, or only RELEASE_TARGETS="T ..."), counter's request latency on each engine,
-#           and a 16 MiB pre-copy migration in one run between two x86_64 Cranelift nodes, to a
+# arch:     release binary sizes (scripts/release.sh; only RELEASE_TARGETS="T ..." if set),
+#           counter's request latency on each engine, and a 16 MiB pre-copy migration in one run between two x86_64 Cranelift nodes, to a
 #           Pulley node, and to an aarch64 node under qemu-user
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -9,10 +9,10 @@ use crate::support::{TestNode, guest};
 use http::Method;
 use std::time::{Duration, Instant};
 
-/// A node of the closed test swarm that may be slow: an interpreter, an emulated
-/// architecture (tens of times slower, Pulley under qemu-arm some hundred). As on a small
-/// board, its operator gives requests (hashing 16 MiB of `kv` takes Pulley about a second on a
-/// busy machine) and migrations more time than the defaults, which are set for servers.
+/// A node of the closed test swarm that may be slow: an interpreter, or an emulated
+/// architecture. As on a small board, its operator gives requests (hashing 16 MiB of `kv` took
+/// Pulley over a second on a busy machine, and longer under qemu-arm) and migrations more time
+/// than the defaults, which are set for servers.
 pub(crate) fn slow_host_args() -> Vec<String> {
     let mut a = crate::migrate::args(0);
     a.extend(["--call-timeout", "30s", "--migration-timeout", "60s"].map(String::from));
