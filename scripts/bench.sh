@@ -31,7 +31,8 @@ for tool in wrk curl; do
 done
 scripts/build-guests.sh >/dev/null
 cargo build --release --quiet -p continuum --bin continuum --example h3load --example migbench
-BIN=$PWD/target/release/continuum
+# CONTINUUM_BIN: another build of the node to measure (such as a scripts/release.sh binary).
+BIN=${CONTINUUM_BIN:-$PWD/target/release/continuum}
 H3LOAD=$PWD/target/release/examples/h3load
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/continuum-bench.XXXXXX")
