@@ -19,9 +19,10 @@ use crate::federation::{
     FederationError, FederationEvent, FederationMsg, FederationSpec, Federations,
 };
 use crate::membership::{Heard, View};
+use crate::verified::Verified;
 use crate::wire::{
-    Body, Known, MAX_DIRECT_BYTES, MAX_GOSSIP_BYTES, Message, Reject, SwarmKey, SyncEntry, open,
-    seal,
+    Body, Known, MAX_DIRECT_BYTES, MAX_GOSSIP_BYTES, Message, Reject, SwarmKey, SyncEntry,
+    open_with, seal,
 };
 use libp2p_identity::{Keypair, PeerId};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -165,6 +166,8 @@ pub struct Gossip {
     /// one passed over for each name (each is counted once).
     unproven_moves: u64,
     passed_over: HashMap<String, (PeerId, u64)>,
+    /// Frames whose signature checked out already (the same advert comes from many peers).
+    verified: Verified,
 }
 
 impl Gossip {
@@ -207,6 +210,7 @@ impl Gossip {
             believed: HashMap::new(),
             unproven_moves: 0,
             passed_over: HashMap::new(),
+            verified: Verified::default(),
         };
         g.sync_every = g.cfg.sync_min_ms;
         g.publish_advert(now);
@@ -231,6 +235,16 @@ impl Gossip {
 
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+
+    /// Check signatures against `verified`, which others may share (the simulator's nodes do).
+    pub fn share_verified(&mut self, verified: Verified) {
+        self.verified = verified;
+    }
+
+    /// The cache of frames whose signature checked out.
+    pub fn verified(&self) -> &Verified {
+        &self.verified
     }
 
     fn seal(&mut self, body: Body) -> Vec<u8> {
@@ -406,7 +420,12 @@ impl Gossip {
 
     /// A message from the gossip topic.
     pub fn handle_gossip(&mut self, now: u64, bytes: &[u8]) -> Result<(), Reject> {
-        let opened = open(bytes, self.key.as_ref(), MAX_GOSSIP_BYTES)?;
+        let opened = open_with(
+            bytes,
+            self.key.as_ref(),
+            MAX_GOSSIP_BYTES,
+            Some(&self.verified),
+        )?;
         self.on_gossip(now, opened.signer, opened.message, bytes)
     }
 
@@ -505,7 +524,10 @@ impl Gossip {
 
     /// A direct message from `from` (a sync request or reply).
     pub fn handle_direct(&mut self, now: u64, from: PeerId, bytes: &[u8]) -> Result<(), Reject> {
-        let opened = open(bytes, self.key.as_ref(), MAX_DIRECT_BYTES)?;
+        // A sync is sealed for one peer and comes once: only what may be a relayed message
+        // (a neighbour's, scoped) is worth remembering.
+        let cache = Some(&self.verified).filter(|_| bytes.len() <= MAX_GOSSIP_BYTES);
+        let opened = open_with(bytes, self.key.as_ref(), MAX_DIRECT_BYTES, cache)?;
         if opened.signer != from {
             return Err(Reject::WrongPeer {
                 claimed: from.to_string(),
@@ -555,7 +577,12 @@ impl Gossip {
 
     /// Take in an advert relayed in a sync (or an asker's own: then signed by `owner`).
     fn relayed(&mut self, now: u64, entry: SyncEntry, owner: Option<PeerId>) -> Result<(), Reject> {
-        let inner = open(&entry.frame, self.key.as_ref(), MAX_GOSSIP_BYTES)?;
+        let inner = open_with(
+            &entry.frame,
+            self.key.as_ref(),
+            MAX_GOSSIP_BYTES,
+            Some(&self.verified),
+        )?;
         if let Some(owner) = owner
             && inner.signer != owner
         {

@@ -6,6 +6,7 @@
 
 use crate::advert::ResourceAdvert;
 use crate::federation::FederationMsg;
+use crate::verified::Verified;
 use libp2p_identity::{Keypair, PeerId, PublicKey};
 use serde::{Deserialize, Serialize};
 
@@ -266,6 +267,16 @@ pub fn seal(id: &Keypair, key: Option<&SwarmKey>, message: &Message) -> Vec<u8> 
 
 /// Check and decode a frame (see the module docs for the order of checks).
 pub fn open(bytes: &[u8], key: Option<&SwarmKey>, max: usize) -> Result<Opened, Reject> {
+    open_with(bytes, key, max, None)
+}
+
+/// [`open`], skipping the signature check of a frame `verified` has seen verify.
+pub(crate) fn open_with(
+    bytes: &[u8],
+    key: Option<&SwarmKey>,
+    max: usize,
+    verified: Option<&Verified>,
+) -> Result<Opened, Reject> {
     if bytes.len() > max {
         return Err(Reject::Oversized(bytes.len()));
     }
@@ -279,14 +290,24 @@ pub fn open(bytes: &[u8], key: Option<&SwarmKey>, max: usize) -> Result<Opened, 
         (None, _) => bytes,
     };
     let frame: Frame = from_cbor(bytes, "frame")?;
-    let public = PublicKey::try_decode_protobuf(&frame.key)
-        .map_err(|e| Reject::Malformed(format!("public key: {e}")))?;
-    let mut signed = SIGN_DOMAIN.to_vec();
-    signed.extend_from_slice(&frame.payload);
-    if !public.verify(&signed, &frame.sig) {
-        return Err(Reject::BadSignature);
-    }
-    let signer = public.to_peer_id();
+    let mut bad_key = None;
+    let mut check = || {
+        let public = PublicKey::try_decode_protobuf(&frame.key)
+            .map_err(|e| bad_key = Some(Reject::Malformed(format!("public key: {e}"))))
+            .ok()?;
+        let mut signed = SIGN_DOMAIN.to_vec();
+        signed.extend_from_slice(&frame.payload);
+        public
+            .verify(&signed, &frame.sig)
+            .then(|| public.to_peer_id())
+    };
+    let signer = match verified {
+        Some(v) => v.verify(bytes, check),
+        None => check(),
+    };
+    let Some(signer) = signer else {
+        return Err(bad_key.unwrap_or(Reject::BadSignature));
+    };
     let message: Message = from_cbor(&frame.payload, "message")?;
     if let Body::Advert(a) = &message.body {
         let claimed = PeerId::from_bytes(&a.peer)

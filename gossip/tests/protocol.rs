@@ -784,3 +784,50 @@ fn a_claimed_move_is_followed_only_with_the_hand_off_of_the_host_before() {
     claim(&mut g, &h2, vec![]);
     assert_eq!(host(&mut g), (id(&forger), 99));
 }
+
+#[test]
+fn a_frame_that_comes_by_many_paths_has_its_signature_checked_once() {
+    let stranger = keypair(9);
+    let advert = signed(
+        &stranger,
+        5,
+        Body::Advert(ResourceAdvert {
+            peer: stranger.public().to_peer_id().to_bytes(),
+            ttl_ms: 3_000,
+            resources: resources("a"),
+        }),
+    );
+    let mut g = Gossip::new(
+        0,
+        keypair(0),
+        None,
+        Config::with_ttl(3_000),
+        resources("a"),
+        1,
+    );
+    // The stranger's advert, relayed by three peers in their syncs.
+    for relay in 1..=3 {
+        let r = keypair(relay);
+        let sync = signed(
+            &r,
+            10,
+            Body::SyncReply {
+                entries: vec![SyncEntry {
+                    frame: advert.clone(),
+                    heard_ago_ms: 0,
+                }],
+            },
+        );
+        g.handle_direct(10, r.public().to_peer_id(), &sync).unwrap();
+    }
+    assert!(g.view().get(&stranger.public().to_peer_id()).is_some());
+    // Each sync checked, the advert once: (checks, taken as checked).
+    assert_eq!(g.verified().counts(), (4, 2));
+    // A copy with its signature changed is checked, and refused, each time it comes.
+    let mut forged = advert.clone();
+    *forged.last_mut().unwrap() ^= 1;
+    for _ in 0..2 {
+        assert_eq!(g.handle_gossip(20, &forged), Err(Reject::BadSignature));
+    }
+    assert_eq!(g.verified().counts(), (6, 2));
+}
