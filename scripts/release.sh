@@ -129,4 +129,4 @@ done
 [ "$profile" = dist ] || exit 0
 (cd target/dist && sha256sum continuum-* > SHA256SUMS)
 echo "== target/dist"
-ls -l target/dist | awk 'NR > 1 {printf "%-45s %6.1f MiB\n", $NF, $5 / 1048576}'
+ls -l target/dist/continuum-* | awk '{printf "%-45s %6.1f MiB\n", $NF, $5 / 1048576}'
