@@ -524,8 +524,8 @@ impl Gossip {
 
     /// A direct message from `from` (a sync request or reply).
     pub fn handle_direct(&mut self, now: u64, from: PeerId, bytes: &[u8]) -> Result<(), Reject> {
-        // A sync is sealed for one peer and comes once: only what may be a relayed message
-        // (a neighbour's, scoped) is worth remembering.
+        // Past the gossip bound a message can only be a sync, sealed for this node alone: not
+        // worth remembering (a neighbour's scoped gossip, which others get too, is).
         let cache = Some(&self.verified).filter(|_| bytes.len() <= MAX_GOSSIP_BYTES);
         let opened = open_with(bytes, self.key.as_ref(), MAX_DIRECT_BYTES, cache)?;
         if opened.signer != from {

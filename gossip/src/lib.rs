@@ -26,7 +26,7 @@ pub use handoff::{Handoff, MAX_HANDOFF_BYTES, SignedHandoff};
 pub use membership::{Heard, PeerInfo, View};
 pub use placement::{Candidate, Need, Placement, place};
 pub use policy::{Decision, PeerLoad, Placed, Placer, Policy, PolicyConfig};
-pub use verified::{DEFAULT_VERIFIED, Verified};
+pub use verified::Verified;
 pub use wire::{
     Body, Known, MAX_DIRECT_BYTES, MAX_GOSSIP_BYTES, Message, Opened, Reject, SwarmKey, SyncEntry,
     open, seal,

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 /// How many frames a node remembers by default: a few seconds of a busy neighbourhood's
 /// adverts and heartbeats, 32 bytes each.
-pub const DEFAULT_VERIFIED: usize = 4096;
+const DEFAULT_VERIFIED: usize = 4096;
 
 /// A bounded map from the hash of each frame whose signature verified to its signer (decoding
 /// the signer's key costs nearly what the check does); past its capacity the oldest go, so a
@@ -40,26 +40,26 @@ impl Verified {
         })))
     }
 
-    /// The signer of `frame` if it verifies: `check` (which returns that) runs only for a
-    /// frame not seen to verify before.
-    pub(crate) fn verify(
+    /// The signer of `frame` if it verifies: `check` (which returns that, or why not) runs only
+    /// for a frame not seen to verify before.
+    pub(crate) fn verify<E>(
         &self,
         frame: &[u8],
-        check: impl FnOnce() -> Option<PeerId>,
-    ) -> Option<PeerId> {
+        check: impl FnOnce() -> Result<PeerId, E>,
+    ) -> Result<PeerId, E> {
         let hash = *blake3::hash(frame).as_bytes();
         {
             let mut inner = self.lock();
             if let Some(&signer) = inner.seen.get(&hash) {
                 inner.hits += 1;
-                return Some(signer);
+                return Ok(signer);
             }
         }
         // Not under the lock: the simulator's nodes share it, a node's threads might.
         let signer = check();
         let mut inner = self.lock();
         inner.checks += 1;
-        if let Some(signer) = signer
+        if let Ok(signer) = signer
             && inner.seen.insert(hash, signer).is_none()
         {
             inner.order.push_back(hash);
@@ -93,9 +93,9 @@ impl Default for Verified {
 mod tests {
     use super::*;
 
-    fn someone() -> Option<PeerId> {
+    fn someone() -> Result<PeerId, ()> {
         let key = libp2p_identity::Keypair::ed25519_from_bytes([7; 32]).unwrap();
-        Some(key.public().to_peer_id())
+        Ok(key.public().to_peer_id())
     }
 
     #[test]
@@ -108,7 +108,7 @@ mod tests {
                     checks += 1;
                     someone()
                 })
-                .is_some()
+                .is_ok()
             );
         }
         assert_eq!(checks, 1);
@@ -116,9 +116,9 @@ mod tests {
             assert!(
                 v.verify(b"forged", || {
                     checks += 1;
-                    None
+                    Err(())
                 })
-                .is_none()
+                .is_err()
             );
         }
         assert_eq!(checks, 4, "a frame that failed is checked again");
@@ -129,19 +129,21 @@ mod tests {
     fn past_its_capacity_the_oldest_frame_is_checked_again() {
         let v = Verified::new(2);
         for f in [&b"a"[..], b"b", b"c"] {
-            v.verify(f, someone);
+            v.verify(f, someone).unwrap();
         }
         let mut checked = false;
         v.verify(b"a", || {
             checked = true;
             someone()
-        });
+        })
+        .unwrap();
         assert!(checked, "a was evicted by c");
         let mut checked = false;
         v.verify(b"c", || {
             checked = true;
             someone()
-        });
+        })
+        .unwrap();
         assert!(!checked);
     }
 }

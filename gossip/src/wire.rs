@@ -290,23 +290,19 @@ pub(crate) fn open_with(
         (None, _) => bytes,
     };
     let frame: Frame = from_cbor(bytes, "frame")?;
-    let mut bad_key = None;
-    let mut check = || {
+    let check = || {
         let public = PublicKey::try_decode_protobuf(&frame.key)
-            .map_err(|e| bad_key = Some(Reject::Malformed(format!("public key: {e}"))))
-            .ok()?;
+            .map_err(|e| Reject::Malformed(format!("public key: {e}")))?;
         let mut signed = SIGN_DOMAIN.to_vec();
         signed.extend_from_slice(&frame.payload);
-        public
-            .verify(&signed, &frame.sig)
-            .then(|| public.to_peer_id())
+        if !public.verify(&signed, &frame.sig) {
+            return Err(Reject::BadSignature);
+        }
+        Ok(public.to_peer_id())
     };
     let signer = match verified {
-        Some(v) => v.verify(bytes, check),
-        None => check(),
-    };
-    let Some(signer) = signer else {
-        return Err(bad_key.unwrap_or(Reject::BadSignature));
+        Some(v) => v.verify(bytes, check)?,
+        None => check()?,
     };
     let message: Message = from_cbor(&frame.payload, "message")?;
     if let Body::Advert(a) = &message.body {
