@@ -8,6 +8,9 @@
 //!   verbatim with how long ago it heard each peer. A newcomer has the full view after one
 //!   round trip instead of waiting for everyone's next advert.
 //! - A heartbeat from a peer whose current advert we lack triggers a sync request to it.
+//! - What others may pass on (the topic, the adverts a sync relays) is signed; what goes to one
+//!   peer only (a sync's envelope, and everything when scoped to neighbours) is not: the
+//!   authenticated connection it comes on says who sent it.
 //! - [`Scope::Neighbours`] keeps all of it to the peers a node is connected to: what would be
 //!   published goes to each of them directly, and syncs relay no one else's advert. A node then
 //!   knows its neighbourhood only, and what it sends and holds no longer grows with the swarm:
@@ -22,7 +25,7 @@ use crate::membership::{Heard, View};
 use crate::verified::Verified;
 use crate::wire::{
     Body, Known, MAX_DIRECT_BYTES, MAX_GOSSIP_BYTES, Message, Reject, SwarmKey, SyncEntry,
-    open_with, seal,
+    open_with, seal, seal_direct,
 };
 use libp2p_identity::{Keypair, PeerId};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -247,16 +250,31 @@ impl Gossip {
         &self.verified
     }
 
+    /// A message that others may pass on (the topic, a sync's relayed adverts): signed.
+    /// Scoped to neighbours, nothing is passed on, so nothing is signed.
     fn seal(&mut self, body: Body) -> Vec<u8> {
+        match self.cfg.scope {
+            Scope::Swarm => {
+                let message = self.next_message(body);
+                seal(&self.id, self.key.as_ref(), &message)
+            }
+            Scope::Neighbours => self.seal_direct(body),
+        }
+    }
+
+    /// A message for the one peer it is sent to, who passes it on to no one (a sync's
+    /// envelope): the connection says who sent it (see [`crate::wire`]).
+    fn seal_direct(&mut self, body: Body) -> Vec<u8> {
+        let message = self.next_message(body);
+        seal_direct(self.key.as_ref(), &message)
+    }
+
+    fn next_message(&mut self, body: Body) -> Message {
         self.seq += 1;
-        seal(
-            &self.id,
-            self.key.as_ref(),
-            &Message {
-                seq: self.seq,
-                body,
-            },
-        )
+        Message {
+            seq: self.seq,
+            body,
+        }
     }
 
     fn publish(&mut self, body: Body) {
@@ -322,7 +340,7 @@ impl Gossip {
             })
             .collect();
         let mine = self.my_frame.clone();
-        self.seal(Body::SyncRequest { mine, known })
+        self.seal_direct(Body::SyncRequest { mine, known })
     }
 
     /// The adverts a peer that holds `known` lacks (ours included).
@@ -350,7 +368,7 @@ impl Gossip {
                     heard_ago_ms: now.saturating_sub(p.last_heard_ms),
                 }),
         );
-        self.seal(Body::SyncReply { entries })
+        self.seal_direct(Body::SyncReply { entries })
     }
 
     /// A peer connected: exchange views with it, and make sure our advert reaches the topic
@@ -425,6 +443,7 @@ impl Gossip {
             self.key.as_ref(),
             MAX_GOSSIP_BYTES,
             Some(&self.verified),
+            None,
         )?;
         self.on_gossip(now, opened.signer, opened.message, bytes)
     }
@@ -527,7 +546,13 @@ impl Gossip {
         // Past the gossip bound a message can only be a sync, sealed for this node alone: not
         // worth remembering (a neighbour's scoped gossip, which others get too, is).
         let cache = Some(&self.verified).filter(|_| bytes.len() <= MAX_GOSSIP_BYTES);
-        let opened = open_with(bytes, self.key.as_ref(), MAX_DIRECT_BYTES, cache)?;
+        let opened = open_with(
+            bytes,
+            self.key.as_ref(),
+            MAX_DIRECT_BYTES,
+            cache,
+            Some(from),
+        )?;
         if opened.signer != from {
             return Err(Reject::WrongPeer {
                 claimed: from.to_string(),
@@ -544,7 +569,8 @@ impl Gossip {
                         frame: mine,
                         heard_ago_ms: 0,
                     },
-                    Some(from),
+                    from,
+                    true,
                 );
                 let bytes = self.sync_reply(now, from, &known);
                 self.out.push_back(Output::Send { to: from, bytes });
@@ -553,7 +579,7 @@ impl Gossip {
             Body::SyncReply { entries } => {
                 let mut first_error = None;
                 for entry in entries {
-                    if let Err(e) = self.relayed(now, entry, None) {
+                    if let Err(e) = self.relayed(now, entry, from, false) {
                         match first_error {
                             None => first_error = Some(e),
                             Some(_) => self.events.push_back(Event::Refused(e)),
@@ -575,19 +601,26 @@ impl Gossip {
         }
     }
 
-    /// Take in an advert relayed in a sync (or an asker's own: then signed by `owner`).
-    fn relayed(&mut self, now: u64, entry: SyncEntry, owner: Option<PeerId>) -> Result<(), Reject> {
+    /// Take in an advert relayed in a sync by `from` (or the asker's own, `own`: then it must
+    /// be `from`'s). Scoped to neighbours, syncs relay no one else's advert, so an unsigned
+    /// one is `from`'s; in the whole swarm every advert is signed, as it travels on.
+    fn relayed(
+        &mut self,
+        now: u64,
+        entry: SyncEntry,
+        from: PeerId,
+        own: bool,
+    ) -> Result<(), Reject> {
         let inner = open_with(
             &entry.frame,
             self.key.as_ref(),
             MAX_GOSSIP_BYTES,
             Some(&self.verified),
+            (self.cfg.scope == Scope::Neighbours).then_some(from),
         )?;
-        if let Some(owner) = owner
-            && inner.signer != owner
-        {
+        if own && inner.signer != from {
             return Err(Reject::WrongPeer {
-                claimed: owner.to_string(),
+                claimed: from.to_string(),
                 signer: inner.signer.to_string(),
             });
         }

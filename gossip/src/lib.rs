@@ -29,7 +29,7 @@ pub use policy::{Decision, PeerLoad, Placed, Placer, Policy, PolicyConfig};
 pub use verified::Verified;
 pub use wire::{
     Body, Known, MAX_DIRECT_BYTES, MAX_GOSSIP_BYTES, Message, Opened, Reject, SwarmKey, SyncEntry,
-    open, seal,
+    open, seal, seal_direct,
 };
 
 pub use libp2p_identity::{Keypair, PeerId};

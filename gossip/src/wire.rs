@@ -1,8 +1,12 @@
-//! What travels: every message is a CBOR frame holding a signed payload; in a closed swarm the
-//! frame is encrypted with a key derived from the swarm key (as Serf does), so a peer without
-//! it can neither forge nor read one, even one relayed through it. Opening a frame checks, in
-//! order: size, swarm key (decryption), encoding, signature, and (for adverts) that the advert
-//! speaks for its signer. Each refusal has a reason the node counts.
+//! What travels: every message is a CBOR frame holding a payload, signed if anyone but its
+//! first receiver may see it (published on the topic, or relayed in a sync): a frame sent
+//! straight to one peer on a connection both ends authenticated (libp2p's handshake proves the
+//! sender's key) needs no signature of its own, and is believed from that connection's peer
+//! only. In a closed swarm the frame is encrypted with a key derived from the swarm key (as
+//! Serf does), so a peer without it can neither forge nor read one, even one relayed through
+//! it. Opening a frame checks, in order: size, swarm key (decryption), encoding, signature (or,
+//! unsigned, that it came straight from its sender), and (for adverts) that the advert speaks
+//! for its signer. Each refusal has a reason the node counts.
 
 use crate::advert::ResourceAdvert;
 use crate::federation::FederationMsg;
@@ -125,6 +129,9 @@ pub enum Reject {
     SwarmKey,
     #[error("message signature does not verify")]
     BadSignature,
+    /// Only a frame that comes straight from its sender may go unsigned.
+    #[error("unsigned message that did not come straight from its sender")]
+    Unsigned,
     #[error("message speaks for peer {claimed} but is signed by {signer}")]
     WrongPeer { claimed: String, signer: String },
     #[error("replayed message: sequence {got} from {peer} is older than {known}")]
@@ -145,6 +152,7 @@ impl Reject {
             Reject::Malformed(_) => "malformed",
             Reject::SwarmKey => "swarm_key",
             Reject::BadSignature => "bad_signature",
+            Reject::Unsigned => "unsigned",
             Reject::WrongPeer { .. } => "wrong_peer",
             Reject::Replay { .. } => "replay",
             Reject::OpenSwarm(_) => "open_swarm",
@@ -208,14 +216,25 @@ pub struct SyncEntry {
     pub heard_ago_ms: u64,
 }
 
+/// A frame without a key and a signature is unsigned (see [`seal_direct`]).
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Frame {
-    #[serde(rename = "k", with = "serde_bytes")]
+    #[serde(
+        rename = "k",
+        with = "serde_bytes",
+        default,
+        skip_serializing_if = "Vec::is_empty"
+    )]
     key: Vec<u8>,
     #[serde(rename = "p", with = "serde_bytes")]
     payload: Vec<u8>,
-    #[serde(rename = "s", with = "serde_bytes")]
+    #[serde(
+        rename = "s",
+        with = "serde_bytes",
+        default,
+        skip_serializing_if = "Vec::is_empty"
+    )]
     sig: Vec<u8>,
 }
 
@@ -254,28 +273,52 @@ pub fn seal(id: &Keypair, key: Option<&SwarmKey>, message: &Message) -> Vec<u8> 
     let mut signed = SIGN_DOMAIN.to_vec();
     signed.extend_from_slice(&payload);
     let sig = id.sign(&signed).expect("ed25519 signing does not fail");
-    let frame = to_cbor(&Frame {
-        key: id.public().encode_protobuf(),
-        payload,
-        sig,
-    });
+    encrypt(
+        key,
+        to_cbor(&Frame {
+            key: id.public().encode_protobuf(),
+            payload,
+            sig,
+        }),
+    )
+}
+
+/// `message` for one peer on an authenticated connection, unsigned: the connection says who
+/// sent it, and the receiver must not pass it on (see the module docs). Encrypted with the
+/// swarm key if there is one. Saves an ed25519 signature and its check per message, most of
+/// what gossip costs when every message goes to a neighbour.
+pub fn seal_direct(key: Option<&SwarmKey>, message: &Message) -> Vec<u8> {
+    encrypt(
+        key,
+        to_cbor(&Frame {
+            key: Vec::new(),
+            payload: to_cbor(message),
+            sig: Vec::new(),
+        }),
+    )
+}
+
+fn encrypt(key: Option<&SwarmKey>, frame: Vec<u8>) -> Vec<u8> {
     match key {
         Some(k) => k.encrypt(&frame),
         None => frame,
     }
 }
 
-/// Check and decode a frame (see the module docs for the order of checks).
+/// Check and decode a frame (see the module docs for the order of checks). An unsigned one is
+/// refused: nothing says who sent it.
 pub fn open(bytes: &[u8], key: Option<&SwarmKey>, max: usize) -> Result<Opened, Reject> {
-    open_with(bytes, key, max, None)
+    open_with(bytes, key, max, None, None)
 }
 
-/// [`open`], skipping the signature check of a frame `verified` has seen verify.
+/// [`open`], skipping the signature check of a frame `verified` has seen verify, and taking an
+/// unsigned frame as `sender`'s, if it came straight from that peer's authenticated connection.
 pub(crate) fn open_with(
     bytes: &[u8],
     key: Option<&SwarmKey>,
     max: usize,
     verified: Option<&Verified>,
+    sender: Option<PeerId>,
 ) -> Result<Opened, Reject> {
     if bytes.len() > max {
         return Err(Reject::Oversized(bytes.len()));
@@ -300,9 +343,12 @@ pub(crate) fn open_with(
         }
         Ok(public.to_peer_id())
     };
-    let signer = match verified {
-        Some(v) => v.verify(bytes, check)?,
-        None => check()?,
+    let unsigned = frame.key.is_empty() && frame.sig.is_empty();
+    let signer = match (unsigned, sender, verified) {
+        (true, Some(sender), _) => sender,
+        (true, None, _) => return Err(Reject::Unsigned),
+        (false, _, Some(v)) => v.verify(bytes, check)?,
+        (false, _, None) => check()?,
     };
     let message: Message = from_cbor(&frame.payload, "message")?;
     if let Body::Advert(a) = &message.body {

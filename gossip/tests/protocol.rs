@@ -4,8 +4,8 @@
 
 use continuum_gossip::{
     Body, Config, Event, FederationEvent, FederationSpec, Gossip, Hosted, Keypair,
-    MAX_GOSSIP_BYTES, Message, Mine, Output, PeerId, Reject, ResourceAdvert, Resources, Scope,
-    SwarmKey, SyncEntry, open, seal,
+    MAX_DIRECT_BYTES, MAX_GOSSIP_BYTES, Message, Mine, Output, PeerId, Reject, ResourceAdvert,
+    Resources, Scope, SwarmKey, SyncEntry, open, seal, seal_direct,
 };
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -830,4 +830,95 @@ fn a_frame_that_comes_by_many_paths_has_its_signature_checked_once() {
         assert_eq!(g.handle_gossip(20, &forged), Err(Reject::BadSignature));
     }
     assert_eq!(g.verified().counts(), (6, 2));
+}
+
+#[test]
+fn only_what_others_may_pass_on_is_signed() {
+    let advert_of = |peer: PeerId| {
+        Body::Advert(ResourceAdvert {
+            peer: peer.to_bytes(),
+            ttl_ms: 3_000,
+            resources: resources("a"),
+        })
+    };
+    let unsigned = |seq, body| seal_direct(None, &Message { seq, body });
+    let (b, c) = (
+        keypair(1).public().to_peer_id(),
+        keypair(2).public().to_peer_id(),
+    );
+    let node = |scope| {
+        let cfg = Config {
+            scope,
+            ..Config::with_ttl(3_000)
+        };
+        Gossip::new(0, keypair(0), None, cfg, resources("a"), 1)
+    };
+
+    // Scoped to neighbours, nothing a node sends is signed, and its neighbour takes it as the
+    // connection's peer's.
+    let mut a = node(Scope::Neighbours);
+    a.handle_connected(0, b);
+    let Some(Output::Send { bytes, .. }) = a.poll_output() else {
+        panic!("a sync request to the new neighbour");
+    };
+    assert_eq!(
+        open(&bytes, None, MAX_DIRECT_BYTES).unwrap_err(),
+        Reject::Unsigned
+    );
+    let mut n = node(Scope::Neighbours);
+    n.handle_direct(10, b, &unsigned(5, advert_of(b))).unwrap();
+    assert!(n.view().get(&b).is_some());
+    // Unsigned, an advert still speaks for its sender only.
+    assert_eq!(
+        n.handle_direct(10, b, &unsigned(6, advert_of(c)))
+            .unwrap_err()
+            .reason(),
+        "wrong_peer"
+    );
+
+    // In the whole swarm, an unsigned frame is refused wherever it could have been passed on:
+    // on the topic, relayed in a sync, or as an asker's own advert (which its peers relay).
+    let mut s = node(Scope::Swarm);
+    assert_eq!(
+        s.handle_gossip(10, &unsigned(5, advert_of(b))),
+        Err(Reject::Unsigned)
+    );
+    let reply = unsigned(
+        7,
+        Body::SyncReply {
+            entries: vec![SyncEntry {
+                frame: unsigned(1, advert_of(b)),
+                heard_ago_ms: 0,
+            }],
+        },
+    );
+    assert_eq!(s.handle_direct(10, b, &reply), Err(Reject::Unsigned));
+    let request = unsigned(
+        8,
+        Body::SyncRequest {
+            mine: unsigned(2, advert_of(b)),
+            known: vec![],
+        },
+    );
+    assert_eq!(s.handle_direct(10, b, &request), Err(Reject::Unsigned));
+    assert!(s.view().get(&b).is_none());
+    // A sync's envelope itself goes unsigned, its advert signed: taken.
+    let request = unsigned(
+        9,
+        Body::SyncRequest {
+            mine: signed(&keypair(1), 3, advert_of(b)),
+            known: vec![],
+        },
+    );
+    s.handle_direct(10, b, &request).unwrap();
+    assert!(s.view().get(&b).is_some());
+    let reply = std::iter::from_fn(|| s.poll_output()).find_map(|out| match out {
+        Output::Send { to, bytes } => Some((to, bytes)),
+        Output::Publish(_) => None,
+    });
+    let (to, bytes) = reply.expect("a sync reply");
+    assert_eq!(
+        (to, open(&bytes, None, MAX_DIRECT_BYTES).unwrap_err()),
+        (b, Reject::Unsigned)
+    );
 }
