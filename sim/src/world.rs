@@ -42,6 +42,9 @@ pub struct SimNode {
     pub links: Vec<usize>,
     /// Which of its timers is current; older ones are stale.
     timer_generation: u64,
+    /// When that timer is due (`u64::MAX`: none): a node that wants the same time again after
+    /// a message keeps it, so the queue does not fill with stale timers.
+    timer_at: u64,
     /// How many times it (re)started, for its keys' and sequence numbers' sake.
     incarnation: u64,
     /// Labels it advertises (on top of the world's resources).
@@ -134,6 +137,7 @@ impl World {
             gossip: None,
             links: Vec::new(),
             timer_generation: 0,
+            timer_at: u64::MAX,
             incarnation: 0,
             labels: Default::default(),
         });
@@ -201,6 +205,7 @@ impl World {
         self.nodes[i].alive = false;
         self.nodes[i].gossip = None;
         self.nodes[i].timer_generation += 1;
+        self.nodes[i].timer_at = u64::MAX;
         for j in links {
             self.nodes[j].links.retain(|&k| k != i);
             if let Some(g) = self.nodes[j].gossip.as_mut() {
@@ -244,7 +249,11 @@ impl World {
             }
         }
         let node = &mut self.nodes[i];
+        if next == node.timer_at {
+            return;
+        }
         node.timer_generation += 1;
+        node.timer_at = next;
         let generation = node.timer_generation;
         if next != u64::MAX {
             self.queue.at(
@@ -287,6 +296,7 @@ impl World {
                     if self.nodes[node].timer_generation != generation {
                         continue;
                     }
+                    self.nodes[node].timer_at = u64::MAX;
                     self.trace(3, node, &[]);
                     if let Some(g) = self.nodes[node].gossip.as_mut() {
                         g.handle_timeout(now);
