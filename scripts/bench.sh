@@ -7,8 +7,9 @@
 # node:     idle RSS, stripped binary size, requests/s and latency over HTTP/1.1 (wrk) and
 #           HTTP/3 (our h3load), the tick gap of sensor-filter under that load
 # snapshot: checkpoint, restore, decode and delta costs (criterion)
-# mesh:     time to full view for 5, 20 and 50 nodes, idle gossip traffic per node, extra
-#           latency of a request routed through another node
+# mesh:     time to full view, idle traffic per node and the time until a killed node is out of
+#           every view, for 5, 20, 50 and 100 nodes (MESH_SIZES), extra latency of a request
+#           routed through another node
 # migrate:  downtime, total time and request latency of live migrations between two nodes,
 #           for 1, 16, 64 MiB of state rewritten at 0, 1, 10 % per 100 ms, pre-copy and
 #           stop-and-copy (our migbench)
@@ -98,19 +99,31 @@ fi
 if want mesh; then
 export CONTINUUM_BIN=$BIN
 SW=$WORK/swarm
-echo "==> time to full view"
-for n in 5 20 50; do
+echo "==> time to full view, idle traffic, a killed node's detection"
+# MESH_SIZES: the swarm sizes (default 5 20 50 100).
+for n in ${MESH_SIZES:-5 20 50 100}; do
     note "- full view, $n nodes, one bootstrap: $(scripts/swarm.sh start "$n" --dir "$SW" | tail -n 1 | sed 's/^[0-9]* nodes in [^:]*: //')"
-    if [ "$n" -le 20 ]; then
-        # Idle traffic: every node's libp2p transport bytes (in + out) over 30 s, after 10 s
-        # of settling; and the gossip payload within it.
-        sleep 10
-        total() { for i in $(seq "$n"); do curl -s "http://127.0.0.1:$((7070 + i))/metrics"; done | awk -v m="$1" '$1 ~ "^"m {s += $2} END {print s}'; }
-        t0=$(total libp2p_bandwidth_bytes_total); g0=$(total continuum_gossip_bytes_total)
-        sleep 30
-        t1=$(total libp2p_bandwidth_bytes_total); g1=$(total continuum_gossip_bytes_total)
-        note "- idle traffic per node, $n nodes (advert expiry 15 s, heartbeat 7.5 s): $(( (t1 - t0) / 30 / n )) B/s on the wire (in + out), of which gossip payload $(( (g1 - g0) / 30 / n )) B/s"
-    fi
+    # Idle traffic: every node's libp2p transport bytes (in + out) over 30 s, after 10 s of
+    # settling; and the gossip payload within it.
+    sleep 10
+    metric() { curl -s --max-time 5 "http://127.0.0.1:$((7070 + $1))/metrics" | awk -v m="$2" '$1 ~ "^"m {s += $2} END {print s + 0}'; }
+    total() { for i in $(seq "$n"); do metric "$i" "$1"; done | awk '{s += $1} END {print s}'; }
+    t0=$(total libp2p_bandwidth_bytes_total); g0=$(total continuum_gossip_bytes_total)
+    sleep 30
+    t1=$(total libp2p_bandwidth_bytes_total); g1=$(total continuum_gossip_bytes_total)
+    note "- idle traffic per node, $n nodes (advert expiry 15 s, heartbeat 7.5 s): $(( (t1 - t0) / 30 / n )) B/s on the wire (in + out), of which gossip payload $(( (g1 - g0) / 30 / n )) B/s; node RSS $(awk '/VmRSS/ {s += $2} END {printf "%.0f", s / NR / 1024}' $(sed 's|^|/proc/|; s|$|/status|' "$SW/pids")) MiB on average"
+    # A killed node (kill -9, the last one started): the time until no other node's view holds
+    # it, polled every 0.2 s for 60 s at most.
+    victim=$(tail -n 1 "$SW/pids")
+    kill -KILL "$victim"
+    killed=$(date +%s.%N)
+    left=
+    for _ in $(seq 300); do
+        left=$(for i in $(seq $((n - 1))); do metric "$i" continuum_mesh_peers; done | awk -v want=$((n - 2)) '$1 > want {c++} END {print c + 0}')
+        [ "$left" = 0 ] && break
+        sleep 0.2
+    done
+    note "- a node killed among $n: $( [ "$left" = 0 ] && awk -v k="$killed" -v d="$(date +%s.%N)" 'BEGIN {printf "out of every view in %.1f s", d - k}' || echo "still in $left views after 60 s")"
     stop_swarm
 done
 

@@ -1,9 +1,10 @@
 //! Bad gossip from a raw libp2p peer (not a continuum node) that joins a node's gossip topic:
 //! malformed CBOR, a bad signature, a replayed advert, an oversized message, an advert that
-//! claims another peer's id. Each is dropped and counted, and the node keeps working.
+//! claims another peer's id, an unsigned one (only a message straight from its sender may be).
+//! Each is dropped and counted, and the node keeps working.
 
 use crate::support::{TestNode, guest};
-use continuum_gossip::{Body, Keypair, Message, ResourceAdvert, Resources, seal};
+use continuum_gossip::{Body, Keypair, Message, ResourceAdvert, Resources, seal, seal_direct};
 use futures::StreamExt;
 use http::Method;
 use libp2p::gossipsub::{self, IdentTopic};
@@ -12,17 +13,20 @@ use libp2p::{Multiaddr, PeerId};
 use std::time::{Duration, Instant};
 
 fn advert(id: &Keypair, claimed: PeerId, seq: u64, label: &str) -> Vec<u8> {
+    seal(id, None, &advert_message(claimed, seq, label))
+}
+
+fn advert_message(claimed: PeerId, seq: u64, label: &str) -> Message {
     let mut resources = Resources::default();
     resources.labels.insert("note".into(), label.into());
-    let message = Message {
+    Message {
         seq,
         body: Body::Advert(ResourceAdvert {
             peer: claimed.to_bytes(),
             ttl_ms: 60_000,
             resources,
         }),
-    };
-    seal(id, None, &message)
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -74,6 +78,10 @@ async fn bad_gossip_is_dropped_counted_and_survived() {
         ("replay", advert(&attacker, me, 20, "old")),
         ("oversized", oversized),
         ("wrong_peer", advert(&attacker, node_peer, 103, "impostor")),
+        (
+            "unsigned",
+            seal_direct(None, &advert_message(me, 104, "unsigned")),
+        ),
     ];
     let mut sent = 0;
     let mut pending = messages.into_iter().peekable();
@@ -85,6 +93,7 @@ async fn bad_gossip_is_dropped_counted_and_survived() {
         ("replay", 1),
         ("oversized", 1),
         ("wrong_peer", 1),
+        ("unsigned", 1),
     ];
     loop {
         if Instant::now() >= next_send {
@@ -101,7 +110,7 @@ async fn bad_gossip_is_dropped_counted_and_survived() {
             next_send = Instant::now() + Duration::from_millis(150);
         }
         let _ = tokio::time::timeout(Duration::from_millis(50), swarm.select_next_some()).await;
-        if sent == 6 {
+        if sent == 7 {
             let mut all = true;
             for (reason, n) in want {
                 let series = format!("continuum_mesh_rejected_total{{reason=\"{reason}\"}}");
