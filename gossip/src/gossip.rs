@@ -62,6 +62,9 @@ pub struct Config {
     /// The longest federation lease this node grants (an owner's longer claim is cut to it),
     /// so a federation whose owner went silent dissolves within it.
     pub max_lease_ms: u64,
+    /// Scoped to neighbours: how long a neighbour whose last connection closed stays in the
+    /// view, for a reconnect, before it is forgotten.
+    pub suspect_ms: u64,
 }
 
 /// How far membership reaches.
@@ -90,6 +93,7 @@ impl Default for Config {
             max_federations: 256,
             max_members: 4_096,
             max_lease_ms: crate::MAX_LEASE_MS,
+            suspect_ms: 2_000,
         }
     }
 }
@@ -381,9 +385,14 @@ impl Gossip {
         self.sync_soon(now);
     }
 
-    /// The last connection to a peer closed.
-    pub fn handle_disconnected(&mut self, peer: PeerId) {
+    /// The last connection to a peer closed. Scoped to neighbours, a peer is heard only while
+    /// connected, so waiting out its time to live would tell nothing more: it is suspected,
+    /// and forgotten `suspect_ms` from now unless it connects again.
+    pub fn handle_disconnected(&mut self, now: u64, peer: PeerId) {
         self.connected.remove(&peer);
+        if self.cfg.scope == Scope::Neighbours {
+            self.view.suspect(now, peer, self.cfg.suspect_ms);
+        }
     }
 
     /// Something changed: sync again soon, then back off.
@@ -558,6 +567,17 @@ impl Gossip {
                 claimed: from.to_string(),
                 signer: opened.signer.to_string(),
             });
+        }
+        // Whatever a known peer sends this node itself proves it alive now (a sync after a
+        // reconnect, say, that carries no news).
+        if let Some(ttl) = self
+            .view
+            .get(&from)
+            .and_then(|p| p.advert.as_ref())
+            .map(|a| a.ttl_ms)
+        {
+            let ttl = self.ttl(ttl);
+            self.view.refresh(now, from, ttl);
         }
         match opened.message.body {
             Body::SyncRequest { mine, known } => {

@@ -187,6 +187,23 @@ impl View {
         }
     }
 
+    /// Word straight from a known peer (any message it sent this node itself): alive now, for
+    /// `ttl_ms` more.
+    pub fn refresh(&mut self, now: u64, peer: PeerId, ttl_ms: u64) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.last_heard_ms = p.last_heard_ms.max(now);
+            p.expires_ms = p.expires_ms.max(now.saturating_add(ttl_ms));
+        }
+    }
+
+    /// A peer that may be gone (its connection closed): forgotten `within_ms` from now at the
+    /// latest, unless it is heard from again meanwhile.
+    pub fn suspect(&mut self, now: u64, peer: PeerId, within_ms: u64) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.expires_ms = p.expires_ms.min(now.saturating_add(within_ms));
+        }
+    }
+
     /// Forget peers not heard from in time; returns them.
     pub fn expire(&mut self, now: u64) -> Vec<PeerId> {
         let gone: Vec<PeerId> = self

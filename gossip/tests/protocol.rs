@@ -922,3 +922,29 @@ fn only_what_others_may_pass_on_is_signed() {
         (b, Reject::Unsigned)
     );
 }
+
+#[test]
+fn scoped_to_neighbours_a_dropped_connection_is_suspected_and_forgotten_unless_it_comes_back() {
+    let cfg = Config {
+        scope: Scope::Neighbours,
+        suspect_ms: 1_000,
+        ..Config::with_ttl(10_000)
+    };
+    let mut net = Net::with(&["a"; 3], None, cfg, &[(0, 1), (0, 2)]);
+    net.run_until(100);
+    let (zero, one, two) = (net.nodes[0].me(), net.nodes[1].me(), net.nodes[2].me());
+    assert_eq!(net.peers_of(0), BTreeSet::from([one, two]));
+    // Node 1 is killed (its connection drops); node 2's connection drops and comes back.
+    net.up[1] = false;
+    let now = net.now;
+    net.nodes[0].handle_disconnected(now, one);
+    net.nodes[0].handle_disconnected(now, two);
+    net.nodes[0].handle_connected(now + 500, two);
+    net.nodes[2].handle_connected(now + 500, zero);
+    net.run_until(now + 1_001);
+    // Gone a suspicion after the drop, not a time to live (10 s) after its last message.
+    assert_eq!(net.peers_of(0), BTreeSet::from([two]));
+    net.run_until(now + 30_000);
+    assert_eq!(net.peers_of(0), BTreeSet::from([two]));
+    assert!(net.rejected.is_empty(), "{:?}", net.rejected);
+}

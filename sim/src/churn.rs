@@ -53,6 +53,9 @@ pub struct Outcome {
     pub federated_min: f64,
     pub federated_wrong: u64,
     pub dissolved: bool,
+    /// Per virtual second once churn is steady (the first failed node is back): the share of
+    /// live nodes whose view is right (every live peer it should hold, no dead one).
+    pub right: Vec<f64>,
     pub summary: String,
     pub trace_hash: String,
 }
@@ -105,7 +108,7 @@ pub fn run(c: &Churn) -> Outcome {
         w.run_until(next);
     }
     let mut out = Outcome {
-        csv: "t_s,live,known_mean,known_min,stale_mean,gossip_per_node_s,federated\n".into(),
+        csv: "t_s,live,known_mean,known_min,stale_mean,gossip_per_node_s,federated,right\n".into(),
         converged_ms,
         federated_min: 1.0,
         ..Outcome::default()
@@ -150,6 +153,12 @@ pub fn run(c: &Churn) -> Outcome {
         let mean = acc.iter().map(|a| a.0).sum::<f64>() / acc.len().max(1) as f64;
         let min = acc.iter().map(|a| a.0).fold(1.0, f64::min);
         let stale = acc.iter().map(|a| a.1).sum::<usize>() as f64 / acc.len().max(1) as f64;
+        // A view is right when it holds every live peer it should and no dead one.
+        let right =
+            acc.iter().filter(|a| a.0 >= 1.0 && a.1 == 0).count() as f64 / acc.len().max(1) as f64;
+        if t * 1000 >= joined_ms + 10_000 + c.down_ms {
+            out.right.push(right);
+        }
         let sent = w.counters.gossip_sent + w.counters.direct_sent;
         let rate = (sent - last_sent) as f64 / live.len().max(1) as f64;
         last_sent = sent;
@@ -176,7 +185,7 @@ pub fn run(c: &Churn) -> Outcome {
         };
         let _ = writeln!(
             out.csv,
-            "{t},{},{mean:.4},{min:.4},{stale:.3},{rate:.3},{federated:.4}",
+            "{t},{},{mean:.4},{min:.4},{stale:.3},{rate:.3},{federated:.4},{right:.4}",
             live.len()
         );
     }
@@ -215,6 +224,16 @@ pub fn run(c: &Churn) -> Outcome {
             "{ms} ms after the last join"
         )),
     );
+    if !out.right.is_empty() {
+        let mean = out.right.iter().sum::<f64>() / out.right.len() as f64;
+        let least = out.right.iter().copied().fold(1.0, f64::min);
+        let _ = write!(
+            out.summary,
+            "\nviews right (every live peer they should hold, no dead one), once churn is steady: {:.2} % on average, {:.2} % in the worst second",
+            mean * 100.0,
+            least * 100.0
+        );
+    }
     if c.federation {
         let _ = write!(
             out.summary,

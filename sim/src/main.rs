@@ -48,6 +48,10 @@ struct Args {
     /// (each node the peers it is connected to).
     #[arg(long, default_value = "swarm")]
     scope: String,
+    /// churn: the share of nodes that fail each minute, in percent (each back 30 s later);
+    /// by default one every 5 s.
+    #[arg(long)]
+    fail_per_minute: Option<f64>,
     /// Where to write CSV files and SVG charts.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -90,7 +94,13 @@ fn main() -> Result<()> {
                 nodes: a.nodes,
                 seed: a.seed,
                 seconds,
-                every_ms: 5_000,
+                every_ms: match a.fail_per_minute {
+                    Some(pct) if pct > 0.0 => {
+                        ((60_000.0 / (pct / 100.0 * a.nodes as f64)) as u64).max(1)
+                    }
+                    Some(_) => 0,
+                    None => 5_000,
+                },
                 down_ms: 30_000,
                 links: 4,
                 partition_s: 0,

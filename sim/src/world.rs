@@ -201,7 +201,7 @@ impl World {
     /// Kill node `i` at once (as `kill -9`): its neighbours see the connection drop.
     pub fn fail(&mut self, i: usize) {
         let links = std::mem::take(&mut self.nodes[i].links);
-        let id = self.nodes[i].id;
+        let (id, now) = (self.nodes[i].id, self.now_ms());
         self.nodes[i].alive = false;
         self.nodes[i].gossip = None;
         self.nodes[i].timer_generation += 1;
@@ -209,7 +209,8 @@ impl World {
         for j in links {
             self.nodes[j].links.retain(|&k| k != i);
             if let Some(g) = self.nodes[j].gossip.as_mut() {
-                g.handle_disconnected(id);
+                g.handle_disconnected(now, id);
+                self.flush(j);
             }
         }
         self.trace(2, i, &[]);

@@ -472,7 +472,8 @@ impl Driver {
                 if let Some(gate) = self.gate.as_mut() {
                     gate.closed(peer_id);
                 }
-                self.gossip.handle_disconnected(peer_id)
+                let now = self.now();
+                self.gossip.handle_disconnected(now, peer_id)
             }
             SwarmEvent::NewListenAddr { address, .. } => {
                 let full = address.with_p2p(self.gossip.me()).unwrap_or_else(|a| a);
