@@ -296,3 +296,28 @@ async fn nodes_with_different_swarm_keys_never_see_or_route_for_each_other() {
     assert_eq!(status["swarm_key"].as_str().map(str::len), Some(8));
     assert!(nodes[3].status().await["swarm_key"].is_null());
 }
+
+/// A node whose bootstrap peer is down when it starts keeps dialling it (1 s, then twice as
+/// late each time, up to 30 s) and joins once it is back, instead of staying alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_started_before_its_bootstrap_peer_joins_it_once_it_is_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("bootstrap");
+    let mut first = TestNode::start_in(&dir, &[]);
+    let join = first.p2p();
+    let listen = join.rsplit_once("/p2p/").unwrap().0.to_string();
+    first.kill9();
+    let second = TestNode::start(&["--join", &join]);
+    // Alone for a while: the first dial failed.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(2) {
+        assert!(second.peers().await.is_empty());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The bootstrap peer comes back, same identity and address.
+    let first = TestNode::start_in(&dir, &["--p2p", &listen]);
+    assert_eq!(first.p2p(), join);
+    let waited = until_full_views(&[&first, &second], Duration::from_secs(20)).await;
+    println!("joined {waited:?} after the bootstrap peer came back");
+    assert!(second.log().contains("dialling the join peers again"));
+}

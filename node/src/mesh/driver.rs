@@ -206,7 +206,16 @@ pub struct Driver {
     unproven_seen: u64,
     /// The node is stopping: answered once no connection is left.
     closing: Option<oneshot::Sender<()>>,
+    /// When to dial the `--join` peers again if the node is still alone, and the gap after
+    /// that (doubling): a bootstrap peer that was down, or too busy to take us, at our start
+    /// must not leave the node alone for good.
+    rejoin_at: Instant,
+    rejoin_every: Duration,
 }
+
+/// The first and the longest gap between dials of the `--join` peers while a node is alone.
+const REJOIN_FIRST: Duration = Duration::from_secs(1);
+const REJOIN_MAX: Duration = Duration::from_secs(30);
 
 impl Driver {
     #[allow(clippy::too_many_arguments)]
@@ -278,11 +287,29 @@ impl Driver {
             verdicts,
             unproven_seen: 0,
             closing: None,
+            rejoin_at: Instant::now() + REJOIN_FIRST,
+            rejoin_every: REJOIN_FIRST,
         })
     }
 
     fn now(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
+    }
+
+    /// Dial the `--join` peers again if no peer is connected, each time twice as late.
+    fn rejoin_if_alone(&mut self) {
+        if self.swarm.connected_peers().next().is_none() && self.closing.is_none() {
+            tracing::info!(every = ?self.rejoin_every, "no peer connected: dialling the join peers again");
+            for addr in self.cfg.join.clone() {
+                if let Err(e) = self.swarm.dial(addr.clone()) {
+                    tracing::debug!("cannot dial {addr}: {e}");
+                }
+            }
+            self.rejoin_every = (self.rejoin_every * 2).min(REJOIN_MAX);
+        } else {
+            self.rejoin_every = REJOIN_FIRST;
+        }
+        self.rejoin_at = Instant::now() + self.rejoin_every;
     }
 
     pub async fn run(
@@ -330,6 +357,9 @@ impl Driver {
                 }
                 _ = bootstrap.tick() => {
                     let _ = self.swarm.behaviour_mut().kad.bootstrap();
+                }
+                _ = tokio::time::sleep_until(self.rejoin_at.into()), if !self.cfg.join.is_empty() => {
+                    self.rejoin_if_alone();
                 }
                 Some((peer, good)) = self.verdicts.recv() => self.on_proof(peer, good),
                 _ = auth_check.tick(), if self.gate.is_some() => {
