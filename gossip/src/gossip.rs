@@ -22,6 +22,7 @@ use crate::federation::{
     FederationError, FederationEvent, FederationMsg, FederationSpec, Federations,
 };
 use crate::membership::{Heard, View};
+use crate::naming::{Found, open_name, record_key, seal_name};
 use crate::verified::Verified;
 use crate::wire::{
     Body, Known, MAX_DIRECT_BYTES, MAX_GOSSIP_BYTES, Message, Reject, SwarmKey, SyncEntry,
@@ -65,6 +66,17 @@ pub struct Config {
     /// Scoped to neighbours: how long a neighbour whose last connection closed stays in the
     /// view, for a reconnect, before it is forgotten.
     pub suspect_ms: u64,
+    /// Whether names are filed and found beyond the neighbourhood (see [`crate::naming`]):
+    /// the driver then carries [`Output::File`] and [`Output::Find`] out to a distributed
+    /// hash table.
+    pub names: bool,
+    /// A host files its names again this often (the table forgets records not filed again).
+    pub name_refile_ms: u64,
+    /// A record found is weighed this long, then forgotten unless found again.
+    pub name_ttl_ms: u64,
+    /// A name in use is looked for again this often, so a finder learns of a move even if
+    /// nothing tells it sooner.
+    pub name_refresh_ms: u64,
 }
 
 /// How far membership reaches.
@@ -94,6 +106,10 @@ impl Default for Config {
             max_members: 4_096,
             max_lease_ms: crate::MAX_LEASE_MS,
             suspect_ms: 2_000,
+            names: false,
+            name_refile_ms: 300_000,
+            name_ttl_ms: 60_000,
+            name_refresh_ms: 10_000,
         }
     }
 }
@@ -117,6 +133,11 @@ pub enum Output {
     Publish(Vec<u8>),
     /// Send straight to one peer.
     Send { to: PeerId, bytes: Vec<u8> },
+    /// File `record` under `key` in the distributed hash table (a name this node hosts).
+    File { key: Vec<u8>, record: Vec<u8> },
+    /// Look in the distributed hash table for the records under `key`, and hand each one
+    /// found to [`Gossip::handle_name_record`].
+    Find { key: Vec<u8> },
 }
 
 /// What happened, for logs and status.
@@ -175,6 +196,11 @@ pub struct Gossip {
     passed_over: HashMap<String, (PeerId, u64)>,
     /// Frames whose signature checked out already (the same advert comes from many peers).
     verified: Verified,
+    /// Names found in the table, beyond the neighbourhood.
+    found: Found,
+    /// What this node filed for each name it hosts, and when it files them all again.
+    filed: BTreeMap<String, Hosted>,
+    next_refile: u64,
 }
 
 impl Gossip {
@@ -218,6 +244,9 @@ impl Gossip {
             unproven_moves: 0,
             passed_over: HashMap::new(),
             verified: Verified::default(),
+            found: Found::default(),
+            filed: BTreeMap::new(),
+            next_refile: u64::MAX,
         };
         g.sync_every = g.cfg.sync_min_ms;
         g.publish_advert(now);
@@ -230,6 +259,21 @@ impl Gossip {
 
     pub fn view(&self) -> &View {
         &self.view
+    }
+
+    /// Whether `bytes`, sent straight to this node, is the sync request of a node that knows
+    /// no peer at all: one that a node with all the neighbours it takes should take on anyway
+    /// (making room), as HyParView takes a join, so no node is left alone.
+    pub fn from_newcomer(&self, bytes: &[u8]) -> bool {
+        let sender = Some(self.me);
+        open_with(bytes, self.key.as_ref(), MAX_DIRECT_BYTES, None, sender).is_ok_and(
+            |o| matches!(o.message.body, Body::SyncRequest { known, .. } if known.is_empty()),
+        )
+    }
+
+    /// The peers this node exchanges with directly (scoped to neighbours: its neighbours).
+    pub fn connected(&self) -> &std::collections::BTreeSet<PeerId> {
+        &self.connected
     }
 
     pub fn federations(&self) -> &Federations {
@@ -331,6 +375,64 @@ impl Gossip {
             self.schedule_advert(now);
         }
         self.local = local;
+        self.file_names(now, false);
+    }
+
+    /// File the records of the names this node hosts that changed since it last filed them
+    /// (all of them, `again`).
+    fn file_names(&mut self, now: u64, again: bool) {
+        if !self.cfg.names {
+            return;
+        }
+        let hosted: BTreeMap<String, Hosted> = self
+            .local
+            .components
+            .iter()
+            .map(|h| (h.name.clone(), h.clone()))
+            .collect();
+        for (name, h) in &hosted {
+            if again || self.filed.get(name) != Some(h) {
+                self.seq += 1;
+                let record = seal_name(&self.id, self.key.as_ref(), self.seq, h);
+                self.out.push_back(Output::File {
+                    key: record_key(name),
+                    record,
+                });
+            }
+        }
+        self.filed = hosted;
+        self.next_refile = if self.filed.is_empty() {
+            u64::MAX
+        } else if again || self.next_refile == u64::MAX {
+            now + self.cfg.name_refile_ms
+        } else {
+            self.next_refile
+        };
+    }
+
+    /// The node wants to reach component `name`: look for its record in the table, unless it
+    /// did less than `name_refresh_ms` ago (or, `urgent`, for a name it cannot find or whose
+    /// host sent the request on, a quarter of a second ago).
+    pub fn find_name(&mut self, now: u64, name: &str, urgent: bool) {
+        let gap = if urgent {
+            250
+        } else {
+            self.cfg.name_refresh_ms
+        };
+        if self.cfg.names && self.found.ask(now, name, gap) {
+            self.out.push_back(Output::Find {
+                key: record_key(name),
+            });
+        }
+    }
+
+    /// A record found in the table under `key`: weighed in the directory if its host signed it.
+    pub fn handle_name_record(&mut self, now: u64, key: &[u8], bytes: &[u8]) -> Result<(), Reject> {
+        let r = open_name(key, bytes, self.key.as_ref(), Some(&self.verified))?;
+        if r.host == self.me {
+            return Ok(());
+        }
+        self.found.insert(now, r)
     }
 
     fn sync_request(&mut self) -> Vec<u8> {
@@ -537,6 +639,11 @@ impl Gossip {
                     "a sync must come as a direct message".into(),
                 ));
             }
+            Body::Name(_) => {
+                return Err(Reject::Malformed(
+                    "a name record is filed in the table, never gossiped".into(),
+                ));
+            }
         }
         Ok(())
     }
@@ -677,6 +784,10 @@ impl Gossip {
     }
 
     pub fn handle_timeout(&mut self, now: u64) {
+        if self.next_refile <= now {
+            self.file_names(now, true);
+        }
+        self.found.expire(now, self.cfg.name_ttl_ms);
         for gone in self.view.expire(now) {
             self.asked.remove(&gone);
             self.events.push_back(Event::PeerDown(gone));
@@ -739,6 +850,7 @@ impl Gossip {
             self.view.next_expiry(),
             self.feds.next_timeout(),
             (self.next_sync != u64::MAX).then_some(self.next_sync),
+            (self.next_refile != u64::MAX).then_some(self.next_refile),
         ]
         .into_iter()
         .flatten()
@@ -803,8 +915,12 @@ impl Gossip {
             .iter()
             .filter_map(|p| p.advert.as_ref().map(|a| (p.peer, a)))
             .flat_map(|(peer, a)| a.resources.components.iter().map(move |h| (peer, h)));
+        // A neighbour's advert is fresher than a record of it found in the table.
+        let near: std::collections::BTreeSet<PeerId> =
+            self.view.iter().map(|p| p.peer).chain([self.me]).collect();
+        let far = self.found.claims().filter(|(host, _)| !near.contains(host));
         let mut claims: BTreeMap<String, Vec<Location>> = BTreeMap::new();
-        for (host, h) in mine.chain(theirs) {
+        for (host, h) in mine.chain(theirs).chain(far) {
             claims
                 .entry(h.name.clone())
                 .or_default()

@@ -11,6 +11,7 @@ mod federation;
 mod gossip;
 mod handoff;
 mod membership;
+mod naming;
 mod placement;
 mod policy;
 mod verified;
@@ -24,6 +25,9 @@ pub use federation::{
 pub use gossip::{Config, Event, Gossip, Location, Output, Scope};
 pub use handoff::{Handoff, MAX_HANDOFF_BYTES, SignedHandoff};
 pub use membership::{Heard, PeerInfo, View};
+pub use naming::{
+    MAX_NAME_RECORD_BYTES, NAME_KEY_PREFIX, NameRecord, open_name, record_key, seal_name,
+};
 pub use placement::{Candidate, Need, Placement, place};
 pub use policy::{Decision, PeerLoad, Placed, Placer, Policy, PolicyConfig};
 pub use verified::Verified;

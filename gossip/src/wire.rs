@@ -195,6 +195,9 @@ pub enum Body {
     SyncReply {
         entries: Vec<SyncEntry>,
     },
+    /// A host's claim to a component's name, filed in the distributed hash table (see
+    /// [`crate::naming`]); never gossiped.
+    Name(crate::advert::Hosted),
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -35,6 +35,9 @@ struct Net {
     /// Every message the network carried, for replay tests.
     published: Vec<Vec<u8>>,
     rejected: Vec<Reject>,
+    /// The distributed hash table, as one store everyone reaches: each key's record, kept
+    /// as a store keeps it (only a record that supersedes it replaces it).
+    table: BTreeMap<Vec<u8>, Vec<u8>>,
 }
 
 impl Net {
@@ -66,6 +69,7 @@ impl Net {
             up,
             published: Vec::new(),
             rejected: Vec::new(),
+            table: BTreeMap::new(),
         };
         for &(i, j) in links {
             let (a, b) = (net.nodes[i].me(), net.nodes[j].me());
@@ -112,12 +116,38 @@ impl Net {
                                 self.rejected.push(e);
                             }
                         }
+                        Output::File { key, record } => self.file(key, record),
+                        Output::Find { key } => {
+                            if let Some(record) = self.table.get(&key).cloned()
+                                && let Err(e) =
+                                    self.nodes[i].handle_name_record(self.now, &key, &record)
+                            {
+                                self.rejected.push(e);
+                            }
+                        }
                     }
                 }
             }
             if !any {
                 return;
             }
+        }
+    }
+
+    /// What a store does with a record filed there.
+    fn file(&mut self, key: Vec<u8>, record: Vec<u8>) {
+        let new = match continuum_gossip::open_name(&key, &record, None, None) {
+            Ok(r) => r,
+            Err(e) => return self.rejected.push(e),
+        };
+        let keep = self.table.get(&key).is_some_and(|old| {
+            continuum_gossip::open_name(&key, old, None, None)
+                .is_ok_and(|old| !new.supersedes(&old))
+        });
+        if keep {
+            self.rejected.push(Reject::Malformed("superseded".into()));
+        } else {
+            self.table.insert(key, record);
         }
     }
 
@@ -914,7 +944,7 @@ fn only_what_others_may_pass_on_is_signed() {
     assert!(s.view().get(&b).is_some());
     let reply = std::iter::from_fn(|| s.poll_output()).find_map(|out| match out {
         Output::Send { to, bytes } => Some((to, bytes)),
-        Output::Publish(_) => None,
+        _ => None,
     });
     let (to, bytes) = reply.expect("a sync reply");
     assert_eq!(
@@ -947,4 +977,118 @@ fn scoped_to_neighbours_a_dropped_connection_is_suspected_and_forgotten_unless_i
     net.run_until(now + 30_000);
     assert_eq!(net.peers_of(0), BTreeSet::from([two]));
     assert!(net.rejected.is_empty(), "{:?}", net.rejected);
+}
+
+/// Scoped to neighbours on a line 0-1-2-3, a component hosted at node 0 is found by node 3,
+/// which never hears node 0's adverts, through the record node 0 filed; after node 0 hands it
+/// to node 1, node 3 follows once it looks again. A record with a higher epoch that no host
+/// handed over is refused by the store and, found anyway, passed over by the directory.
+#[test]
+fn a_name_beyond_the_neighbourhood_is_found_through_its_hosts_record_and_follows_a_move() {
+    let cfg = Config {
+        scope: Scope::Neighbours,
+        names: true,
+        ..Config::with_ttl(3_000)
+    };
+    let line = [(0, 1), (1, 2), (2, 3)];
+    let mut net = Net::with(&["a"; 4], None, cfg, &line);
+    let ids: Vec<PeerId> = net.nodes.iter().map(|n| n.me()).collect();
+    let hosted = |epoch: u64, handoff| Hosted {
+        name: "counter".into(),
+        epoch,
+        digest: [7; 32],
+        handoff,
+    };
+    let host = |net: &mut Net, i: usize, h: Option<Hosted>| {
+        let mut r = net.nodes[i].local().clone();
+        r.components = h.into_iter().collect();
+        let now = net.now;
+        net.nodes[i].set_local(now, r);
+    };
+    host(&mut net, 0, Some(hosted(1, None)));
+    net.run_until(100);
+    assert_eq!(net.nodes[3].locate("counter"), None, "not a neighbour's");
+    let now = net.now;
+    net.nodes[3].find_name(now, "counter", true);
+    net.run_until(200);
+    assert_eq!(net.nodes[3].locate("counter").map(|l| l.host), Some(ids[0]));
+
+    // Node 0 hands it to node 1, which files the next epoch with the hand-off.
+    let handoff = continuum_gossip::SignedHandoff::sign(&keypair(0), "counter", 2, ids[1]);
+    host(&mut net, 0, None);
+    host(&mut net, 1, Some(hosted(2, Some(handoff))));
+    net.run_until(400);
+    // Looked for again at once: asked 250 ms ago at most for an urgent look, so not yet.
+    let now = net.now;
+    net.nodes[3].find_name(now, "counter", false);
+    net.run_until(500);
+    assert_eq!(
+        net.nodes[3].locate("counter").map(|l| (l.host, l.epoch)),
+        Some((ids[0], 1))
+    );
+    let now = net.now;
+    net.nodes[3].find_name(now, "counter", true);
+    net.run_until(600);
+    assert_eq!(
+        net.nodes[3].locate("counter").map(|l| (l.host, l.epoch)),
+        Some((ids[1], 2))
+    );
+
+    // Node 2 claims epoch 9 with no hand-off: the store keeps node 1's record.
+    let before = net.rejected.len();
+    host(&mut net, 2, Some(hosted(9, None)));
+    net.run_until(700);
+    assert!(net.rejected[before..].contains(&Reject::Malformed("superseded".into())));
+    // Found anyway (a store that took it): node 3 does not follow it away from node 1.
+    let forged = continuum_gossip::seal_name(&keypair(2), None, 99, &hosted(9, None));
+    let key = continuum_gossip::record_key("counter");
+    let now = net.now;
+    net.nodes[3].handle_name_record(now, &key, &forged).unwrap();
+    assert_eq!(net.nodes[3].locate("counter").map(|l| l.host), Some(ids[1]));
+    assert_eq!(net.nodes[3].unproven_moves(), 1);
+
+    // Hostile records: filed under another name, unsigned, oversized, not a name claim.
+    let other = continuum_gossip::record_key("other");
+    let record = continuum_gossip::seal_name(&keypair(1), None, 5, &hosted(2, None));
+    let refused = |r: Result<(), Reject>| r.unwrap_err().reason();
+    assert_eq!(
+        refused(net.nodes[3].handle_name_record(now, &other, &record)),
+        "malformed"
+    );
+    let unsigned = seal_direct(
+        None,
+        &Message {
+            seq: 6,
+            body: Body::Name(hosted(3, None)),
+        },
+    );
+    assert_eq!(
+        refused(net.nodes[3].handle_name_record(now, &key, &unsigned)),
+        "unsigned"
+    );
+    assert_eq!(
+        refused(net.nodes[3].handle_name_record(now, &key, &vec![0xa0; 4096])),
+        "oversized"
+    );
+    let alive = seal(
+        &keypair(1),
+        None,
+        &Message {
+            seq: 7,
+            body: Body::Alive {
+                advert_seq: 1,
+                ttl_ms: 3_000,
+                load: 0.0,
+            },
+        },
+    );
+    assert_eq!(
+        refused(net.nodes[3].handle_name_record(now, &key, &alive)),
+        "malformed"
+    );
+    // And a name claim is never taken as gossip.
+    assert_eq!(
+        refused(net.nodes[2].handle_direct(now, ids[1], &record)),
+        "malformed"
+    );
 }

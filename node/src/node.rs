@@ -173,8 +173,14 @@ async fn run_node(config: NodeConfig, dir: DataDir, key: libp2p::identity::Keypa
             // In an open swarm nobody can prove it owns a federation.
             federations: key_file.is_some(),
             max_lease_ms: config.max_lease.as_millis() as u64,
+            scope: match config.membership {
+                crate::config::Membership::Swarm => continuum_gossip::Scope::Swarm,
+                crate::config::Membership::Neighbours => continuum_gossip::Scope::Neighbours,
+            },
+            names: config.membership == crate::config::Membership::Neighbours,
             ..continuum_gossip::Config::with_ttl(config.advert_expiry.as_millis() as u64)
         },
+        max_neighbours: config.max_neighbours.max(1),
         key: key_file,
         // Long enough for a remote deployment to compile its module on a small board; a dead
         // host fails faster than this, when its connection does.

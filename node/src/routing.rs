@@ -183,9 +183,18 @@ async fn forward(
             format!("component {name} is hosted on {at}, which did not answer: {e}"),
         ),
     };
+    // A host that sent the request on, or did not answer, is not where the name is now: look
+    // again (scoped to neighbours; else the gossip tells). Otherwise keep the name fresh.
+    let served_by = answer.headers.iter().find(|(k, _)| k == HOST_HEADER);
+    let moved = served_by.is_some_and(|(_, v)| v.as_slice() != at.as_bytes());
+    let lost = matches!(
+        crate::runtime::router::error_kind(&answer),
+        Some("unreachable" | "deadline" | "unknown")
+    );
+    node.mesh.find_name(name, moved || lost);
     // The host names itself; an answer that does not (a refusal, a lost peer) names the peer
     // it came from.
-    if answer.headers.iter().any(|(k, _)| k == HOST_HEADER) {
+    if served_by.is_some() {
         answer
     } else {
         with_host(answer, &at)
@@ -197,6 +206,7 @@ async fn forward(
 /// on its way) when the node has peers at all.
 pub async fn locate(node: &Node, name: &str) -> Option<PeerId> {
     let deadline = tokio::time::Instant::now() + node.config.route_wait;
+    let mut asked = false;
     loop {
         let gossip = node.mesh.locate(name).filter(|l| l.host != node.mesh.me());
         let moved = node.components.moved_to(name);
@@ -209,6 +219,11 @@ pub async fn locate(node: &Node, name: &str) -> Option<PeerId> {
         let alone = node.mesh.snapshot().peers.is_empty() && node.config.join.is_empty();
         if alone || tokio::time::Instant::now() >= deadline {
             return None;
+        }
+        // Not in the neighbourhood: its host's record in the table.
+        if !asked {
+            node.mesh.find_name(name, true);
+            asked = true;
         }
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }

@@ -247,6 +247,8 @@ impl World {
                         });
                     }
                 }
+                // The simulated nodes keep names to their neighbourhood (`names` off).
+                Output::File { .. } | Output::Find { .. } => {}
             }
         }
         let node = &mut self.nodes[i];

@@ -17,6 +17,7 @@ mod lane;
 mod mdns;
 mod mesh;
 mod migrate;
+mod names;
 mod open_swarm;
 mod placement;
 mod rpc;

@@ -32,6 +32,13 @@ pub struct NodeArgs {
     /// Do not discover neighbours with mDNS.
     #[arg(long)]
     no_mdns: bool,
+    /// Whom the node hears: swarm (every node) or neighbours (its connected peers only, at
+    /// most --max-neighbours; names further away are found through Kademlia).
+    #[arg(long, value_enum)]
+    membership: Option<crate::config::Membership>,
+    /// Neighbours at most, with --membership neighbours.
+    #[arg(long)]
+    max_neighbours: Option<usize>,
     /// How long after its last message a silent peer leaves the view, e.g. 15s.
     #[arg(long, value_parser = humantime::parse_duration)]
     advert_expiry: Option<Duration>,
@@ -106,6 +113,12 @@ impl NodeArgs {
         }
         if self.no_mdns {
             c.mdns = false;
+        }
+        if let Some(m) = self.membership {
+            c.membership = m;
+        }
+        if let Some(n) = self.max_neighbours {
+            c.max_neighbours = n;
         }
         if let Some(d) = self.advert_expiry {
             c.advert_expiry = d;

@@ -11,7 +11,7 @@ use super::{
 use crate::metrics::Metrics;
 use anyhow::Result;
 use continuum_gossip::{
-    Event, FederationEvent, Gossip, Output, PeerId, Reject, Resources, SwarmKey,
+    Event, FederationEvent, Gossip, Output, PeerId, Reject, Resources, Scope, SwarmKey,
 };
 use futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
@@ -57,6 +57,7 @@ pub fn build_swarm(
     let mdns = cfg.mdns;
     let request_timeout = cfg.request_timeout;
     let peer_budget = cfg.peer_budget;
+    let scope = cfg.gossip.scope;
     let admission = cfg
         .key
         .is_some()
@@ -94,12 +95,10 @@ pub fn build_swarm(
                     gossipsub::MessageAuthenticity::Anonymous,
                     gossip_cfg,
                 )?;
-                gossipsub.subscribe(&IdentTopic::new(TOPIC))?;
-                let mut kad = kad::Behaviour::with_config(
-                    me,
-                    kad::store::MemoryStore::new(me),
-                    kad::Config::new(StreamProtocol::new("/continuum/kad/1")),
-                );
+                if scope == Scope::Swarm {
+                    gossipsub.subscribe(&IdentTopic::new(TOPIC))?;
+                }
+                let mut kad = kad::Behaviour::with_config(me, name_store(me), kad_config());
                 kad.set_mode(Some(kad::Mode::Server));
                 // One budget for what every protocol reads from peers; a size limit, a
                 // timeout and a stream cap per protocol.
@@ -153,6 +152,36 @@ pub fn build_swarm(
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
         .build();
     Ok(swarm)
+}
+
+/// The table of names (see `continuum_gossip::naming`): each record checked before it is
+/// stored (`on_put`), as small as a record is, and as many as a node may be asked to keep.
+fn kad_config() -> kad::Config {
+    let mut c = kad::Config::new(StreamProtocol::new("/continuum/kad/1"));
+    c.set_record_filtering(kad::StoreInserts::FilterBoth)
+        // Hosts file their names again every `name_refile_ms` (5 min): a record whose host
+        // stopped is gone after three missed refilings.
+        .set_record_ttl(Some(NAME_RECORD_TTL))
+        .set_publication_interval(None)
+        .set_replication_interval(Some(Duration::from_secs(600)))
+        .set_replication_factor(std::num::NonZeroUsize::new(8).expect("not zero"))
+        .set_query_timeout(Duration::from_secs(10))
+        .set_max_packet_size(64 * 1024);
+    c
+}
+
+const NAME_RECORD_TTL: Duration = Duration::from_secs(15 * 60);
+
+fn name_store(me: PeerId) -> kad::store::MemoryStore {
+    kad::store::MemoryStore::with_config(
+        me,
+        kad::store::MemoryStoreConfig {
+            max_records: 4096,
+            max_value_bytes: continuum_gossip::MAX_NAME_RECORD_BYTES,
+            max_provided_keys: 0,
+            max_providers_per_key: 0,
+        },
+    )
 }
 
 fn is_quic(addr: &Multiaddr) -> bool {
@@ -211,6 +240,8 @@ pub struct Driver {
     /// must not leave the node alone for good.
     rejoin_at: Instant,
     rejoin_every: Duration,
+    /// Scoped to neighbours: when the table was last walked for more of them.
+    last_walk: Option<Instant>,
 }
 
 /// The first and the longest gap between dials of the `--join` peers while a node is alone.
@@ -289,6 +320,7 @@ impl Driver {
             closing: None,
             rejoin_at: Instant::now() + REJOIN_FIRST,
             rejoin_every: REJOIN_FIRST,
+            last_walk: None,
         })
     }
 
@@ -385,8 +417,7 @@ impl Driver {
         };
         if good {
             if gate.proven(peer, self.swarm.is_connected(&peer)) {
-                let now = self.now();
-                self.gossip.handle_connected(now, peer);
+                self.take_on(peer);
             }
         } else {
             gate.failed(Instant::now(), peer);
@@ -486,7 +517,7 @@ impl Driver {
                 if num_established.get() > 1 {
                     return;
                 }
-                self.gossip.handle_connected(now, peer_id);
+                self.take_on(peer_id);
                 if self.cfg.join.iter().any(|a| {
                     a.iter()
                         .any(|p| p == libp2p::multiaddr::Protocol::P2p(peer_id))
@@ -503,8 +534,13 @@ impl Driver {
                     gate.closed(peer_id);
                 }
                 let now = self.now();
-                self.gossip.handle_disconnected(now, peer_id)
+                let neighbour = self.gossip.connected().contains(&peer_id);
+                self.gossip.handle_disconnected(now, peer_id);
+                if neighbour {
+                    self.more_neighbours();
+                }
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => self.on_kad(e),
             SwarmEvent::NewListenAddr { address, .. } => {
                 let full = address.with_p2p(self.gossip.me()).unwrap_or_else(|a| a);
                 tracing::info!(addr = %full, "listening for peers");
@@ -582,7 +618,22 @@ impl Driver {
             }
             return;
         }
-        let reply = match rpc::open(self.key.as_ref(), &env) {
+        let opened = rpc::open(self.key.as_ref(), &env);
+        let full = self.gossip.config().scope == Scope::Neighbours
+            && !self.gossip.connected().contains(&from)
+            && !self.take_on(from)
+            && !matches!(&opened, Ok(Request::Sync(b)) if self.make_room(from, b));
+        let reply = match opened {
+            Ok(Request::Sync(_)) if full => {
+                self.metrics.mesh_reject("neighbours_full");
+                Reply::Refused {
+                    status: 429,
+                    message: format!(
+                        "this node has the {} neighbours it takes",
+                        self.cfg.max_neighbours
+                    ),
+                }
+            }
             Ok(Request::Sync(bytes)) => {
                 self.dirty = true;
                 self.metrics.gossip_in(bytes.len());
@@ -612,11 +663,22 @@ impl Driver {
     }
 
     fn on_response(&mut self, protocol: Protocol, id: OutboundRequestId, env: Envelope) {
-        let Some((_, pending)) = self.pending.remove(&(protocol, id)) else {
+        let Some((peer, pending)) = self.pending.remove(&(protocol, id)) else {
             return;
         };
-        if let Pending::Call(tx) = pending {
-            let _ = tx.send(Ok(env));
+        match pending {
+            Pending::Call(tx) => {
+                let _ = tx.send(Ok(env));
+            }
+            // A peer that will not have this node as a neighbour is no neighbour of it either.
+            Pending::Sync => {
+                if let Ok(Reply::Refused { status: 429, .. }) = rpc::open(self.key.as_ref(), &env) {
+                    let now = self.now();
+                    tracing::debug!(%peer, "not its neighbour: it has all it takes");
+                    self.gossip.handle_disconnected(now, peer);
+                    self.more_neighbours();
+                }
+            }
         }
     }
 
@@ -662,6 +724,7 @@ impl Driver {
                 envelope,
                 reply,
             } => self.send(peer, protocol, envelope, Pending::Call(reply)),
+            Command::FindName { name, urgent } => self.gossip.find_name(now, &name, urgent),
             Command::Disconnect(peer) => {
                 let _ = self.swarm.disconnect_peer_id(peer);
             }
@@ -711,6 +774,23 @@ impl Driver {
                     self.metrics.gossip_out(bytes.len());
                     let sync = rpc::seal(self.key.as_ref(), &Request::Sync(bytes));
                     self.send(to, Protocol::Sync, sync, Pending::Sync);
+                }
+                Output::File { key, record } => {
+                    let record = kad::Record::new(key, record);
+                    if let Err(e) = self
+                        .swarm
+                        .behaviour_mut()
+                        .kad
+                        .put_record(record, kad::Quorum::One)
+                    {
+                        tracing::warn!("a name record not filed: {e}");
+                    }
+                }
+                Output::Find { key } => {
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .get_record(kad::RecordKey::new(&key));
                 }
             }
         }
@@ -764,6 +844,127 @@ impl Driver {
         if changed {
             self.refresh();
         }
+    }
+
+    /// Take `peer`, just connected, on as a neighbour (or, scoped to the swarm, as a peer to
+    /// sync with): scoped to neighbours, only while this node has fewer than it takes. False
+    /// if it was not taken on.
+    fn take_on(&mut self, peer: PeerId) -> bool {
+        if self.gossip.config().scope == Scope::Neighbours
+            && self.gossip.connected().len() >= self.cfg.max_neighbours
+        {
+            return false;
+        }
+        let now = self.now();
+        self.gossip.handle_connected(now, peer);
+        true
+    }
+
+    /// Take on `peer`, a node with no peer at all (see `Gossip::from_newcomer`), though this
+    /// node has all the neighbours it takes: the one with the highest peer id makes room (it hears
+    /// 429 next time, and looks for another). True if it was taken on.
+    fn make_room(&mut self, peer: PeerId, bytes: &[u8]) -> bool {
+        if !self.gossip.from_newcomer(bytes) {
+            return false;
+        }
+        let Some(&out) = self.gossip.connected().iter().next_back() else {
+            return false;
+        };
+        tracing::debug!(%peer, %out, "a peer with no neighbour taken on instead of another");
+        let now = self.now();
+        self.gossip.handle_disconnected(now, out);
+        self.take_on(peer)
+    }
+
+    /// A neighbour left: take on a peer connected already, or walk the table for more (at most
+    /// every 10 s: its connections come back through `take_on`).
+    fn more_neighbours(&mut self) {
+        if self.gossip.config().scope != Scope::Neighbours || self.closing.is_some() {
+            return;
+        }
+        let others: Vec<PeerId> = self
+            .swarm
+            .connected_peers()
+            .filter(|p| !self.gossip.connected().contains(p))
+            .copied()
+            .collect();
+        for peer in others {
+            if self.gossip.connected().len() >= self.cfg.max_neighbours {
+                return;
+            }
+            self.take_on(peer);
+        }
+        if self.gossip.connected().len() < self.cfg.max_neighbours
+            && self
+                .last_walk
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
+        {
+            self.last_walk = Some(Instant::now());
+            let _ = self.swarm.behaviour_mut().kad.bootstrap();
+        }
+    }
+
+    /// What Kademlia reports: records others file here (checked before they are stored), and
+    /// the records this node looked for.
+    fn on_kad(&mut self, event: kad::Event) {
+        match event {
+            kad::Event::InboundRequest {
+                request:
+                    kad::InboundRequest::PutRecord {
+                        source,
+                        record: Some(record),
+                        ..
+                    },
+            } => {
+                if let Err(why) = self.store_name(record) {
+                    tracing::debug!(peer = %source, "a name record not stored: {why}");
+                    self.metrics.mesh_reject(why);
+                }
+            }
+            kad::Event::OutboundQueryProgressed {
+                result: kad::QueryResult::GetRecord(Ok(kad::GetRecordOk::FoundRecord(found))),
+                ..
+            } => {
+                let now = self.now();
+                let r = &found.record;
+                match self
+                    .gossip
+                    .handle_name_record(now, r.key.as_ref(), &r.value)
+                {
+                    Ok(()) => self.dirty = true,
+                    Err(e) => self.reject(&e),
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Store a record another node filed here, if it is a host's signed claim to the name it
+    /// is filed under and does not go back on the record held (see
+    /// `NameRecord::supersedes`); the counter's label if not.
+    fn store_name(&mut self, record: kad::Record) -> Result<(), &'static str> {
+        use kad::store::RecordStore;
+        let key = self.key.clone();
+        let new =
+            continuum_gossip::open_name(record.key.as_ref(), &record.value, key.as_ref(), None)
+                .map_err(|e| e.reason())?;
+        let store = self.swarm.behaviour_mut().kad.store_mut();
+        if let Some(old) = store.get(&record.key)
+            && let Ok(old) =
+                continuum_gossip::open_name(old.key.as_ref(), &old.value, key.as_ref(), None)
+            && !new.supersedes(&old)
+        {
+            return if new == old {
+                Ok(())
+            } else {
+                Err("superseded_name")
+            };
+        }
+        let mut record = record;
+        // The expiry is this node's to set: a filer cannot make a record outlive its refilings.
+        let longest = Instant::now() + NAME_RECORD_TTL;
+        record.expires = Some(record.expires.map_or(longest, |e| e.min(longest)));
+        store.put(record).map_err(|_| "names_full")
     }
 
     fn refresh(&mut self) {

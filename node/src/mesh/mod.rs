@@ -22,7 +22,7 @@ use continuum_gossip::{FederationSpec, Location, PeerId, Resources, SwarmKey};
 use continuum_migrate::{MigrationId, Outcome, ToSource, ToTarget};
 use libp2p::Multiaddr;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -47,6 +47,8 @@ pub struct MeshConfig {
     pub request_timeout: Duration,
     /// Bytes from peers' rpc messages held at once, over all peers.
     pub peer_budget: usize,
+    /// Scoped to neighbours: neighbours at most.
+    pub max_neighbours: usize,
 }
 
 /// One peer, as `continuum status` shows it.
@@ -150,6 +152,11 @@ pub(crate) enum Command {
         envelope: rpc::Envelope,
         reply: oneshot::Sender<Result<rpc::Envelope, MeshError>>,
     },
+    /// Look for component `name` beyond the neighbourhood (see `Gossip::find_name`).
+    FindName {
+        name: String,
+        urgent: bool,
+    },
     /// Close every connection to a peer (fault injection for the tests).
     Disconnect(PeerId),
     /// Close every connection (the node is stopping); answered once they are closed.
@@ -184,6 +191,11 @@ pub struct Mesh {
     rt: tokio::runtime::Handle,
     lanes: Arc<lane::Lanes>,
     request_timeout: Duration,
+    /// Whether names are looked for beyond the neighbourhood, and when each was last asked
+    /// for from here (the gossip machine bounds the lookups again).
+    names: bool,
+    name_refresh: Duration,
+    asked: Arc<std::sync::Mutex<HashMap<String, std::time::Instant>>>,
 }
 
 impl Mesh {
@@ -229,6 +241,8 @@ impl Mesh {
         let shared = snapshot.clone();
         let m = metrics.clone();
         let request_timeout = cfg.request_timeout;
+        let names = cfg.gossip.names;
+        let name_refresh = Duration::from_millis(cfg.gossip.name_refresh_ms);
         rt.spawn(async move {
             let built = driver::build_swarm(key.clone(), &cfg, &mut registry, m.clone())
                 .context("starting libp2p")
@@ -274,6 +288,9 @@ impl Mesh {
                 metrics,
                 rt: handle,
                 request_timeout,
+                names,
+                name_refresh,
+                asked: Default::default(),
             },
             incoming,
         ))
@@ -523,6 +540,32 @@ impl Mesh {
         if self.cmd.send(Command::CloseAll(tx)).await.is_ok() {
             let _ = rx.await;
         }
+    }
+
+    /// Look for component `name` beyond the neighbourhood, scoped to neighbours: now if
+    /// `urgent` (this node cannot find it, or its host sent a request on), else at most every
+    /// `name_refresh_ms` from here, so that a name in use stays fresh.
+    pub fn find_name(&self, name: &str, urgent: bool) {
+        if !self.names {
+            return;
+        }
+        if !urgent {
+            let mut asked = self.asked.lock().unwrap();
+            let now = std::time::Instant::now();
+            match asked.get(name) {
+                Some(at) if now.duration_since(*at) < self.name_refresh => return,
+                _ => {
+                    if asked.len() >= 4096 {
+                        asked.retain(|_, at| now.duration_since(*at) < self.name_refresh);
+                    }
+                    asked.insert(name.to_string(), now);
+                }
+            }
+        }
+        let _ = self.cmd.try_send(Command::FindName {
+            name: name.to_string(),
+            urgent,
+        });
     }
 
     /// Tell the mesh which components this node hosts now.
