@@ -100,9 +100,12 @@ if want mesh; then
 export CONTINUUM_BIN=$BIN
 SW=$WORK/swarm
 echo "==> time to full view, idle traffic, a killed node's detection"
-# MESH_SIZES: the swarm sizes (default 5 20 50 100).
+# MESH_SIZES: the swarm sizes (default 5 20 50 100); MESH_MEMBERSHIP: swarm (default) or
+# neighbours (each node then waits for one peer, not all).
+membership=${MESH_MEMBERSHIP:-swarm}
 for n in ${MESH_SIZES:-5 20 50 100}; do
-    note "- full view, $n nodes, one bootstrap: $(scripts/swarm.sh start "$n" --dir "$SW" | tail -n 1 | sed 's/^[0-9]* nodes in [^:]*: //')"
+    wait_peers=$((n - 1)); [ "$membership" = swarm ] || wait_peers=1
+    note "- membership $membership, $n nodes, one bootstrap: $(CONTINUUM_WAIT_PEERS=$wait_peers scripts/swarm.sh start "$n" --dir "$SW" -- --membership "$membership" | tail -n 1 | sed 's/^[0-9]* nodes in [^:]*: //')"
     # Idle traffic: every node's libp2p transport bytes (in + out) over 30 s, after 10 s of
     # settling; and the gossip payload within it.
     sleep 10

@@ -8,6 +8,7 @@ mod arches;
 mod bad_gossip;
 mod bad_http;
 mod bad_input;
+mod bad_names;
 mod calls;
 mod closed_swarm;
 mod durability;
