@@ -310,6 +310,17 @@ impl TestNode {
             .map_or(0, |v| v as u64)
     }
 
+    /// Whether the node counted at least `n` refusals of each `(reason, n)`.
+    pub async fn refused(&self, want: &[(&str, u64)]) -> bool {
+        for (reason, n) in want {
+            let series = format!("continuum_mesh_rejected_total{{reason=\"{reason}\"}}");
+            if self.metric(&series).await < *n {
+                return false;
+            }
+        }
+        true
+    }
+
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
