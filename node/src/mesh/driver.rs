@@ -242,7 +242,13 @@ pub struct Driver {
     rejoin_every: Duration,
     /// Scoped to neighbours: when the table was last walked for more of them.
     last_walk: Option<Instant>,
+    /// Scoped to neighbours: the peers that would not have this node as a neighbour lately,
+    /// and when; not asked again for `REFUSED_FOR` (unless they ask), or a node with all the
+    /// neighbours it takes and its peers would ask each other round and round.
+    refused_by: HashMap<PeerId, Instant>,
 }
+
+const REFUSED_FOR: Duration = Duration::from_secs(60);
 
 /// The first and the longest gap between dials of the `--join` peers while a node is alone.
 const REJOIN_FIRST: Duration = Duration::from_secs(1);
@@ -321,6 +327,7 @@ impl Driver {
             rejoin_at: Instant::now() + REJOIN_FIRST,
             rejoin_every: REJOIN_FIRST,
             last_walk: None,
+            refused_by: HashMap::new(),
         })
     }
 
@@ -517,7 +524,9 @@ impl Driver {
                 if num_established.get() > 1 {
                     return;
                 }
-                self.take_on(peer_id);
+                if !self.refused_lately(peer_id) {
+                    self.take_on(peer_id);
+                }
                 if self.cfg.join.iter().any(|a| {
                     a.iter()
                         .any(|p| p == libp2p::multiaddr::Protocol::P2p(peer_id))
@@ -676,6 +685,10 @@ impl Driver {
                     let now = self.now();
                     tracing::debug!(%peer, "not its neighbour: it has all it takes");
                     self.gossip.handle_disconnected(now, peer);
+                    if self.refused_by.len() >= 4096 {
+                        self.refused_by.retain(|_, at| at.elapsed() < REFUSED_FOR);
+                    }
+                    self.refused_by.insert(peer, Instant::now());
                     self.more_neighbours();
                 }
             }
@@ -860,6 +873,13 @@ impl Driver {
         true
     }
 
+    /// Whether `peer` would not have this node as a neighbour within `REFUSED_FOR`.
+    fn refused_lately(&self, peer: PeerId) -> bool {
+        self.refused_by
+            .get(&peer)
+            .is_some_and(|at| at.elapsed() < REFUSED_FOR)
+    }
+
     /// Take on `peer`, a node with no peer at all (see `Gossip::from_newcomer`), though this
     /// node has all the neighbours it takes: the one with the highest peer id makes room (it hears
     /// 429 next time, and looks for another). True if it was taken on.
@@ -885,7 +905,7 @@ impl Driver {
         let others: Vec<PeerId> = self
             .swarm
             .connected_peers()
-            .filter(|p| !self.gossip.connected().contains(p))
+            .filter(|p| !self.gossip.connected().contains(p) && !self.refused_lately(**p))
             .copied()
             .collect();
         for peer in others {
