@@ -7,7 +7,8 @@
 # node:     idle RSS, stripped binary size, requests/s and latency over HTTP/1.1 (wrk) and
 #           HTTP/3 (our h3load), the tick gap of sensor-filter under that load
 # snapshot: checkpoint, restore, decode and delta costs (criterion)
-# mesh:     time to full view, idle traffic per node and the time until a killed node is out of
+# mesh:     time to full view, idle traffic per node, routing across a move from the last node
+#           started, and the time until a killed node is out of
 #           every view, for 5, 20, 50 and 100 nodes (MESH_SIZES), extra latency of a request
 #           routed through another node
 # migrate:  downtime, total time and request latency of live migrations between two nodes,
@@ -106,15 +107,54 @@ membership=${MESH_MEMBERSHIP:-swarm}
 for n in ${MESH_SIZES:-5 20 50 100}; do
     wait_peers=$((n - 1)); [ "$membership" = swarm ] || wait_peers=1
     note "- membership $membership, $n nodes, one bootstrap: $(CONTINUUM_WAIT_PEERS=$wait_peers scripts/swarm.sh start "$n" --dir "$SW" -- --membership "$membership" | tail -n 1 | sed 's/^[0-9]* nodes in [^:]*: //')"
-    # Idle traffic: every node's libp2p transport bytes (in + out) over 30 s, after 10 s of
-    # settling; and the gossip payload within it.
-    sleep 10
+    # Idle traffic: every node's libp2p transport bytes (in + out) over 30 s, after settling:
+    # 10 s, or scoped to neighbours 75 s, so that the connections the start's lookups opened to
+    # peers that are no neighbours have idled out (60 s); and the gossip payload within it.
+    if [ "$membership" = swarm ]; then sleep 10; else sleep 75; fi
     metric() { curl -s --max-time 5 "http://127.0.0.1:$((7070 + $1))/metrics" | awk -v m="$2" '$1 ~ "^"m {s += $2} END {printf "%.0f\n", s}'; }
     total() { for i in $(seq "$n"); do metric "$i" "$1"; done | awk '{s += $1} END {printf "%.0f\n", s}'; }
     t0=$(total libp2p_bandwidth_bytes_total); g0=$(total continuum_gossip_bytes_total)
     sleep 30
     t1=$(total libp2p_bandwidth_bytes_total); g1=$(total continuum_gossip_bytes_total)
     note "- idle traffic per node, $n nodes (advert expiry 15 s, heartbeat 7.5 s): $(( (t1 - t0) / 30 / n )) B/s on the wire (in + out), of which gossip payload $(( (g1 - g0) / 30 / n )) B/s; node RSS $(awk '/VmRSS/ {s += $2; c++} END {printf "%.0f", s / c / 1024}' $(sed 's|^|/proc/|; s|$|/status|' "$SW/pids")) MiB on average"
+    # Routing across a move: counter deployed on node 1 and read through the last node started
+    # (scoped to neighbours, most likely none of node 1's) until it answers; then moved to node
+    # 2 while a client increments it through the last node: the time from the move's end until
+    # the last node routes to node 2, and the client's failed requests (bounded: 60 s, 20,000).
+    n1=(--node http://127.0.0.1:7071 --data-dir "$SW/node1")
+    "$BIN" deploy target/guests/counter.wasm "${n1[@]}" >/dev/null
+    far=http://127.0.0.1:$((7070 + n))/c/counter
+    host_at() { curl -s --max-time 5 -o /dev/null -D - "$far/count" | tr -d '\r' | awk 'tolower($1) == "x-continuum-host:" {print $2}'; }
+    peer_of() { sed -n 's/.*"peer_id": "\([^"]*\)".*/\1/p' "$SW/node$1/node.json" | head -n 1; }
+    found=$(date +%s.%N)
+    for _ in $(seq 500); do [ "$(host_at)" = "$(peer_of 1)" ] && break; sleep 0.02; done
+    found=$(awk -v s="$found" -v d="$(date +%s.%N)" 'BEGIN {printf "%.2f", d - s}')
+    (
+        ok=0 failed=0
+        for _ in $(seq 20000); do
+            [ -f "$WORK/client.stop" ] && break
+            code=$(curl -s --max-time 5 -o "$WORK/client.body" -w '%{http_code}' -X POST "$far/incr")
+            if [ "$code" = 200 ]; then ok=$((ok + 1)); else
+                failed=$((failed + 1))
+                echo "$code $(head -c 300 "$WORK/client.body")" >>"$WORK/client.failures"
+            fi
+        done
+        echo "$ok $failed" >"$WORK/client.out"
+    ) &
+    client=$!
+    sleep 1
+    "$BIN" migrate counter --to "$(peer_of 2)" "${n1[@]}" >/dev/null
+    moved=$(date +%s.%N)
+    for _ in $(seq 3000); do [ "$(host_at)" = "$(peer_of 2)" ] && break; sleep 0.02; done
+    routed=$(awk -v s="$moved" -v d="$(date +%s.%N)" 'BEGIN {printf "%.2f", d - s}')
+    sleep 1
+    touch "$WORK/client.stop"
+    wait "$client"
+    rm -f "$WORK/client.stop"
+    read -r ok failed <"$WORK/client.out"
+    count=$(curl -s --max-time 5 "$far/count")
+    note "- routing, $n nodes: node $n reaches counter on node 1 ${found} s after the deploy; after its move to node 2, node $n routes there ${routed} s after the move ended; its client: $ok increments, $failed failed$([ -s "$WORK/client.failures" ] && echo " (first: $(head -n 1 "$WORK/client.failures"))"), the count $count"
+    rm -f "$WORK/client.failures"
     # A killed node (kill -9, the last one started): the time until no other node's view holds
     # it (each node's /v1/status; one round of them takes a while at 100 nodes), for 60 s at most.
     victim_id=$(sed -n 's/.*"peer_id": "\([^"]*\)".*/\1/p' "$SW/node$n/node.json" | head -n 1)

@@ -87,6 +87,7 @@ pub struct Metrics {
     pub gossip_bytes: Family<DirectionLabels, Counter>,
     pub gossip_messages: Family<DirectionLabels, Counter>,
     pub mesh_peers: Gauge,
+    pub mesh_connected: Gauge,
     /// Bytes of peers' rpc messages held (read, not yet answered), against `--peer-budget`.
     pub peer_bytes: Gauge,
     pub forwarded: Family<DirectionLabels, Counter>,
@@ -124,6 +125,7 @@ impl Default for Metrics {
             gossip_bytes: Family::default(),
             gossip_messages: Family::default(),
             mesh_peers: Gauge::default(),
+            mesh_connected: Gauge::default(),
             peer_bytes: Gauge::default(),
             forwarded: Family::default(),
             migrations: Family::default(),
@@ -223,6 +225,11 @@ impl Default for Metrics {
             "mesh_peers",
             "Peers in this node's view",
             m.mesh_peers.clone(),
+        );
+        r.register(
+            "mesh_connected",
+            "Peers this node has a connection to (neighbours, and peers met by a lookup)",
+            m.mesh_connected.clone(),
         );
         r.register(
             "peer_bytes",

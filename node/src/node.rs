@@ -178,6 +178,9 @@ async fn run_node(config: NodeConfig, dir: DataDir, key: libp2p::identity::Keypa
                 crate::config::Membership::Neighbours => continuum_gossip::Scope::Neighbours,
             },
             names: config.membership == crate::config::Membership::Neighbours,
+            // A neighbour's connection closes only after seconds of silence (see the mesh
+            // driver's QUIC_IDLE): by then a reconnect is not worth waiting long for.
+            suspect_ms: 1_000,
             ..continuum_gossip::Config::with_ttl(config.advert_expiry.as_millis() as u64)
         },
         max_neighbours: config.max_neighbours.max(1),

@@ -13,7 +13,9 @@ pub struct Behaviour {
     pub identify: Gated<identify::Behaviour>,
     pub kad: Gated<kad::Behaviour<kad::store::MemoryStore>>,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
-    pub gossipsub: gossipsub::Behaviour,
+    /// The gossip topic, scoped to the swarm only: gossipsub keeps a stream open to every
+    /// peer it meets, which would keep every connection a lookup made open for good.
+    pub gossipsub: Toggle<gossipsub::Behaviour>,
     /// The request-response protocols, one behaviour each (see `rpc::Protocol`).
     pub sync: request_response::Behaviour<super::codec::Codec>,
     pub forward: request_response::Behaviour<super::codec::Codec>,

@@ -43,6 +43,9 @@ pub struct Inbound {
 /// Longest a sync may take: a small message, answered by the driver at once.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a QUIC connection may go without a packet before it is taken for lost.
+const QUIC_IDLE: Duration = Duration::from_secs(5);
+
 /// Connections to one peer at once: QUIC and TCP may both be up for a while, and two peers
 /// dialling each other at once make two.
 const MAX_CONNECTIONS_PER_PEER: u32 = 3;
@@ -69,7 +72,15 @@ pub fn build_swarm(
             noise::Config::new,
             yamux::Config::default,
         )?
-        .with_quic()
+        .with_quic_config(|mut c| {
+            // A peer killed without a goodbye is known gone when its connection times out: 5 s
+            // of silence (libp2p's default is 10), kept from idling by a packet every 2 s. (The
+            // timer starts again once at the first packet sent after the last one heard, so a
+            // dead peer's connection closes 5-7 s after its last packet.)
+            c.max_idle_timeout = QUIC_IDLE.as_millis() as u32;
+            c.keep_alive_interval = QUIC_IDLE * 2 / 5;
+            c
+        })
         .with_bandwidth_metrics(registry)
         .with_behaviour(
             |key| -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
@@ -95,9 +106,7 @@ pub fn build_swarm(
                     gossipsub::MessageAuthenticity::Anonymous,
                     gossip_cfg,
                 )?;
-                if scope == Scope::Swarm {
-                    gossipsub.subscribe(&IdentTopic::new(TOPIC))?;
-                }
+                gossipsub.subscribe(&IdentTopic::new(TOPIC))?;
                 let mut kad = kad::Behaviour::with_config(me, name_store(me), kad_config());
                 kad.set_mode(Some(kad::Mode::Server));
                 // One budget for what every protocol reads from peers; a size limit, a
@@ -136,7 +145,7 @@ pub fn build_swarm(
                     } else {
                         None.into()
                     },
-                    gossipsub,
+                    gossipsub: (scope == Scope::Swarm).then_some(gossipsub).into(),
                     sync: rpc(Protocol::Sync),
                     forward: rpc(Protocol::Forward),
                     deploy: rpc(Protocol::Deploy),
@@ -460,10 +469,9 @@ impl Driver {
                         MessageAcceptance::Reject
                     }
                 };
-                self.swarm
-                    .behaviour_mut()
-                    .gossipsub
-                    .report_message_validation_result(&message_id, &propagation_source, verdict);
+                if let Some(g) = self.swarm.behaviour_mut().gossipsub.as_mut() {
+                    g.report_message_validation_result(&message_id, &propagation_source, verdict);
+                }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Sync(e)) => self.on_rpc(Protocol::Sync, e),
             SwarmEvent::Behaviour(BehaviourEvent::Forward(e)) => self.on_rpc(Protocol::Forward, e),
@@ -779,7 +787,13 @@ impl Driver {
                 Output::Publish(bytes) => {
                     self.metrics.gossip_out(bytes.len());
                     let topic = self.topic.clone();
-                    if let Err(e) = self.swarm.behaviour_mut().gossipsub.publish(topic, bytes) {
+                    if let Some(Err(e)) = self
+                        .swarm
+                        .behaviour_mut()
+                        .gossipsub
+                        .as_mut()
+                        .map(|g| g.publish(topic, bytes))
+                    {
                         tracing::debug!("gossip not published: {e}");
                     }
                 }
@@ -1031,6 +1045,9 @@ impl Driver {
             })
             .collect();
         self.metrics.mesh_peers.set(peers.len() as i64);
+        self.metrics
+            .mesh_connected
+            .set(self.swarm.connected_peers().count() as i64);
         let directory = self.gossip.directory();
         for _ in self.unproven_seen..self.gossip.unproven_moves() {
             self.metrics.mesh_reject("unproven_move");
