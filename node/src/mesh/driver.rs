@@ -255,6 +255,9 @@ pub struct Driver {
     /// and when; not asked again for `REFUSED_FOR` (unless they ask), or a node with all the
     /// neighbours it takes and its peers would ask each other round and round.
     refused_by: HashMap<PeerId, Instant>,
+    /// Scoped to neighbours: requests for peers this node has no address of (no neighbour, not
+    /// in its view), held until a Kademlia lookup of the peer ends.
+    awaiting_address: HashMap<PeerId, Vec<(Protocol, Envelope, Pending)>>,
 }
 
 const REFUSED_FOR: Duration = Duration::from_secs(60);
@@ -337,6 +340,7 @@ impl Driver {
             rejoin_every: REJOIN_FIRST,
             last_walk: None,
             refused_by: HashMap::new(),
+            awaiting_address: HashMap::new(),
         })
     }
 
@@ -727,7 +731,26 @@ impl Driver {
     fn send(&mut self, to: PeerId, protocol: Protocol, envelope: Envelope, pending: Pending) {
         if !self.swarm.is_connected(&to) {
             self.learn_addresses(to);
+            // Scoped to neighbours, a peer out of the view (a migration's target, a name's far
+            // host) may be one this node never met: find it first.
+            if self.gossip.config().scope == Scope::Neighbours
+                && self.gossip.view().get(&to).is_none()
+                && (self.awaiting_address.len() < 256 || self.awaiting_address.contains_key(&to))
+            {
+                let held = self.awaiting_address.entry(to).or_default();
+                if held.len() < 64 {
+                    if held.is_empty() {
+                        self.swarm.behaviour_mut().kad.get_closest_peers(to);
+                    }
+                    held.push((protocol, envelope, pending));
+                    return;
+                }
+            }
         }
+        self.send_now(to, protocol, envelope, pending);
+    }
+
+    fn send_now(&mut self, to: PeerId, protocol: Protocol, envelope: Envelope, pending: Pending) {
         let id = self
             .swarm
             .behaviour_mut()
@@ -953,6 +976,29 @@ impl Driver {
                 if let Err(why) = self.store_name(record) {
                     tracing::debug!(peer = %source, "a name record not stored: {why}");
                     self.metrics.mesh_reject(why);
+                }
+            }
+            kad::Event::OutboundQueryProgressed {
+                result: kad::QueryResult::GetClosestPeers(result),
+                step,
+                ..
+            } if step.last => {
+                let (key, peers) = match result {
+                    Ok(ok) => (ok.key, ok.peers),
+                    Err(kad::GetClosestPeersError::Timeout { key, peers }) => (key, peers),
+                };
+                for p in peers {
+                    for addr in prefer_quic(p.addrs) {
+                        self.swarm.add_peer_address(p.peer_id, addr);
+                    }
+                }
+                // Sent now, found or not (then they fail as any request to a lost peer does).
+                if let Ok(peer) = PeerId::from_bytes(&key)
+                    && let Some(held) = self.awaiting_address.remove(&peer)
+                {
+                    for (protocol, envelope, pending) in held {
+                        self.send_now(peer, protocol, envelope, pending);
+                    }
                 }
             }
             kad::Event::OutboundQueryProgressed {
