@@ -15,7 +15,8 @@
 //!   published goes to each of them directly, and syncs relay no one else's advert. A node then
 //!   knows its neighbourhood only, and what it sends and holds no longer grows with the swarm:
 //!   the membership of a fleet of thousands (a roadside unit needs its neighbours, not the
-//!   continent). Component names resolve within the neighbourhood.
+//!   continent). Component names resolve within the neighbourhood, and beyond it through the
+//!   records hosts file in a distributed hash table (see [`crate::naming`], `names`).
 
 use crate::advert::{Hosted, ResourceAdvert, Resources};
 use crate::federation::{
