@@ -917,9 +917,12 @@ impl Gossip {
             .filter_map(|p| p.advert.as_ref().map(|a| (p.peer, a)))
             .flat_map(|(peer, a)| a.resources.components.iter().map(move |h| (peer, h)));
         // A neighbour's advert is fresher than a record of it found in the table.
-        let near: std::collections::BTreeSet<PeerId> =
-            self.view.iter().map(|p| p.peer).chain([self.me]).collect();
-        let far = self.found.claims().filter(|(host, _)| !near.contains(host));
+        let view = &self.view;
+        let me = self.me;
+        let far = self
+            .found
+            .claims()
+            .filter(move |(host, _)| *host != me && view.get(host).is_none());
         let mut claims: BTreeMap<String, Vec<Location>> = BTreeMap::new();
         for (host, h) in mine.chain(theirs).chain(far) {
             claims

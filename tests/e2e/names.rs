@@ -100,7 +100,15 @@ async fn scoped_to_neighbours_a_component_beyond_them_is_found_by_name_and_follo
         .find(|n| n.peer_id() != first.peer_id() && n.peer_id() != entry.peer_id())
         .unwrap();
     let load = Background::start(entry, "/c/counter/incr");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The move starts once the client's increments are counted.
+    let started = Instant::now();
+    while first.h1(Method::GET, "/c/counter/count", b"").await.text() == "0" {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no increment counted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     migrate(first, "counter", target, &[]);
     let took = until_all_route_to(&nodes, target, Duration::from_secs(20)).await;
     println!("every node routes to the new host {took:?} after the move");

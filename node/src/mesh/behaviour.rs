@@ -13,8 +13,8 @@ pub struct Behaviour {
     pub identify: Gated<identify::Behaviour>,
     pub kad: Gated<kad::Behaviour<kad::store::MemoryStore>>,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
-    /// The gossip topic, scoped to the swarm only: gossipsub keeps a stream open to every
-    /// peer it meets, which would keep every connection a lookup made open for good.
+    /// The gossip topic, scoped to the swarm only (scoped to neighbours nothing is published,
+    /// and a node need not run gossipsub's handler on every connection a lookup makes).
     pub gossipsub: Toggle<gossipsub::Behaviour>,
     /// The request-response protocols, one behaviour each (see `rpc::Protocol`).
     pub sync: request_response::Behaviour<super::codec::Codec>,

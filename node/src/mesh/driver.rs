@@ -164,7 +164,7 @@ pub fn build_swarm(
 }
 
 /// The table of names (see `continuum_gossip::naming`): each record checked before it is
-/// stored (`on_put`), as small as a record is, and as many as a node may be asked to keep.
+/// stored (`store_name`), as small as a record is, and as many as a node may be asked to keep.
 fn kad_config() -> kad::Config {
     let mut c = kad::Config::new(StreamProtocol::new("/continuum/kad/1"));
     c.set_record_filtering(kad::StoreInserts::FilterBoth)
@@ -700,7 +700,9 @@ impl Driver {
                     if self.refused_by.len() >= 4096 {
                         self.refused_by.retain(|_, at| at.elapsed() < REFUSED_FOR);
                     }
-                    self.refused_by.insert(peer, Instant::now());
+                    if self.refused_by.len() < 4096 {
+                        self.refused_by.insert(peer, Instant::now());
+                    }
                     self.more_neighbours();
                 }
             }
@@ -1024,14 +1026,14 @@ impl Driver {
     /// `NameRecord::supersedes`); the counter's label if not.
     fn store_name(&mut self, record: kad::Record) -> Result<(), &'static str> {
         use kad::store::RecordStore;
-        let key = self.key.clone();
-        let new =
-            continuum_gossip::open_name(record.key.as_ref(), &record.value, key.as_ref(), None)
-                .map_err(|e| e.reason())?;
+        // The same records come again and again (refilings, replication): each signature is
+        // checked once, in the gossip's cache of frames that verified.
+        let (key, seen) = (self.key.as_ref(), Some(self.gossip.verified()));
+        let new = continuum_gossip::open_name(record.key.as_ref(), &record.value, key, seen)
+            .map_err(|e| e.reason())?;
         let store = self.swarm.behaviour_mut().kad.store_mut();
         if let Some(old) = store.get(&record.key)
-            && let Ok(old) =
-                continuum_gossip::open_name(old.key.as_ref(), &old.value, key.as_ref(), None)
+            && let Ok(old) = continuum_gossip::open_name(old.key.as_ref(), &old.value, key, seen)
             && !new.supersedes(&old)
         {
             return if new == old {
