@@ -101,16 +101,14 @@ if want mesh; then
 export CONTINUUM_BIN=$BIN
 SW=$WORK/swarm
 echo "==> time to full view, idle traffic, a killed node's detection"
-# MESH_SIZES: the swarm sizes (default 5 20 50 100); MESH_MEMBERSHIP: swarm (default) or
-# neighbours (each node then waits for one peer, not all).
-membership=${MESH_MEMBERSHIP:-swarm}
+# MESH_SIZES: the swarm sizes (default 5 20 50 100). Membership is scoped to neighbours (the
+# swarm-wide heartbeats measured before are gone since the commit after d0f41b8).
 for n in ${MESH_SIZES:-5 20 50 100}; do
-    wait_peers=$((n - 1)); [ "$membership" = swarm ] || wait_peers=1
-    note "- membership $membership, $n nodes, one bootstrap: $(CONTINUUM_WAIT_PEERS=$wait_peers scripts/swarm.sh start "$n" --dir "$SW" -- --membership "$membership" | tail -n 1 | sed 's/^[0-9]* nodes in [^:]*: //')"
-    # Idle traffic: every node's libp2p transport bytes (in + out) over 30 s, after settling:
-    # 10 s, or scoped to neighbours 75 s, so that the connections the start's lookups opened to
-    # peers that are no neighbours have idled out (60 s); and the gossip payload within it.
-    if [ "$membership" = swarm ]; then sleep 10; else sleep 75; fi
+    note "- $n nodes, one bootstrap: $(CONTINUUM_WAIT_PEERS=1 scripts/swarm.sh start "$n" --dir "$SW" | tail -n 1 | sed 's/^[0-9]* nodes in [^:]*: //')"
+    # Idle traffic: every node's libp2p transport bytes (in + out) over 30 s, after 75 s of
+    # settling, so that the connections the start's lookups opened to peers that are no
+    # neighbours have idled out (60 s); and the gossip payload within it.
+    sleep 75
     metric() { curl -s --max-time 5 "http://127.0.0.1:$((7070 + $1))/metrics" | awk -v m="$2" '$1 ~ "^"m {s += $2} END {printf "%.0f\n", s}'; }
     total() { for i in $(seq "$n"); do metric "$i" "$1"; done | awk '{s += $1} END {printf "%.0f\n", s}'; }
     t0=$(total libp2p_bandwidth_bytes_total); g0=$(total continuum_gossip_bytes_total)

@@ -83,7 +83,8 @@ pub struct Config {
 /// How far membership reaches.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Scope {
-    /// Every node hears every node (published on the gossip topic).
+    /// Every node hears every node (each message published to all). Kept as the simulator's
+    /// baseline, to measure the scoped mode against; the node runs scoped only.
     #[default]
     Swarm,
     /// A node hears the peers it is connected to, and only them.

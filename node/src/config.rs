@@ -30,11 +30,9 @@ pub struct NodeConfig {
     /// Peers are dropped from the view this long after their last advert or heartbeat.
     #[serde(with = "humantime_serde")]
     pub advert_expiry: Duration,
-    /// Whom a node hears: every node of the swarm, or its neighbours only (names beyond them
-    /// are found through the distributed hash table).
-    pub membership: Membership,
-    /// Neighbours at most, scoped to neighbours: past this a peer that connects is not taken
-    /// on as one (its connection serves lookups and requests only).
+    /// Neighbours at most: the peers a node hears and tells. Past this a peer that connects is
+    /// not taken on as one (its connection serves lookups and requests only); components
+    /// beyond the neighbours are found by name through the distributed hash table.
     pub max_neighbours: usize,
     /// The longest federation lease this node grants, to its own federations and to other
     /// owners' (a longer claim is cut to it): a federation whose owner went silent is gone
@@ -73,18 +71,6 @@ pub struct NodeConfig {
     pub limits: Limits,
 }
 
-/// Whom a node hears (see [`NodeConfig::membership`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Membership {
-    /// Every node hears every node, on the gossip topic: simple, and what each node sends and
-    /// receives grows with the swarm.
-    Swarm,
-    /// A node hears the peers it is connected to (at most `max_neighbours`), and finds the
-    /// rest by name: what it sends and holds stays flat as the swarm grows.
-    Neighbours,
-}
-
 /// What one component may use; the node and its other components go on when one hits a limit.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -119,7 +105,6 @@ impl Default for NodeConfig {
             swarm_key: None,
             mdns: true,
             advert_expiry: Duration::from_secs(15),
-            membership: Membership::Swarm,
             max_neighbours: 8,
             max_lease: Duration::from_millis(continuum_gossip::MAX_LEASE_MS),
             route_wait: Duration::from_secs(1),

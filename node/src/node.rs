@@ -173,11 +173,10 @@ async fn run_node(config: NodeConfig, dir: DataDir, key: libp2p::identity::Keypa
             // In an open swarm nobody can prove it owns a federation.
             federations: key_file.is_some(),
             max_lease_ms: config.max_lease.as_millis() as u64,
-            scope: match config.membership {
-                crate::config::Membership::Swarm => continuum_gossip::Scope::Swarm,
-                crate::config::Membership::Neighbours => continuum_gossip::Scope::Neighbours,
-            },
-            names: config.membership == crate::config::Membership::Neighbours,
+            // A node hears its neighbours and finds the rest by name, so what it sends and
+            // holds stays flat as the swarm grows.
+            scope: continuum_gossip::Scope::Neighbours,
+            names: true,
             // A neighbour's connection closes only after seconds of silence (see the mesh
             // driver's QUIC_IDLE): by then a reconnect is not worth waiting long for.
             suspect_ms: 1_000,

@@ -269,8 +269,8 @@ impl World {
         }
     }
 
-    /// gossipsub delivers a publication to every subscriber it can reach; modelled as one
-    /// delivery to every live node, each after its own link's delay.
+    /// A publication (the swarm-wide baseline) reaches every node it can, as gossipsub's did;
+    /// modelled as one delivery to every live node, each after its own link's delay.
     fn publish(&mut self, from: usize, bytes: Arc<[u8]>) {
         self.counters.gossip_sent += 1;
         for j in 0..self.nodes.len() {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_name_records_are_refused_counted_and_survived() {
-    let node = TestNode::start(&["--membership", "neighbours"]);
+    let node = TestNode::start(&[]);
     node.ok(&["deploy", &guest("counter")]);
     let node_peer: PeerId = node.peer_id().parse().unwrap();
     let attacker = Keypair::generate_ed25519();

@@ -6,6 +6,7 @@
 use crate::lane::until_counted;
 use crate::stranger::Stranger;
 use crate::support::{TestNode, guest, swarm_key};
+use continuum::mesh::rpc::Reply;
 use http::Method;
 use std::time::Duration;
 
@@ -75,7 +76,8 @@ async fn a_federation_announced_for_ever_dissolves_within_the_nodes_bound() {
         seq: 1,
         body: Body::Federation(FederationMsg::Announce(spec)),
     };
-    owner.publish(seal(&owner.id, Some(&key), &message)).await;
+    let reply = owner.gossip(seal(&owner.id, Some(&key), &message)).await;
+    assert!(matches!(reply, Reply::Synced), "{reply:?}");
     let listed = || -> Option<serde_json::Value> {
         let list: Vec<serde_json::Value> =
             serde_json::from_str(&node.ok(&["federate", "ls", "--json"])).unwrap();

@@ -12,15 +12,7 @@ const NEIGHBOURS: usize = 2;
 
 fn scoped(i: usize) -> Vec<String> {
     let mut a = args(i);
-    a.extend(
-        [
-            "--membership",
-            "neighbours",
-            "--max-neighbours",
-            &NEIGHBOURS.to_string(),
-        ]
-        .map(String::from),
-    );
+    a.extend(["--max-neighbours", &NEIGHBOURS.to_string()].map(String::from));
     a
 }
 

@@ -7,33 +7,11 @@ use crate::support::TestNode;
 use continuum::mesh::lane;
 use continuum::mesh::rpc::{self, Envelope, Protocol, Reply, Request};
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
-use libp2p::gossipsub;
 use std::time::{Duration, Instant};
 
 #[derive(libp2p::swarm::NetworkBehaviour)]
 pub struct Behaviour {
     lanes: libp2p_stream::Behaviour,
-    /// The node's gossip topic, configured as the node's (anonymous messages, ids by content).
-    gossip: gossipsub::Behaviour,
-}
-
-pub use continuum::mesh::TOPIC;
-
-/// Gossipsub as the node runs it (anonymous messages, named by their content), for a raw peer.
-pub fn gossipsub() -> gossipsub::Behaviour {
-    gossipsub::Behaviour::new(
-        gossipsub::MessageAuthenticity::Anonymous,
-        gossipsub::ConfigBuilder::default()
-            .validation_mode(gossipsub::ValidationMode::Anonymous)
-            .message_id_fn(|m: &gossipsub::Message| {
-                gossipsub::MessageId::new(blake3::hash(&m.data).as_bytes())
-            })
-            .max_transmit_size(1 << 20)
-            .heartbeat_interval(Duration::from_millis(200))
-            .build()
-            .unwrap(),
-    )
-    .unwrap()
 }
 
 pub struct Stranger {
@@ -53,7 +31,6 @@ impl Stranger {
             .with_quic()
             .with_behaviour(|_| Behaviour {
                 lanes: libp2p_stream::Behaviour::new(),
-                gossip: gossipsub(),
             })
             .unwrap()
             .build();
@@ -169,48 +146,10 @@ impl Stranger {
         }
     }
 
-    /// Publish a gossip frame on the node's topic, once the node has it from this peer (it
-    /// subscribes first, and waits for the node to take it into its mesh).
-    pub async fn publish(&mut self, frame: Vec<u8>) {
-        let topic = gossipsub::IdentTopic::new(TOPIC);
-        let gossip = &mut self.swarm.behaviour_mut().gossip;
-        gossip.subscribe(&topic).unwrap();
-        // The node's subscription may have come in already, while the swarm was driven for
-        // something else: ask gossipsub, not its events.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let hash = topic.hash();
-        while !self
-            .swarm
-            .behaviour()
-            .gossip
-            .all_peers()
-            .any(|(p, topics)| *p == self.node && topics.contains(&&hash))
-        {
-            assert!(
-                Instant::now() < deadline,
-                "the node never subscribed this peer to its gossip topic"
-            );
-            let _ = tokio::time::timeout(Duration::from_millis(50), self.swarm.select_next_some())
-                .await;
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while let Err(e) = self
-            .swarm
-            .behaviour_mut()
-            .gossip
-            .publish(topic.clone(), frame.clone())
-        {
-            assert!(Instant::now() < deadline, "could not publish: {e}");
-            let _ = tokio::time::timeout(Duration::from_millis(100), self.swarm.select_next_some())
-                .await;
-        }
-        // Let the swarm send it.
-        let _ = tokio::time::timeout(Duration::from_millis(300), async {
-            loop {
-                self.swarm.select_next_some().await;
-            }
-        })
-        .await;
+    /// Hand the node a gossip frame directly, as its neighbours do (a sync); whether it took
+    /// the message in (a refusal inside the frame is only counted, as for any neighbour).
+    pub async fn gossip(&mut self, frame: Vec<u8>) -> Reply {
+        self.ask(&Request::Sync(frame)).await
     }
 
     /// Open a stream on `protocol`, write `bytes`, close the writing side, and collect what the

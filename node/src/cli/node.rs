@@ -32,11 +32,8 @@ pub struct NodeArgs {
     /// Do not discover neighbours with mDNS.
     #[arg(long)]
     no_mdns: bool,
-    /// Whom the node hears: swarm (every node) or neighbours (its connected peers only, at
-    /// most --max-neighbours; names further away are found through Kademlia).
-    #[arg(long, value_enum)]
-    membership: Option<crate::config::Membership>,
-    /// Neighbours at most, with --membership neighbours.
+    /// Neighbours at most: the connected peers the node hears and tells (components further
+    /// away are found by name through Kademlia).
     #[arg(long)]
     max_neighbours: Option<usize>,
     /// How long after its last message a silent peer leaves the view, e.g. 15s.
@@ -113,9 +110,6 @@ impl NodeArgs {
         }
         if self.no_mdns {
             c.mdns = false;
-        }
-        if let Some(m) = self.membership {
-            c.membership = m;
         }
         if let Some(n) = self.max_neighbours {
             c.max_neighbours = n;

@@ -3,7 +3,7 @@
 use super::gated::Gated;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
-use libp2p::{connection_limits, gossipsub, identify, kad, mdns, ping, request_response};
+use libp2p::{connection_limits, identify, kad, mdns, ping, request_response};
 
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
@@ -13,9 +13,6 @@ pub struct Behaviour {
     pub identify: Gated<identify::Behaviour>,
     pub kad: Gated<kad::Behaviour<kad::store::MemoryStore>>,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
-    /// The gossip topic, scoped to the swarm only (scoped to neighbours nothing is published,
-    /// and a node need not run gossipsub's handler on every connection a lookup makes).
-    pub gossipsub: Toggle<gossipsub::Behaviour>,
     /// The request-response protocols, one behaviour each (see `rpc::Protocol`).
     pub sync: request_response::Behaviour<super::codec::Codec>,
     pub forward: request_response::Behaviour<super::codec::Codec>,

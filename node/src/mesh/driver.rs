@@ -5,16 +5,13 @@
 use super::behaviour::{Behaviour, BehaviourEvent};
 use super::gated::Gated;
 use super::rpc::{self, Envelope, Protocol, Reply, Request};
-use super::{
-    Command, FederationOp, FederationStatus, MeshConfig, MeshError, PeerStatus, Snapshot, TOPIC,
-};
+use super::{Command, FederationOp, FederationStatus, MeshConfig, MeshError, PeerStatus, Snapshot};
 use crate::metrics::Metrics;
 use anyhow::Result;
 use continuum_gossip::{
-    Event, FederationEvent, Gossip, Output, PeerId, Reject, Resources, Scope, SwarmKey,
+    Event, FederationEvent, Gossip, Output, PeerId, Reject, Resources, SwarmKey,
 };
 use futures::StreamExt;
-use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{
@@ -60,7 +57,6 @@ pub fn build_swarm(
     let mdns = cfg.mdns;
     let request_timeout = cfg.request_timeout;
     let peer_budget = cfg.peer_budget;
-    let scope = cfg.gossip.scope;
     let admission = cfg
         .key
         .is_some()
@@ -84,29 +80,6 @@ pub fn build_swarm(
         .with_bandwidth_metrics(registry)
         .with_behaviour(
             |key| -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
-                // Our payloads are signed, sequenced and swarm-keyed already: gossipsub carries them
-                // anonymously (no second signature per message) and names each by its hash. A
-                // small mesh and no flood publishing keep the idle traffic low.
-                let gossip_cfg = gossipsub::ConfigBuilder::default()
-                    .heartbeat_interval(Duration::from_secs(1))
-                    .validation_mode(gossipsub::ValidationMode::Anonymous)
-                    .message_id_fn(|m: &gossipsub::Message| {
-                        gossipsub::MessageId::new(&blake3::hash(&m.data).as_bytes()[..16])
-                    })
-                    .validate_messages()
-                    .flood_publish(false)
-                    .mesh_n(3)
-                    .mesh_n_low(2)
-                    .mesh_n_high(6)
-                    .mesh_outbound_min(1)
-                    .gossip_lazy(3)
-                    .max_transmit_size(continuum_gossip::MAX_GOSSIP_BYTES + 1024)
-                    .build()?;
-                let mut gossipsub = gossipsub::Behaviour::new(
-                    gossipsub::MessageAuthenticity::Anonymous,
-                    gossip_cfg,
-                )?;
-                gossipsub.subscribe(&IdentTopic::new(TOPIC))?;
                 let mut kad = kad::Behaviour::with_config(me, name_store(me), kad_config());
                 kad.set_mode(Some(kad::Mode::Server));
                 // One budget for what every protocol reads from peers; a size limit, a
@@ -145,7 +118,6 @@ pub fn build_swarm(
                     } else {
                         None.into()
                     },
-                    gossipsub: (scope == Scope::Swarm).then_some(gossipsub).into(),
                     sync: rpc(Protocol::Sync),
                     forward: rpc(Protocol::Forward),
                     deploy: rpc(Protocol::Deploy),
@@ -219,7 +191,6 @@ pub struct Driver {
     gossip: Gossip,
     key: Option<SwarmKey>,
     cfg: MeshConfig,
-    topic: IdentTopic,
     started: Instant,
     local: Resources,
     /// Set by the node when it measures its own load (a CPU budget): advertised instead of
@@ -249,18 +220,17 @@ pub struct Driver {
     /// must not leave the node alone for good.
     rejoin_at: Instant,
     rejoin_every: Duration,
-    /// Scoped to neighbours: when the table was last walked for more of them.
+    /// When the table was last walked for more of them.
     last_walk: Option<Instant>,
-    /// Scoped to neighbours: the peers that would not have this node as a neighbour lately,
-    /// and when; not asked again for `REFUSED_FOR` (unless they ask), or a node with all the
+    /// The peers that would not have this node as a neighbour lately, and when; not asked again for `REFUSED_FOR` (unless they ask), or a node with all the
     /// neighbours it takes and its peers would ask each other round and round.
     refused_by: HashMap<PeerId, Instant>,
-    /// Scoped to neighbours: requests for peers this node has no address of (no neighbour, not
-    /// in its view), held until a Kademlia lookup of the peer ends.
+    /// Requests for peers this node has no address of (no neighbour, not in its view), held until a Kademlia lookup of the peer ends.
     awaiting_address: HashMap<PeerId, Vec<(Protocol, Envelope, Pending)>>,
 }
 
 const REFUSED_FOR: Duration = Duration::from_secs(60);
+const ALONE_REFUSED_FOR: Duration = Duration::from_secs(5);
 
 /// The first and the longest gap between dials of the `--join` peers while a node is alone.
 const REJOIN_FIRST: Duration = Duration::from_secs(1);
@@ -319,7 +289,6 @@ impl Driver {
             gossip,
             key: cfg.key.clone(),
             cfg,
-            topic: IdentTopic::new(TOPIC),
             started: Instant::now(),
             local,
             load: None,
@@ -348,7 +317,8 @@ impl Driver {
         self.started.elapsed().as_millis() as u64
     }
 
-    /// Dial the `--join` peers again if no peer is connected, each time twice as late.
+    /// Dial the `--join` peers again if no peer is connected, each time twice as late; with
+    /// peers connected but no neighbour, look for one.
     fn rejoin_if_alone(&mut self) {
         if self.swarm.connected_peers().next().is_none() && self.closing.is_none() {
             tracing::info!(every = ?self.rejoin_every, "no peer connected: dialling the join peers again");
@@ -360,6 +330,10 @@ impl Driver {
             self.rejoin_every = (self.rejoin_every * 2).min(REJOIN_MAX);
         } else {
             self.rejoin_every = REJOIN_FIRST;
+            // Connected, but no one's neighbour: ask again (see `refused_lately`).
+            if self.gossip.connected().is_empty() {
+                self.more_neighbours();
+            }
         }
         self.rejoin_at = Instant::now() + self.rejoin_every;
     }
@@ -455,28 +429,6 @@ impl Driver {
     fn on_swarm(&mut self, event: SwarmEvent<BehaviourEvent>) {
         let now = self.now();
         match event {
-            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
-                propagation_source,
-                message_id,
-                message,
-            })) => {
-                self.metrics.gossip_in(message.data.len());
-                self.dirty = true;
-                let verdict = match self.gossip.handle_gossip(now, &message.data) {
-                    Ok(()) => MessageAcceptance::Accept,
-                    Err(Reject::Replay { .. }) => {
-                        self.metrics.mesh_reject("replay");
-                        MessageAcceptance::Ignore
-                    }
-                    Err(e) => {
-                        self.reject(&e);
-                        MessageAcceptance::Reject
-                    }
-                };
-                if let Some(g) = self.swarm.behaviour_mut().gossipsub.as_mut() {
-                    g.report_message_validation_result(&message_id, &propagation_source, verdict);
-                }
-            }
             SwarmEvent::Behaviour(BehaviourEvent::Sync(e)) => self.on_rpc(Protocol::Sync, e),
             SwarmEvent::Behaviour(BehaviourEvent::Forward(e)) => self.on_rpc(Protocol::Forward, e),
             SwarmEvent::Behaviour(BehaviourEvent::Deploy(e)) => self.on_rpc(Protocol::Deploy, e),
@@ -640,8 +592,7 @@ impl Driver {
             return;
         }
         let opened = rpc::open(self.key.as_ref(), &env);
-        let full = self.gossip.config().scope == Scope::Neighbours
-            && !self.gossip.connected().contains(&from)
+        let full = !self.gossip.connected().contains(&from)
             && !self.take_on(from)
             && !matches!(&opened, Ok(Request::Sync(b)) if self.make_room(from, b));
         let reply = match opened {
@@ -733,10 +684,9 @@ impl Driver {
     fn send(&mut self, to: PeerId, protocol: Protocol, envelope: Envelope, pending: Pending) {
         if !self.swarm.is_connected(&to) {
             self.learn_addresses(to);
-            // Scoped to neighbours, a peer out of the view (a migration's target, a name's far
-            // host) may be one this node never met: find it first.
-            if self.gossip.config().scope == Scope::Neighbours
-                && self.gossip.view().get(&to).is_none()
+            // A peer out of the view (a migration's target, a name's far host) may be one this
+            // node never met: find it first.
+            if self.gossip.view().get(&to).is_none()
                 && (self.awaiting_address.len() < 256 || self.awaiting_address.contains_key(&to))
             {
                 let held = self.awaiting_address.entry(to).or_default();
@@ -809,19 +759,6 @@ impl Driver {
         while let Some(out) = self.gossip.poll_output() {
             changed = true;
             match out {
-                Output::Publish(bytes) => {
-                    self.metrics.gossip_out(bytes.len());
-                    let topic = self.topic.clone();
-                    if let Some(Err(e)) = self
-                        .swarm
-                        .behaviour_mut()
-                        .gossipsub
-                        .as_mut()
-                        .map(|g| g.publish(topic, bytes))
-                    {
-                        tracing::debug!("gossip not published: {e}");
-                    }
-                }
                 Output::Send { to, bytes } => {
                     self.metrics.gossip_out(bytes.len());
                     let sync = rpc::seal(self.key.as_ref(), &Request::Sync(bytes));
@@ -844,6 +781,9 @@ impl Driver {
                         .kad
                         .get_record(kad::RecordKey::new(&key));
                 }
+                // Only a machine scoped to the whole swarm publishes, and the node's never is:
+                // the simulator alone keeps that mode, as the baseline it measures against.
+                Output::Publish(_) => debug_assert!(false, "the node's gossip is scoped"),
             }
         }
         while let Some(event) = self.gossip.poll_event() {
@@ -898,13 +838,10 @@ impl Driver {
         }
     }
 
-    /// Take `peer`, just connected, on as a neighbour (or, scoped to the swarm, as a peer to
-    /// sync with): scoped to neighbours, only while this node has fewer than it takes. False
-    /// if it was not taken on.
+    /// Take `peer`, just connected, on as a neighbour, only while this node has fewer than it
+    /// takes. False if it was not taken on.
     fn take_on(&mut self, peer: PeerId) -> bool {
-        if self.gossip.config().scope == Scope::Neighbours
-            && self.gossip.connected().len() >= self.cfg.max_neighbours
-        {
+        if self.gossip.connected().len() >= self.cfg.max_neighbours {
             return false;
         }
         let now = self.now();
@@ -912,11 +849,19 @@ impl Driver {
         true
     }
 
-    /// Whether `peer` would not have this node as a neighbour within `REFUSED_FOR`.
+    /// Whether `peer` would not have this node as a neighbour lately: within `REFUSED_FOR`, or
+    /// `ALONE_REFUSED_FOR` while this node has no neighbour at all. Alone, its sync is soon a
+    /// newcomer's (its suspected neighbours forgotten), which a full node takes (`make_room`);
+    /// in a small swarm whose nodes are all full it would otherwise stay alone for a minute.
     fn refused_lately(&self, peer: PeerId) -> bool {
+        let within = if self.gossip.connected().is_empty() {
+            ALONE_REFUSED_FOR
+        } else {
+            REFUSED_FOR
+        };
         self.refused_by
             .get(&peer)
-            .is_some_and(|at| at.elapsed() < REFUSED_FOR)
+            .is_some_and(|at| at.elapsed() < within)
     }
 
     /// Take on `peer`, a node with no peer at all (see `Gossip::from_newcomer`), though this
@@ -938,7 +883,7 @@ impl Driver {
     /// A neighbour left: take on a peer connected already, or walk the table for more (at most
     /// every 10 s: its connections come back through `take_on`).
     fn more_neighbours(&mut self) {
-        if self.gossip.config().scope != Scope::Neighbours || self.closing.is_some() {
+        if self.closing.is_some() {
             return;
         }
         let others: Vec<PeerId> = self

@@ -1,5 +1,5 @@
 //! The mesh: a libp2p swarm (QUIC, and TCP with noise and yamux; identify, Kademlia, mDNS,
-//! gossipsub, request-response) driving the sans-IO `continuum-gossip` machine. The rest of the
+//! request-response, raw streams) driving the sans-IO `continuum-gossip` machine. The rest of the
 //! node talks to it through [`Mesh`]: where is a component, who are the peers, forward this
 //! request, deploy that module over there.
 
@@ -11,9 +11,6 @@ mod gated;
 pub mod lane;
 pub mod resources;
 pub mod rpc;
-
-/// The gossipsub topic every node of the mesh publishes on.
-pub const TOPIC: &str = "continuum/gossip/1";
 
 use crate::components::ComponentInfo;
 use crate::metrics::Metrics;
@@ -47,7 +44,7 @@ pub struct MeshConfig {
     pub request_timeout: Duration,
     /// Bytes from peers' rpc messages held at once, over all peers.
     pub peer_budget: usize,
-    /// Scoped to neighbours: neighbours at most.
+    /// Neighbours at most: the peers a node hears (see `continuum_gossip::Scope::Neighbours`).
     pub max_neighbours: usize,
 }
 
