@@ -58,7 +58,7 @@ impl Stranger {
     }
 
     /// Run `fut` (at most 10 s) while the swarm goes on.
-    async fn drive<T>(&mut self, fut: impl Future<Output = T>) -> T {
+    pub async fn drive<T>(&mut self, fut: impl Future<Output = T>) -> T {
         tokio::pin!(fut);
         let deadline = tokio::time::sleep(Duration::from_secs(10));
         tokio::pin!(deadline);

@@ -220,8 +220,10 @@ pub struct Driver {
     /// must not leave the node alone for good.
     rejoin_at: Instant,
     rejoin_every: Duration,
-    /// When the table was last walked for more of them.
+    /// When the table was last walked for more neighbours, and the gap before the next walk
+    /// while the node has fewer than it takes (doubling; back to the first when one leaves).
     last_walk: Option<Instant>,
+    walk_every: Duration,
     /// The peers that would not have this node as a neighbour lately, and when; not asked again for `REFUSED_FOR` (unless they ask), or a node with all the
     /// neighbours it takes and its peers would ask each other round and round.
     refused_by: HashMap<PeerId, Instant>,
@@ -235,6 +237,11 @@ const ALONE_REFUSED_FOR: Duration = Duration::from_secs(5);
 /// The first and the longest gap between dials of the `--join` peers while a node is alone.
 const REJOIN_FIRST: Duration = Duration::from_secs(1);
 const REJOIN_MAX: Duration = Duration::from_secs(30);
+
+/// The first and the longest gap between walks of the table while a node has fewer neighbours
+/// than it takes.
+const WALK_FIRST: Duration = Duration::from_secs(5);
+const WALK_MAX: Duration = Duration::from_secs(300);
 
 impl Driver {
     #[allow(clippy::too_many_arguments)]
@@ -308,6 +315,7 @@ impl Driver {
             rejoin_at: Instant::now() + REJOIN_FIRST,
             rejoin_every: REJOIN_FIRST,
             last_walk: None,
+            walk_every: WALK_FIRST,
             refused_by: HashMap::new(),
             awaiting_address: HashMap::new(),
         })
@@ -380,6 +388,7 @@ impl Driver {
                     }
                     let now = self.now();
                     self.gossip.set_local(now, self.local.clone());
+                    self.walk_if_short();
                 }
                 _ = bootstrap.tick() => {
                     let _ = self.swarm.behaviour_mut().kad.bootstrap();
@@ -412,6 +421,7 @@ impl Driver {
         if good {
             if gate.proven(peer, self.swarm.is_connected(&peer)) {
                 self.take_on(peer);
+                self.walk_from_join(peer);
             }
         } else {
             gate.failed(Instant::now(), peer);
@@ -491,12 +501,7 @@ impl Driver {
                 if !self.refused_lately(peer_id) {
                     self.take_on(peer_id);
                 }
-                if self.cfg.join.iter().any(|a| {
-                    a.iter()
-                        .any(|p| p == libp2p::multiaddr::Protocol::P2p(peer_id))
-                }) {
-                    let _ = self.swarm.behaviour_mut().kad.bootstrap();
-                }
+                self.walk_from_join(peer_id);
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
@@ -510,6 +515,7 @@ impl Driver {
                 let neighbour = self.gossip.connected().contains(&peer_id);
                 self.gossip.handle_disconnected(now, peer_id);
                 if neighbour {
+                    self.walk_every = WALK_FIRST;
                     self.more_neighbours();
                 }
             }
@@ -880,8 +886,8 @@ impl Driver {
         self.take_on(peer)
     }
 
-    /// A neighbour left: take on a peer connected already, or walk the table for more (at most
-    /// every 10 s: its connections come back through `take_on`).
+    /// A neighbour left: take on a peer connected already, or walk the table for more (its
+    /// connections come back through `take_on`).
     fn more_neighbours(&mut self) {
         if self.closing.is_some() {
             return;
@@ -898,14 +904,36 @@ impl Driver {
             }
             self.take_on(peer);
         }
-        if self.gossip.connected().len() < self.cfg.max_neighbours
-            && self
-                .last_walk
-                .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
-        {
+        self.walk_if_short();
+    }
+
+    /// A `--join` peer is connected (and proved the key, in a keyed swarm): walk the table
+    /// through it for the rest of the swarm.
+    fn walk_from_join(&mut self, peer: PeerId) {
+        let join = libp2p::multiaddr::Protocol::P2p(peer);
+        if self.cfg.join.iter().any(|a| a.iter().any(|p| p == join)) {
             self.last_walk = Some(Instant::now());
             let _ = self.swarm.behaviour_mut().kad.bootstrap();
         }
+    }
+
+    /// With fewer neighbours than it takes, walk the table now and then, each gap twice the
+    /// last: two nodes that joined through one peer at the same moment each learnt of no one
+    /// but it, and find each other only on a later walk.
+    fn walk_if_short(&mut self) {
+        if self.closing.is_some()
+            || self.gossip.connected().len() >= self.cfg.max_neighbours
+            || self
+                .last_walk
+                .is_some_and(|t| t.elapsed() < self.walk_every)
+        {
+            return;
+        }
+        if self.last_walk.is_some() {
+            self.walk_every = (self.walk_every * 2).min(WALK_MAX);
+        }
+        self.last_walk = Some(Instant::now());
+        let _ = self.swarm.behaviour_mut().kad.bootstrap();
     }
 
     /// What Kademlia reports: records others file here (checked before they are stored), and

@@ -2,14 +2,19 @@
 //! Kademlia: other peers' addresses) held shut on each connection until the peer is admitted,
 //! that is, in a closed swarm, until it proved it holds the swarm key: so a keyless peer
 //! learns nothing from them in the seconds before it is cut off. Until then the wrapped
-//! handler is not polled (it sends nothing and opens no stream) and the streams the peer
-//! opens on its protocols are dropped unread, each counted (`unproven_peer`). In an open
-//! swarm there is no admission and the wrapper passes everything through.
+//! handler is not polled (it sends nothing and opens no stream) and the first few streams the
+//! peer opens on its protocols are held unread, handed over once it is admitted: an honest
+//! peer's identify request, opened the moment it connected, must not be lost, or this node's
+//! addresses reach it only at the next identify round (minutes) and Kademlia cannot point
+//! others at it. Streams past those few are dropped unread, each counted (`unproven_peer`). In
+//! an open swarm there is no admission and the wrapper passes everything through.
 
 use crate::metrics::Metrics;
 use libp2p::core::Endpoint;
 use libp2p::core::transport::PortUse;
-use libp2p::swarm::handler::{ConnectionEvent, ConnectionHandlerEvent, SubstreamProtocol};
+use libp2p::swarm::handler::{
+    ConnectionEvent, ConnectionHandlerEvent, FullyNegotiatedInbound, SubstreamProtocol,
+};
 use libp2p::swarm::{
     ConnectionDenied, ConnectionHandler, ConnectionId, FromSwarm, NetworkBehaviour, THandler,
     THandlerInEvent, THandlerOutEvent, ToSwarm,
@@ -105,13 +110,19 @@ impl<B> Gated<B> {
         self.admission.as_ref()
     }
 
-    fn handler<H>(&self, conn: ConnectionId, peer: PeerId, inner: H) -> GatedHandler<H> {
+    fn handler<H: ConnectionHandler>(
+        &self,
+        conn: ConnectionId,
+        peer: PeerId,
+        inner: H,
+    ) -> GatedHandler<H> {
         GatedHandler {
             inner,
             conn,
             peer,
             admission: self.admission.clone(),
             open: self.admission.is_none(),
+            held: Vec::new(),
         }
     }
 }
@@ -202,7 +213,11 @@ impl<B: NetworkBehaviour> NetworkBehaviour for Gated<B> {
     }
 }
 
-pub struct GatedHandler<H> {
+/// The streams a peer not admitted yet may have waiting on one connection, per protocol:
+/// identify and Kademlia each open one or two as it connects.
+const MAX_HELD: usize = 4;
+
+pub struct GatedHandler<H: ConnectionHandler> {
     inner: H,
     conn: ConnectionId,
     peer: PeerId,
@@ -210,9 +225,11 @@ pub struct GatedHandler<H> {
     /// The peer was admitted (once open, a connection stays open: a peer that fails is
     /// disconnected).
     open: bool,
+    /// Streams the peer opened before it was admitted, unread (at most `MAX_HELD`).
+    held: Vec<FullyNegotiatedInbound<H::InboundProtocol, H::InboundOpenInfo>>,
 }
 
-impl<H> GatedHandler<H> {
+impl<H: ConnectionHandler> GatedHandler<H> {
     fn is_open(&mut self) -> bool {
         if !self.open {
             self.open = self
@@ -224,7 +241,7 @@ impl<H> GatedHandler<H> {
     }
 }
 
-impl<H> Drop for GatedHandler<H> {
+impl<H: ConnectionHandler> Drop for GatedHandler<H> {
     fn drop(&mut self) {
         if let Some(a) = &self.admission {
             a.forget(self.conn);
@@ -264,6 +281,10 @@ impl<H: ConnectionHandler> ConnectionHandler for GatedHandler<H> {
             }
             self.open = true;
         }
+        for stream in std::mem::take(&mut self.held) {
+            self.inner
+                .on_connection_event(ConnectionEvent::FullyNegotiatedInbound(stream));
+        }
         self.inner.poll(cx)
     }
 
@@ -285,14 +306,18 @@ impl<H: ConnectionHandler> ConnectionHandler for GatedHandler<H> {
             Self::OutboundOpenInfo,
         >,
     ) {
-        if let ConnectionEvent::FullyNegotiatedInbound(_) = &event
-            && !self.is_open()
+        if !self.is_open()
+            && let ConnectionEvent::FullyNegotiatedInbound(stream) = event
         {
-            if let Some(a) = &self.admission {
-                a.0.metrics.mesh_reject("unproven_peer");
+            if self.held.len() < MAX_HELD {
+                self.held.push(stream);
+            } else {
+                if let Some(a) = &self.admission {
+                    a.0.metrics.mesh_reject("unproven_peer");
+                }
+                tracing::debug!(peer = %self.peer, "a stream from a peer not admitted yet: dropped");
             }
-            tracing::debug!(peer = %self.peer, "a stream from a peer not admitted yet: dropped");
-            return; // dropped unread
+            return;
         }
         self.inner.on_connection_event(event)
     }
