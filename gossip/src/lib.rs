@@ -26,7 +26,8 @@ pub use gossip::{Config, Event, Gossip, Location, Output, Scope};
 pub use handoff::{Handoff, MAX_HANDOFF_BYTES, SignedHandoff};
 pub use membership::{Heard, PeerInfo, View};
 pub use naming::{
-    MAX_NAME_RECORD_BYTES, NAME_KEY_PREFIX, NameRecord, open_name, record_key, seal_name,
+    Filing, MAX_NAME_RECORD_BYTES, NAME_KEY_PREFIX, NameRecord, file_over, open_name, record_key,
+    seal_name,
 };
 pub use placement::{Candidate, Need, Placement, place};
 pub use policy::{Decision, PeerLoad, Placed, Placer, Policy, PolicyConfig};

@@ -79,6 +79,39 @@ pub fn open_name(
     })
 }
 
+/// What a table does with a record offered for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Filing {
+    /// Store it (nothing held, or what is held is superseded or cannot be opened).
+    Store,
+    /// It is the record held already: nothing to do.
+    Same,
+}
+
+/// Whether a table that holds `held` under `key` takes `offered` there: the one rule of every
+/// table of names, the node's Kademlia store and the simulator's alike. Refused if `offered`
+/// does not open as its host's claim to the name filed under `key`, or does not supersede
+/// what is held.
+pub fn file_over(
+    key: &[u8],
+    offered: &[u8],
+    held: Option<&[u8]>,
+    swarm: Option<&SwarmKey>,
+    verified: Option<&Verified>,
+) -> Result<Filing, Reject> {
+    let new = open_name(key, offered, swarm, verified)?;
+    let Some(old) = held.and_then(|h| open_name(key, h, swarm, verified).ok()) else {
+        return Ok(Filing::Store);
+    };
+    if new.supersedes(&old) {
+        Ok(Filing::Store)
+    } else if new == old {
+        Ok(Filing::Same)
+    } else {
+        Err(Reject::Superseded(new.hosted.name))
+    }
+}
+
 impl NameRecord {
     /// Whether a store should keep `self` instead of `old` (filed under the same key): the same
     /// host saying it again later, or the next epoch handed over by `old`'s host. A higher

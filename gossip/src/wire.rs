@@ -142,6 +142,10 @@ pub enum Reject {
     /// A bounded structure is full (its counter's label): refused until room frees up.
     #[error("refused, no room: {0}")]
     Full(&'static str),
+    /// A name record offered to a table that holds a record it does not supersede (see
+    /// [`crate::NameRecord::supersedes`]).
+    #[error("the record offered for {0} does not supersede the one held")]
+    Superseded(String),
 }
 
 impl Reject {
@@ -157,6 +161,7 @@ impl Reject {
             Reject::Replay { .. } => "replay",
             Reject::OpenSwarm(_) => "open_swarm",
             Reject::Full(what) => what,
+            Reject::Superseded(_) => "superseded_name",
         }
     }
 }

@@ -37,8 +37,9 @@ struct Args {
     /// violations.
     #[arg(long)]
     faults: bool,
-    /// roaming: run the gossip membership (scoped to neighbours) on every roadside node and
-    /// place twins among the peers each view holds.
+    /// roaming: run the gossip membership (scoped to neighbours) on every roadside node, place
+    /// twins among the peers each view holds, and route requests by name as the node does
+    /// (adverts of neighbours, records in a modelled Kademlia table).
     #[arg(long)]
     membership: bool,
     /// churn: node 0 proposes a federation of the west zone, and dies at the end.

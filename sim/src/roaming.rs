@@ -11,7 +11,10 @@
 //! it, and any node that forwards it requests, as a real node connects to the peers that talk
 //! to it), over the simulated network; a host then places its twins among the peers its view
 //! holds, with the loads, room and labels their adverts say, and a crashed node lingers in views
-//! until its heartbeats are missed.
+//! until its heartbeats are missed. Names too are the node's: each host advertises its twins
+//! and files their records in the table (a modelled Kademlia, see `World`), and a request
+//! goes where its entry node's directory says (its neighbours' adverts, then the records it
+//! found), a former host sending it on, an unknown name looked up in the table.
 //!
 //! Faults (all off by default): migration messages lost at random, roadside nodes that crash
 //! and come back from their disks, and partitions that cut a square region off the rest. Both
@@ -138,6 +141,16 @@ pub struct Outcome {
     pub membership: Option<String>,
     /// Takeovers by a target whose source was gone or out of reach.
     pub takeovers: u64,
+    /// With membership (names on): requests that went first to a node that no longer hosts
+    /// the twin (it sent them on), and how long after the twin's move the last such one came;
+    /// requests whose entry node did not know where the twin was yet (it looked the name up
+    /// in the table; not served in time).
+    pub forwarded: u64,
+    pub route_lag_max_ms: u64,
+    pub unrouted: u64,
+    /// Lookups of names in the table, and those that found a record.
+    pub lookups: u64,
+    pub lookups_found: u64,
     /// Invariant violations: two hosts at once, a twin lost, an epoch that went back.
     pub two_hosts: u64,
     pub lost: u64,
@@ -194,6 +207,10 @@ struct Twin {
     host: usize,
     epoch: u64,
     migration: Option<Moving>,
+    /// The hand-off its last move's source signed to its host (none if it never moved).
+    handoff: Option<continuum_gossip::SignedHandoff>,
+    /// When it last moved, ms.
+    moved_at: u64,
 }
 
 /// A twin on its way to another node.
@@ -243,7 +260,13 @@ struct Sim<'a> {
     next_migration: u64,
     /// The roadside nodes' gossip, with `membership`.
     world: Option<World>,
+    /// With membership: where an entry node sends a twin's requests, and when its directory
+    /// said so (it reads it again a second on, as a node's snapshot follows its gossip).
+    routes: HashMap<(usize, usize), (usize, u64)>,
 }
+
+/// How long an entry node's route to a twin stands before its directory is read again, ms.
+const ROUTE_FOR_MS: u64 = 1000;
 
 pub fn run(c: &Roaming) -> Outcome {
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(c.seed);
@@ -253,8 +276,10 @@ pub fn run(c: &Roaming) -> Outcome {
             loss: c.faults.loss,
             ..NetConfig::default()
         };
+        // The node's own: scoped to neighbours, names filed and found in the table.
         let cfg = continuum_gossip::Config {
             scope: continuum_gossip::Scope::Neighbours,
+            names: true,
             ..continuum_gossip::Config::default()
         };
         let mut w = World::new(c.seed, net, cfg);
@@ -332,6 +357,7 @@ pub fn run(c: &Roaming) -> Outcome {
         faults: Xoshiro256PlusPlus::seed_from_u64(c.seed ^ 0xfa17),
         next_migration: 0,
         world,
+        routes: HashMap::new(),
         pos,
     };
     for v in 0..c.vehicles {
@@ -351,12 +377,20 @@ pub fn run(c: &Roaming) -> Outcome {
             host,
             epoch: 1,
             migration: None,
+            handoff: None,
+            moved_at: 0,
         });
         sim.vehicles.push(Vehicle {
             pos: p,
             dir,
             twin: v,
         });
+    }
+    if sim.world.is_some() {
+        let hosts: std::collections::BTreeSet<usize> = sim.twins.iter().map(|t| t.host).collect();
+        for h in hosts {
+            sim.advertise(h);
+        }
     }
     sim.q.at(100_000, Ev::Tick);
     sim.q.at(1_000_000, Ev::Evaluate);
@@ -381,12 +415,28 @@ pub fn run(c: &Roaming) -> Outcome {
             .filter_map(|n| n.gossip.as_ref())
             .map(|g| g.view().len())
             .sum();
+        sim.out.lookups = k.lookups;
+        sim.out.lookups_found = k.lookups_found;
+        let o = &sim.out;
         sim.out.membership = Some(format!(
-            "membership: gossip scoped to neighbours on every node; {} messages ({:.2} per node per s), {} refused; views hold {:.1} peers on average; signatures: {checked} checked, {skipped} frames seen checked already",
+            "membership: gossip scoped to neighbours on every node; {} messages ({:.2} per node per s), {} refused; views hold {:.1} peers on average; signatures: {checked} checked, {skipped} frames seen checked already\n\
+             names: {} records filed, {} stored, {} refused; {} lookups, {} found a record, {} lost; \
+             requests sent on by a former host {} ({:.3} %), the last {} ms after its twin moved; not routed yet {} ({:.3} %)",
             k.direct_sent,
             k.direct_sent as f64 / c.nodes as f64 / c.seconds.max(1) as f64,
             k.rejected,
             views as f64 / c.nodes as f64,
+            k.names_filed,
+            k.names_stored,
+            k.names_refused,
+            k.lookups,
+            k.lookups_found,
+            k.lookups_lost,
+            o.forwarded,
+            100.0 * o.forwarded as f64 / o.requests.max(1) as f64,
+            o.route_lag_max_ms,
+            o.unrouted,
+            100.0 * o.unrouted as f64 / o.requests.max(1) as f64,
         ));
         sim.trace.update(w.trace_hash().as_bytes());
     }
@@ -630,19 +680,52 @@ impl Sim<'_> {
             let (p, t) = (veh.pos, veh.twin);
             let entry = self.nearest(p);
             let host = self.twins[t].host;
-            if !self.reachable(entry, host) {
+            // With names, the entry node sends the request where its directory says; a node
+            // that no longer hosts the twin sends it on (as `routing::forward` does).
+            let via = match self.world {
+                Some(_) => self.route(entry, t),
+                None => Some(host),
+            };
+            let Some(via) = via else {
+                self.out.unrouted += per_tick;
+                self.out.requests += per_tick;
+                self.second.0 += per_tick;
+                continue;
+            };
+            if via != host {
+                self.routes.remove(&(entry, t));
+                if let Some(w) = self.world.as_mut() {
+                    w.find_name(entry, &self.twins[t].name, true);
+                }
+            }
+            if !self.reachable(entry, via) || !self.reachable(via, host) {
                 self.out.unavailable += per_tick;
                 self.out.requests += per_tick;
                 self.second.0 += per_tick;
                 continue;
             }
+            if via != host {
+                self.out.forwarded += per_tick;
+                let lag = now.saturating_sub(self.twins[t].moved_at);
+                self.out.route_lag_max_ms = self.out.route_lag_max_ms.max(lag);
+            } else if via != entry
+                && let Some(w) = self.world.as_mut()
+            {
+                // A name in use is kept fresh (the gossip asks the table every 10 s at most).
+                w.find_name(entry, &self.twins[t].name, false);
+            }
+            let through = if via == host {
+                0.0
+            } else {
+                self.rtt_ms(via, host)
+            };
             for _ in 0..per_tick {
                 if let Some(mv) = self.twins[t].migration.as_mut()
                     && mv.frozen
                 {
                     mv.held.push(self.q.now_us());
                 } else {
-                    let ms = self.c.radio_ms + self.rtt_ms(entry, host);
+                    let ms = self.c.radio_ms + self.rtt_ms(entry, via) + through;
                     self.served(ms);
                 }
                 if self.c.policy != Policy::Pinned {
@@ -659,6 +742,53 @@ impl Sim<'_> {
             self.close_second();
         }
         self.q.after(100_000, Ev::Tick);
+    }
+
+    /// Where `entry` sends twin `t`'s requests: itself if it hosts it, else where its gossip's
+    /// directory says (its neighbours' adverts, then records found in the table), read again
+    /// once a second; none if the directory does not know (then it asks the table at once).
+    fn route(&mut self, entry: usize, t: usize) -> Option<usize> {
+        if self.twins[t].host == entry {
+            return Some(entry);
+        }
+        let now = self.q.now_ms();
+        if let Some(&(via, at)) = self.routes.get(&(entry, t))
+            && now.saturating_sub(at) < ROUTE_FOR_MS
+        {
+            return Some(via);
+        }
+        let w = self.world.as_mut()?;
+        let name = &self.twins[t].name;
+        match w.locate(entry, name).and_then(|l| self.index.get(&l.host)) {
+            Some(&via) => {
+                self.routes.insert((entry, t), (via, now));
+                Some(via)
+            }
+            None => {
+                self.routes.remove(&(entry, t));
+                w.find_name(entry, name, true);
+                None
+            }
+        }
+    }
+
+    /// Node `n`'s advert and name records say which twins it hosts now (with the hand-off
+    /// that brought each there).
+    fn advertise(&mut self, n: usize) {
+        let hosted = self
+            .twins
+            .iter()
+            .filter(|t| t.host == n)
+            .map(|t| continuum_gossip::Hosted {
+                name: t.name.clone(),
+                epoch: t.epoch,
+                digest: [0; 32],
+                handoff: t.handoff.clone(),
+            })
+            .collect();
+        if let Some(w) = self.world.as_mut() {
+            w.host(n, hosted);
+        }
     }
 
     /// Every second: each host runs the placement policy over the twins it hosts.
@@ -882,9 +1012,21 @@ impl Sim<'_> {
         let from = twin.host;
         twin.epoch = epoch;
         twin.host = to;
+        twin.moved_at = now;
         self.out.migrations += 1;
         self.second.2 += 1;
         let name = twin.name.clone();
+        if self.world.is_some() {
+            let source = crate::identity(self.c.seed, "node", from);
+            self.twins[t].handoff = Some(continuum_gossip::SignedHandoff::sign(
+                &source,
+                &name,
+                epoch,
+                self.ids[to],
+            ));
+            self.advertise(from);
+            self.advertise(to);
+        }
         self.placers
             .entry(to)
             .or_insert_with(|| Placer::new(PolicyConfig::default()))

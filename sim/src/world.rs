@@ -7,7 +7,8 @@
 use crate::net::{Net, NetConfig, Position};
 use crate::queue::Queue;
 use continuum_gossip::{
-    Config, Event, Gossip, Keypair, Output, PeerId, Resources, Scope, Verified,
+    Config, Event, Filing, Gossip, Hosted, Keypair, Location, Output, PeerId, Resources, Scope,
+    Verified,
 };
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
@@ -31,7 +32,14 @@ enum Ev {
         from: PeerId,
         bytes: Arc<[u8]>,
     },
+    /// A record a host filed reaches the table, its lookup done.
+    Filed { key: Vec<u8>, record: Vec<u8> },
+    /// A node's lookup of `key` in the table is done: it gets the record held then, if any.
+    Looked { node: usize, key: Vec<u8> },
 }
+
+/// How long the table holds a record not filed again (as the node's Kademlia store does).
+const NAME_RECORD_TTL_MS: u64 = 15 * 60 * 1000;
 
 pub struct SimNode {
     pub id: PeerId,
@@ -49,6 +57,8 @@ pub struct SimNode {
     incarnation: u64,
     /// Labels it advertises (on top of the world's resources).
     pub labels: std::collections::BTreeMap<String, String>,
+    /// The components it hosts (kept on its disk: a restarted node hosts them again).
+    pub hosted: Vec<Hosted>,
 }
 
 /// Counts of what happened, for the summary.
@@ -63,6 +73,15 @@ pub struct Counters {
     pub rejected: u64,
     pub peer_up: u64,
     pub peer_down: u64,
+    /// Names: records filed, stored by the table, refused by it; lookups, and those that
+    /// found a record.
+    pub names_filed: u64,
+    pub names_stored: u64,
+    pub names_refused: u64,
+    pub lookups: u64,
+    pub lookups_found: u64,
+    /// Lookups that reached no node (every try lost or cut off).
+    pub lookups_lost: u64,
 }
 
 pub struct World {
@@ -81,6 +100,11 @@ pub struct World {
     /// of the frame, so a frame a node sends to all its neighbours is checked once, not once
     /// per neighbour, and what every node decides is the same as with a check each.
     pub verified: Verified,
+    /// The distributed table of names (the node's Kademlia), modelled as one store whose
+    /// every filing and lookup takes a Kademlia lookup's time (see `lookup_us`); what it takes
+    /// in is decided by the table's rule the node applies (`continuum_gossip::file_over`).
+    /// Not modelled: the store's nodes failing (Kademlia keeps eight copies).
+    names: HashMap<Vec<u8>, (Vec<u8>, u64)>,
 }
 
 impl World {
@@ -102,6 +126,7 @@ impl World {
             trace: blake3::Hasher::new(),
             counters: Counters::default(),
             verified: Verified::new(VERIFIED_FRAMES),
+            names: HashMap::new(),
         }
     }
 
@@ -140,6 +165,7 @@ impl World {
             timer_at: u64::MAX,
             incarnation: 0,
             labels: Default::default(),
+            hosted: Vec::new(),
         });
         self.index.insert(id, i);
         self.net.add_node();
@@ -162,6 +188,7 @@ impl World {
         let first_seq = incarnation << 40 | self.queue.now_us();
         let mut local = self.resources.clone();
         local.labels.extend(self.nodes[i].labels.clone());
+        local.components = self.nodes[i].hosted.clone();
         let mut gossip = Gossip::new(now, key, None, self.gossip_cfg.clone(), local, first_seq);
         gossip.share_verified(self.verified.clone());
         let node = &mut self.nodes[i];
@@ -247,8 +274,18 @@ impl World {
                         });
                     }
                 }
-                // The simulated nodes keep names to their neighbourhood (`names` off).
-                Output::File { .. } | Output::Find { .. } => {}
+                Output::File { key, record } => {
+                    self.counters.names_filed += 1;
+                    if let Some(d) = self.lookup_us(i) {
+                        self.queue.after(d, Ev::Filed { key, record });
+                    }
+                }
+                Output::Find { key } => {
+                    self.counters.lookups += 1;
+                    if let Some(d) = self.lookup_us(i) {
+                        self.queue.after(d, Ev::Looked { node: i, key });
+                    }
+                }
             }
         }
         let node = &mut self.nodes[i];
@@ -266,6 +303,59 @@ impl World {
                     generation,
                 },
             );
+        }
+    }
+
+    /// How long a Kademlia lookup from node `i` takes: about log2(N)/3 rounds (three peers
+    /// asked at once, each answer a bit closer), each a round trip to some node; a round whose
+    /// three tries are all lost or cut off ends it (none: counted).
+    fn lookup_us(&mut self, i: usize) -> Option<u64> {
+        let n = self.nodes.len().max(2) as f64;
+        let rounds = (n.log2() / 3.0).ceil().max(1.0) as u64;
+        let mut total = 0;
+        for _ in 0..rounds {
+            let leg = (0..3).find_map(|_| {
+                let j = self.rng.random_range(0..self.nodes.len());
+                let (a, b) = ((i, self.nodes[i].pos), (j, self.nodes[j].pos));
+                let there = self.net.delay_us(&mut self.rng, a, b)?;
+                let back = self.net.delay_us(&mut self.rng, b, a)?;
+                self.nodes[j].alive.then_some(there + back)
+            });
+            match leg {
+                Some(d) => total += d,
+                None => {
+                    self.counters.lookups_lost += 1;
+                    return None;
+                }
+            }
+        }
+        Some(total)
+    }
+
+    /// Node `i` hosts `hosted` from now on (its advert says so, and it files the names).
+    pub fn host(&mut self, i: usize, hosted: Vec<Hosted>) {
+        let now = self.now_ms();
+        self.nodes[i].hosted = hosted.clone();
+        let mut local = self.resources.clone();
+        local.labels.extend(self.nodes[i].labels.clone());
+        local.components = hosted;
+        if let Some(g) = self.nodes[i].gossip.as_mut() {
+            g.set_local(now, local);
+            self.flush(i);
+        }
+    }
+
+    /// Where node `i`'s directory says component `name` is (none: it does not know).
+    pub fn locate(&mut self, i: usize, name: &str) -> Option<Location> {
+        self.nodes[i].gossip.as_mut()?.locate(name)
+    }
+
+    /// Node `i` wants to reach `name` (see `Gossip::find_name`).
+    pub fn find_name(&mut self, i: usize, name: &str, urgent: bool) {
+        let now = self.now_ms();
+        if let Some(g) = self.nodes[i].gossip.as_mut() {
+            g.find_name(now, name, urgent);
+            self.flush(i);
         }
     }
 
@@ -324,6 +414,42 @@ impl World {
                             self.counters.rejected += 1;
                         }
                         self.flush(to);
+                    }
+                }
+                Ev::Filed { key, record } => {
+                    self.trace(8, 0, &record);
+                    let held = self
+                        .names
+                        .get(&key)
+                        .filter(|(_, until)| *until > now)
+                        .map(|(r, _)| r.as_slice());
+                    match continuum_gossip::file_over(
+                        &key,
+                        &record,
+                        held,
+                        None,
+                        Some(&self.verified),
+                    ) {
+                        Ok(Filing::Store) => {
+                            self.counters.names_stored += 1;
+                            self.names.insert(key, (record, now + NAME_RECORD_TTL_MS));
+                        }
+                        Ok(Filing::Same) => {}
+                        Err(_) => self.counters.names_refused += 1,
+                    }
+                }
+                Ev::Looked { node, key } => {
+                    self.trace(9, node, &key);
+                    let Some((record, _)) = self.names.get(&key).filter(|(_, until)| *until > now)
+                    else {
+                        continue;
+                    };
+                    if let Some(g) = self.nodes[node].gossip.as_mut() {
+                        self.counters.lookups_found += 1;
+                        if g.handle_name_record(now, &key, record).is_err() {
+                            self.counters.rejected += 1;
+                        }
+                        self.flush(node);
                     }
                 }
             }

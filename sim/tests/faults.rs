@@ -79,3 +79,38 @@ fn with_gossip_membership_twins_follow_through_faults_and_keep_the_invariants() 
         a.summary
     );
 }
+
+/// With membership, names are the node's: a twin that stays where it was deployed while its
+/// vehicle drives away is soon beyond every entry node's neighbourhood, and is found through
+/// the records its host filed in the table; a twin that follows its vehicle is routed to its
+/// new host within 2 s of each move, a former host sending on what comes before.
+#[test]
+fn with_membership_names_are_found_beyond_the_neighbourhood_and_follow_moves() {
+    let run = |policy| {
+        roaming::run(&Roaming {
+            membership: true,
+            ..Roaming::new(200, 5, 180, policy)
+        })
+    };
+    let pinned = run(Policy::Pinned);
+    eprintln!("{}", pinned.summary);
+    assert!(
+        pinned.lookups_found > 0 && pinned.lookups_found <= pinned.lookups,
+        "{}",
+        pinned.summary
+    );
+    assert!(
+        (pinned.unrouted as f64) < 0.01 * pinned.requests as f64,
+        "{}",
+        pinned.summary
+    );
+    let moving = run(Policy::FollowTraffic);
+    eprintln!("{}", moving.summary);
+    assert!(moving.migrations > 0, "{}", moving.summary);
+    assert!(moving.route_lag_max_ms <= 2000, "{}", moving.summary);
+    assert!(
+        (moving.unrouted + moving.unavailable) as f64 / (moving.requests as f64) < 0.01,
+        "{}",
+        moving.summary
+    );
+}

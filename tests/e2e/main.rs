@@ -19,6 +19,7 @@ mod mdns;
 mod mesh;
 mod migrate;
 mod names;
+mod newcomers;
 mod open_swarm;
 mod placement;
 mod rpc;

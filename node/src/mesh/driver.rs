@@ -227,12 +227,18 @@ pub struct Driver {
     /// The peers that would not have this node as a neighbour lately, and when; not asked again for `REFUSED_FOR` (unless they ask), or a node with all the
     /// neighbours it takes and its peers would ask each other round and round.
     refused_by: HashMap<PeerId, Instant>,
+    /// When a neighbour last made room for a newcomer (see `make_room`).
+    last_eviction: Option<Instant>,
     /// Requests for peers this node has no address of (no neighbour, not in its view), held until a Kademlia lookup of the peer ends.
     awaiting_address: HashMap<PeerId, Vec<(Protocol, Envelope, Pending)>>,
 }
 
 const REFUSED_FOR: Duration = Duration::from_secs(60);
 const ALONE_REFUSED_FOR: Duration = Duration::from_secs(5);
+
+/// A full node makes room for a newcomer at most this often: each eviction costs a neighbour,
+/// and syncs from fresh identities claiming to know no one are free to forge.
+const EVICT_EVERY: Duration = Duration::from_secs(10);
 
 /// The first and the longest gap between dials of the `--join` peers while a node is alone.
 const REJOIN_FIRST: Duration = Duration::from_secs(1);
@@ -317,6 +323,7 @@ impl Driver {
             last_walk: None,
             walk_every: WALK_FIRST,
             refused_by: HashMap::new(),
+            last_eviction: None,
             awaiting_address: HashMap::new(),
         })
     }
@@ -872,15 +879,24 @@ impl Driver {
 
     /// Take on `peer`, a node with no peer at all (see `Gossip::from_newcomer`), though this
     /// node has all the neighbours it takes: the one with the highest peer id makes room (it hears
-    /// 429 next time, and looks for another). True if it was taken on.
+    /// 429 next time, and looks for another), once per `EVICT_EVERY` at most (a newcomer
+    /// refused asks again, or another). True if it was taken on.
     fn make_room(&mut self, peer: PeerId, bytes: &[u8]) -> bool {
         if !self.gossip.from_newcomer(bytes) {
+            return false;
+        }
+        if self
+            .last_eviction
+            .is_some_and(|at| at.elapsed() < EVICT_EVERY)
+        {
+            self.metrics.mesh_reject("eviction_limited");
             return false;
         }
         let Some(&out) = self.gossip.connected().iter().next_back() else {
             return false;
         };
         tracing::debug!(%peer, %out, "a peer with no neighbour taken on instead of another");
+        self.last_eviction = Some(Instant::now());
         let now = self.now();
         self.gossip.handle_disconnected(now, out);
         self.take_on(peer)
@@ -1002,18 +1018,18 @@ impl Driver {
         // The same records come again and again (refilings, replication): each signature is
         // checked once, in the gossip's cache of frames that verified.
         let (key, seen) = (self.key.as_ref(), Some(self.gossip.verified()));
-        let new = continuum_gossip::open_name(record.key.as_ref(), &record.value, key, seen)
-            .map_err(|e| e.reason())?;
         let store = self.swarm.behaviour_mut().kad.store_mut();
-        if let Some(old) = store.get(&record.key)
-            && let Ok(old) = continuum_gossip::open_name(old.key.as_ref(), &old.value, key, seen)
-            && !new.supersedes(&old)
-        {
-            return if new == old {
-                Ok(())
-            } else {
-                Err("superseded_name")
-            };
+        let held = store.get(&record.key).map(|r| r.value.clone());
+        let filing = continuum_gossip::file_over(
+            record.key.as_ref(),
+            &record.value,
+            held.as_deref(),
+            key,
+            seen,
+        )
+        .map_err(|e| e.reason())?;
+        if filing == continuum_gossip::Filing::Same {
+            return Ok(());
         }
         let mut record = record;
         // The expiry is this node's to set: a filer cannot make a record outlive its refilings.
