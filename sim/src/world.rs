@@ -186,9 +186,7 @@ impl World {
         let key = self.key(i);
         // A restarted node starts its sequence numbers past its former self's.
         let first_seq = incarnation << 40 | self.queue.now_us();
-        let mut local = self.resources.clone();
-        local.labels.extend(self.nodes[i].labels.clone());
-        local.components = self.nodes[i].hosted.clone();
+        let local = self.local(i);
         let mut gossip = Gossip::new(now, key, None, self.gossip_cfg.clone(), local, first_seq);
         gossip.share_verified(self.verified.clone());
         let node = &mut self.nodes[i];
@@ -332,13 +330,19 @@ impl World {
         Some(total)
     }
 
+    /// What node `i` advertises: the world's resources, its labels, what it hosts.
+    fn local(&self, i: usize) -> Resources {
+        let mut local = self.resources.clone();
+        local.labels.extend(self.nodes[i].labels.clone());
+        local.components = self.nodes[i].hosted.clone();
+        local
+    }
+
     /// Node `i` hosts `hosted` from now on (its advert says so, and it files the names).
     pub fn host(&mut self, i: usize, hosted: Vec<Hosted>) {
         let now = self.now_ms();
-        self.nodes[i].hosted = hosted.clone();
-        let mut local = self.resources.clone();
-        local.labels.extend(self.nodes[i].labels.clone());
-        local.components = hosted;
+        self.nodes[i].hosted = hosted;
+        let local = self.local(i);
         if let Some(g) = self.nodes[i].gossip.as_mut() {
             g.set_local(now, local);
             self.flush(i);

@@ -117,7 +117,6 @@ async fn a_federation_announced_for_ever_dissolves_within_the_nodes_bound() {
 /// streams unread and drop the rest, each counted; once a peer proves the key, both answer it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_learns_nothing_from_identify_or_kademlia_before_it_proves_the_key() {
-    use futures::AsyncReadExt;
     const IDENTIFY: &str = "/ipfs/id/1.0.0";
     const KAD: &str = "/continuum/kad/1";
     // A Kademlia FIND_NODE (protobuf: type = 4, key = a peer id), length-prefixed.
@@ -149,14 +148,7 @@ async fn a_peer_learns_nothing_from_identify_or_kademlia_before_it_proves_the_ke
     let mut early = holder.stream(libp2p::StreamProtocol::new(IDENTIFY)).await;
     holder.prove().await;
     let me = holder.id.public().to_peer_id().to_bytes();
-    let mut identified = Vec::new();
-    let read = async {
-        let mut buf = [0u8; 4096];
-        while let Ok(n @ 1..) = early.read(&mut buf).await {
-            identified.extend_from_slice(&buf[..n]);
-        }
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(10), holder.drive(read)).await;
+    let identified = holder.read_within(&mut early, Duration::from_secs(5)).await;
     assert!(
         !identified.is_empty(),
         "identify never answered the stream the holder opened before its proof"

@@ -162,16 +162,20 @@ impl Stranger {
     ) -> Vec<u8> {
         let mut s = self.stream(libp2p::StreamProtocol::new(protocol)).await;
         let mut got = Vec::new();
-        let mut buf = [0u8; 4096];
-        let read = async {
+        let exchange = async {
             if s.write_all(bytes).await.is_ok() {
                 let _ = s.close().await;
             }
-            while let Ok(n @ 1..) = s.read(&mut buf).await {
-                got.extend_from_slice(&buf[..n]);
-            }
+            read_to_close(&mut s, &mut got).await;
         };
-        let _ = tokio::time::timeout(within, self.drive(read)).await;
+        let _ = tokio::time::timeout(within, self.drive(exchange)).await;
+        got
+    }
+
+    /// What the node writes on `s` until it closes it, or until `within` is over.
+    pub async fn read_within(&mut self, s: &mut libp2p::Stream, within: Duration) -> Vec<u8> {
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(within, self.drive(read_to_close(s, &mut got))).await;
         got
     }
 
@@ -227,5 +231,13 @@ impl Stranger {
         let (got, reply) = self.reply(lane).await.expect("the node closed the lane");
         assert_eq!(got, id, "the reply carries the request's id");
         rpc::open(self.key.as_ref(), &reply).unwrap()
+    }
+}
+
+/// Append what comes on `s` to `got` until the node closes it (or it fails).
+async fn read_to_close(s: &mut libp2p::Stream, got: &mut Vec<u8>) {
+    let mut buf = [0u8; 4096];
+    while let Ok(n @ 1..) = s.read(&mut buf).await {
+        got.extend_from_slice(&buf[..n]);
     }
 }
