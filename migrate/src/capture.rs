@@ -166,6 +166,28 @@ impl StateHandles {
         Ok(Snapshot::new(meta, module_digest, memories, globals))
     }
 
+    /// Every memory, for reading while the component runs ([`crate::LiveMemory`]); `None`
+    /// where a memory might move when it grows (Wasmtime moves a memory only when it outgrows
+    /// its reservation, which on 64-bit hosts covers any 32-bit memory whole).
+    ///
+    /// # Safety
+    /// The caller must keep this instance (its store) alive while any of them is used.
+    pub unsafe fn live(&self, store: impl AsContext) -> Option<Vec<crate::LiveMemory>> {
+        if !cfg!(target_pointer_width = "64") {
+            return None;
+        }
+        self.memories
+            .iter()
+            .map(|m| {
+                let (ptr, len) = (m.data_ptr(&store), m.data_size(&store));
+                let movable = m.ty(&store).is_64() || !(ptr as usize).is_multiple_of(PAGE_SIZE);
+                // SAFETY: the memory stays where it is while the instance lives (see above),
+                // which our caller promised.
+                (!movable).then(|| unsafe { crate::LiveMemory::new(ptr, len) })
+            })
+            .collect()
+    }
+
     /// The length of every memory, in bytes.
     pub fn memory_lens(&self, store: impl AsContext) -> Vec<usize> {
         self.memories.iter().map(|m| m.data_size(&store)).collect()

@@ -143,6 +143,10 @@ pub enum ToSource {
     Accepted {
         id: MigrationId,
         need_module: bool,
+        /// How the source may reach the target directly for the pages (opaque here: the
+        /// node's own; empty if it may not, and the pages go as the other messages do).
+        #[serde(with = "serde_bytes", default, skip_serializing_if = "Vec::is_empty")]
+        direct: Vec<u8>,
     },
     Rejected {
         id: MigrationId,
@@ -593,6 +597,7 @@ impl Target {
                 ToSource::Accepted {
                     id,
                     need_module: !have_module,
+                    direct: Vec::new(),
                 },
             ),
         }

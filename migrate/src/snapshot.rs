@@ -207,7 +207,7 @@ impl MemoryImage {
 
 /// Whether a page is all zero; stops at the first non-zero word, so live pages cost almost
 /// nothing to check.
-fn is_zero(page: &[u8]) -> bool {
+pub(crate) fn is_zero(page: &[u8]) -> bool {
     // SAFETY: any 8 initialised bytes are a valid u64.
     let (head, words, tail) = unsafe { page.align_to::<u64>() };
     head.iter().all(|&b| b == 0) && words.iter().all(|&w| w == 0) && tail.iter().all(|&b| b == 0)

@@ -75,7 +75,14 @@ impl Node {
         Ok(r.body)
     }
 
-    async fn migrate(&self, name: &str, to: &Node, stop_and_copy: bool) -> Result<Progress> {
+    /// Move `name` to `to`; the migration's report, and when (ms after the start) each step
+    /// it went through began.
+    async fn migrate(
+        &self,
+        name: &str,
+        to: &Node,
+        stop_and_copy: bool,
+    ) -> Result<(Progress, Vec<(String, f64)>)> {
         let body = serde_json::json!({ "to": to.peer, "stop_and_copy": stop_and_copy });
         let p: Progress = serde_json::from_slice(
             &self
@@ -87,14 +94,18 @@ impl Node {
                 .await?,
         )?;
         let started = Instant::now();
+        let mut steps: Vec<(String, f64)> = Vec::new();
         loop {
             let p: Progress = serde_json::from_slice(
                 &self
                     .call(Method::GET, &format!("/v1/migrations/{}", p.id), "")
                     .await?,
             )?;
+            if steps.last().is_none_or(|(s, _)| *s != p.step) {
+                steps.push((p.step.clone(), started.elapsed().as_secs_f64() * 1e3));
+            }
             if p.finished {
-                return Ok(p);
+                return Ok((p, steps));
             }
             if started.elapsed() > Duration::from_secs(120) {
                 bail!("migration {} did not finish in 120 s", p.id);
@@ -198,7 +209,7 @@ async fn main() -> Result<()> {
                         tokio::spawn(probe(a.addr, format!("/c/{name}/ping"), stop.clone()));
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     let began = Instant::now();
-                    let p = host.0.migrate(&name, host.1, stop_and_copy).await?;
+                    let (p, steps) = host.0.migrate(&name, host.1, stop_and_copy).await?;
                     let ended = began.elapsed();
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     stop.store(true, Ordering::Relaxed);
@@ -214,10 +225,15 @@ async fn main() -> Result<()> {
                             })
                             .collect();
                         let all: Vec<Duration> = probed.iter().map(|&(_, d)| d).collect();
+                        let steps: Vec<String> = steps
+                            .iter()
+                            .map(|(s, t)| format!("{s} at {t:.0}"))
+                            .collect();
                         eprintln!(
-                            "{name} to {}: {:.0} ms, {} requests, p99 {:.1} ms; slower than {ms} ms: {}",
+                            "{name} to {}: {:.0} ms ({}), {} requests, p99 {:.1} ms; slower than {ms} ms: {}",
                             &host.1.peer[host.1.peer.len().saturating_sub(6)..],
                             ended.as_secs_f64() * 1e3,
+                            steps.join(", "),
                             all.len(),
                             pct(&all, 0.99),
                             slow.join(", ")

@@ -9,12 +9,14 @@
 pub fn init() {
     let _ = rayon::ThreadPoolBuilder::new()
         .thread_name(|i| format!("bulk-{i}"))
-        .start_handler(|_| lower_priority())
+        .start_handler(|_| background())
         .panic_handler(|_| tracing::error!("bulk work panicked"))
         .build_global();
 }
 
-fn lower_priority() {
+/// Lower this thread's priority to that of bulk work (see above): the pool's threads, and
+/// those of migrations' direct connections.
+pub fn background() {
     #[cfg(target_os = "linux")]
     // SAFETY: plain system calls on this thread's own id (Linux keeps the policy and the nice
     // value per thread), with a live struct of the declared layout.

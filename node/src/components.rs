@@ -627,13 +627,15 @@ impl Components {
     async fn write_snapshot(&self, snap: &Snapshot, trigger: &'static str) -> Result<(), ApiError> {
         let path = self.dir.snapshot(&snap.meta.name);
         let snap = snap.clone();
-        let written = blocking(move || {
+        // In the background (see `bulk`): a large snapshot takes a while to write.
+        let written = crate::bulk::run(move || {
             if crate::fault::faulty_file("disk-full") {
                 anyhow::bail!("no space left on device (fault injection)");
             }
             write_atomic_with(&path, |w| snap.write_to(w))
         })
-        .await?;
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
         let len = match written {
             Ok(len) => len,
             Err(e) => {

@@ -29,6 +29,9 @@ pub struct Node {
     pub metrics: Arc<Metrics>,
     pub info: NodeInfo,
     pub h3_port: u16,
+    /// TLS for migrations' direct connections (the node's certificate), and its SHA-256.
+    pub direct_tls: Arc<rustls::ServerConfig>,
+    pub cert_sha256: [u8; 32],
     pub started: Instant,
     /// Fingerprint of the swarm key, if the swarm is closed.
     pub swarm_key: Option<String>,

@@ -133,17 +133,17 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// whole in memory); the bytes written.
 pub fn write_atomic_with(
     path: &Path,
-    write: impl FnOnce(&mut std::io::BufWriter<fs::File>) -> std::io::Result<()>,
+    write: impl FnOnce(&mut std::io::BufWriter<Pieces>) -> std::io::Result<()>,
 ) -> Result<u64> {
     let tmp = path.with_extension(format!(
         "{}.tmp",
         path.extension().and_then(|e| e.to_str()).unwrap_or("")
     ));
     let f = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+    let mut w = std::io::BufWriter::with_capacity(PIECE, Pieces(f));
     let len = write(&mut w)
         .and_then(|_| w.into_inner().map_err(|e| e.into_error()))
-        .and_then(|f| {
+        .and_then(|Pieces(f)| {
             f.sync_all()?;
             f.metadata().map(|m| m.len())
         })
@@ -153,6 +153,25 @@ pub fn write_atomic_with(
         fs::File::open(dir).and_then(|d| d.sync_all()).ok();
     }
     Ok(len)
+}
+
+/// The most a file write hands the kernel at once.
+const PIECE: usize = 64 << 10;
+
+/// A file written at most [`PIECE`] bytes per system call. Why: a write runs to its end in the
+/// kernel (copying into the page cache) and is not preempted meanwhile on kernels built
+/// without preemption, so a 64 MiB snapshot written in one call held up every request thread
+/// woken on that core for tens of milliseconds (BENCHMARKS.md, 2026-12-07).
+pub struct Pieces(fs::File);
+
+impl Write for Pieces {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(&buf[..buf.len().min(PIECE)])
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
 }
 
 #[cfg(unix)]

@@ -33,6 +33,12 @@ pub struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PathLabels {
+    /// `direct` (a migration's own TCP connection) or `mesh`.
+    pub path: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DirectionLabels {
     /// `in` or `out`.
     pub direction: &'static str,
@@ -98,6 +104,8 @@ pub struct Metrics {
     pub migration_held_seconds: Histogram,
     /// Page bytes sent by migrations from this node.
     pub migration_bytes: Counter,
+    /// Messages of pages sent by migrations from this node, by the way they went.
+    pub migration_pages: Family<PathLabels, Counter>,
     pub updates: Family<OutcomeLabels, Counter>,
 }
 
@@ -132,6 +140,7 @@ impl Default for Metrics {
             migration_downtime_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             migration_held_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             migration_bytes: Counter::default(),
+            migration_pages: Family::default(),
             updates: Family::default(),
         };
         let r = &mut m.registry;
@@ -260,6 +269,11 @@ impl Default for Metrics {
             "migration_bytes",
             "Page bytes sent by migrations from this node",
             m.migration_bytes.clone(),
+        );
+        r.register(
+            "migration_pages",
+            "Messages of pages sent by migrations from this node, by path (direct, mesh)",
+            m.migration_pages.clone(),
         );
         r.register(
             "updates",

@@ -218,6 +218,8 @@ async fn run_node(config: NodeConfig, dir: DataDir, key: libp2p::identity::Keypa
         metrics,
         info: info.clone(),
         h3_port: addr.port(),
+        direct_tls: tls::rustls_server(&cert, crate::migration::DIRECT_ALPN)?,
+        cert_sha256: cert.sha256,
         started: Instant::now(),
         config,
     });

@@ -1,6 +1,8 @@
-//! TLS for HTTP/3: a self-signed certificate per node (made with rcgen, kept in the data dir),
-//! and a client verifier that pins the certificate's SHA-256 (published in `node.json`) instead
-//! of trusting a certificate authority: a mesh of edge boxes has no CA and no DNS names.
+//! TLS for HTTP/3 and for the direct connections of migrations (TCP, `migration/direct.rs`): a
+//! self-signed certificate per node (made with rcgen, kept in the data dir), and a client
+//! verifier that pins the certificate's SHA-256 (published in `node.json`, or sent over the
+//! mesh) instead of trusting a certificate authority: a mesh of edge boxes has no CA and no DNS
+//! names.
 
 use crate::datadir::{DataDir, write_atomic};
 use anyhow::{Context, Result};
@@ -47,28 +49,39 @@ pub fn load_or_create(dir: &DataDir) -> Result<NodeCert> {
 
 /// QUIC server configuration for HTTP/3.
 pub fn server_config(cert: &NodeCert) -> Result<quinn::ServerConfig> {
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.cert.clone()], cert.key.clone_key())
-        .context("loading the node's certificate")?;
-    tls.alpn_protocols = vec![ALPN_H3.to_vec()];
-    tls.max_early_data_size = 0;
-    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
+    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(rustls_server(cert, ALPN_H3)?)?;
     Ok(quinn::ServerConfig::with_crypto(Arc::new(quic)))
 }
 
 /// QUIC client configuration that accepts exactly the certificate whose SHA-256 is `pin`.
 pub fn client_config(pin: [u8; 32]) -> Result<quinn::ClientConfig> {
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(rustls_client(pin, ALPN_H3)?)?;
+    Ok(quinn::ClientConfig::new(Arc::new(quic)))
+}
+
+/// TLS 1.3 server configuration with the node's certificate, for clients that offer `alpn`.
+pub fn rustls_server(cert: &NodeCert, alpn: &[u8]) -> Result<Arc<rustls::ServerConfig>> {
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.clone()], cert.key.clone_key())
+        .context("loading the node's certificate")?;
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    tls.max_early_data_size = 0;
+    Ok(Arc::new(tls))
+}
+
+/// TLS 1.3 client configuration that accepts exactly the certificate whose SHA-256 is `pin`,
+/// offering `alpn`.
+pub fn rustls_client(pin: [u8; 32], alpn: &[u8]) -> Result<Arc<rustls::ClientConfig>> {
     let provider = provider();
     let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(PinnedCert { pin, provider }))
         .with_no_client_auth();
-    tls.alpn_protocols = vec![ALPN_H3.to_vec()];
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
-    Ok(quinn::ClientConfig::new(Arc::new(quic)))
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    Ok(Arc::new(tls))
 }
 
 /// Parse a pin given as 64 hex digits.
@@ -112,9 +125,7 @@ impl ServerCertVerifier for PinnedCert {
         _: &CertificateDer<'_>,
         _: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General(
-            "TLS 1.2 is not used for HTTP/3".into(),
-        ))
+        Err(rustls::Error::General("a node speaks TLS 1.3 only".into()))
     }
 
     fn verify_tls13_signature(

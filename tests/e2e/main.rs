@@ -11,6 +11,7 @@ mod bad_input;
 mod bad_names;
 mod calls;
 mod closed_swarm;
+mod direct;
 mod durability;
 mod engines;
 mod forged_epoch;

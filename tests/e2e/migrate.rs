@@ -15,7 +15,7 @@ pub(crate) fn args(_: usize) -> Vec<String> {
 }
 
 /// The arguments of a node of the test swarm, and `extra`.
-fn keyed<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+pub(crate) fn keyed<'a>(extra: &[&'a str]) -> Vec<&'a str> {
     let mut v = vec!["--swarm-key", swarm_key(), "--advert-expiry", "3s"];
     v.extend(extra);
     v

@@ -56,6 +56,16 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>) {
         let _ = stream.set_nodelay(true);
         let (node, alt_svc, conns) = (node.clone(), alt_svc.clone(), conns.clone());
         tokio::spawn(async move {
+            // A TLS handshake (its first byte is 22) is a migration's direct connection; HTTP
+            // comes in plain text.
+            let mut first = [0u8; 1];
+            if let Ok(Ok(1)) = tokio::time::timeout(HEADER_TIMEOUT, stream.peek(&mut first)).await
+                && first[0] == 0x16
+            {
+                let busy = conn.busy();
+                crate::migration::accept_direct(node, stream, (conn, busy));
+                return;
+            }
             let conn = Arc::new(conn);
             let on_conn = conn.clone();
             let gauge = node.metrics.http_connections.clone();

@@ -9,9 +9,11 @@
 //! The handshake logic lives in the sans-IO machines; `source.rs` and `target.rs` only carry
 //! out their actions, one file per role.
 
+mod direct;
 mod source;
 mod target;
 
+pub use direct::{ALPN as DIRECT_ALPN, accept as accept_direct};
 pub use source::{resolve_target, start};
 pub use target::on_message;
 
@@ -64,6 +66,8 @@ pub struct Migrations {
     incoming: Mutex<HashMap<MigrationId, (String, target::SharedStaged)>>,
     /// Recent migrations that made this node the host, for a source in doubt that asks late.
     hosted: Mutex<std::collections::VecDeque<MigrationId>>,
+    /// The tickets of the direct connections this node invited sources to.
+    direct: direct::Tickets,
 }
 
 /// Finished migrations kept for `GET /v1/migrations` and for targets that ask.
@@ -126,9 +130,10 @@ impl Migrations {
 /// Fault injection for the tests: with `CONTINUUM_FAULT=POINT`, the process dies (SIGKILL,
 /// as `kill -9`) when a migration reaches POINT: `target:offer`, `target:pages`,
 /// `target:final` (on receipt), `target:ready` (restored, before answering), `source:switch`
-/// (on the target's Ready, before switching). Two do not kill: with `source:bad-digest` the
+/// (on the target's Ready, before switching). Three do not kill: with `source:bad-digest` the
 /// source sends a wrong whole-state digest; with `target:cut` the target cuts its connections
-/// to the source on the first round it receives (once per process).
+/// to the source (the direct one too) on the first round it receives (once per process); with `target:bad-direct`
+/// the target invites the source to a port where nothing listens (the pages take the mesh).
 fn now(node: &Node) -> u64 {
     node.started.elapsed().as_millis() as u64
 }

@@ -1,8 +1,10 @@
 //! The source side of a migration: carry out what `continuum_migrate::Source` asks.
 
+use super::direct::{self, Direct};
 use super::{KEEP_FINISHED, Progress, RoundProgress, fault, faulty, now, step_timeout};
 use crate::components::ApiError;
 use crate::context::Node;
+use crate::metrics::PathLabels;
 use crate::runtime::ComponentHandle;
 use continuum_gossip::PeerId;
 use continuum_migrate::{
@@ -11,6 +13,7 @@ use continuum_migrate::{
 };
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 use tracing::Instrument;
 
 /// Start moving component `name` to `to`; it runs in the background, `progress` follows it.
@@ -95,13 +98,99 @@ pub fn resolve_target(node: &Node, name: &str, to: &str) -> Result<PeerId, ApiEr
     Ok(placed.peer)
 }
 
-/// Send one message to the target and wait (bounded) for its answer.
-async fn exchange(node: &Node, to: PeerId, msg: ToTarget) -> Result<ToSource, String> {
-    let limit = step_timeout(node);
-    match tokio::time::timeout(limit, node.mesh.migrate(to, msg)).await {
-        Ok(Ok(answer)) => Ok(answer),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("no answer within {limit:?}")),
+/// How the source reaches the target: the mesh, and for the pages the direct connection
+/// once the target invited it and it connected.
+struct Link {
+    node: Arc<Node>,
+    to: PeerId,
+    direct: Path,
+}
+
+enum Path {
+    Mesh,
+    Connecting(tokio::task::JoinHandle<Result<Direct, String>>),
+    Direct(Direct),
+}
+
+/// Longest the pages wait for the direct connection to come up before they take the mesh.
+const CONNECTING: Duration = Duration::from_secs(2);
+
+/// A part of a round that takes longer than this on the direct connection means its thread
+/// (at background priority) is starved on a saturated machine: the rest goes over the mesh.
+const STARVED: Duration = Duration::from_secs(2);
+
+impl Link {
+    /// Send one message to the target and wait (bounded) for its answer.
+    async fn exchange(&mut self, msg: ToTarget) -> Result<ToSource, String> {
+        let limit = step_timeout(&self.node);
+        let pages = direct::carries(&msg);
+        if pages && self.direct().await.is_some() {
+            self.counted("direct");
+            let Path::Direct(d) = &self.direct else {
+                unreachable!("checked above")
+            };
+            let started = Instant::now();
+            let answer = tokio::time::timeout(limit, d.exchange(msg))
+                .await
+                .unwrap_or_else(|_| Err(format!("no answer within {limit:?}")));
+            if answer.is_err() || started.elapsed() > STARVED {
+                tracing::info!(
+                    took = ?started.elapsed(),
+                    "the rest of the pages go over the mesh, not the direct connection"
+                );
+                self.direct = Path::Mesh;
+            }
+            return answer;
+        }
+        if pages {
+            self.counted("mesh");
+        }
+        match tokio::time::timeout(limit, self.node.mesh.migrate(self.to, msg)).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {limit:?}")),
+        }
+    }
+
+    fn counted(&self, path: &'static str) {
+        self.node
+            .metrics
+            .migration_pages
+            .get_or_create(&PathLabels { path })
+            .inc();
+    }
+
+    /// The target invited a direct connection: open it in the background (the module, if
+    /// it is sent, and the first round's capture go on meanwhile).
+    fn invited(&mut self, invite: Vec<u8>) {
+        let step = step_timeout(&self.node);
+        self.direct = Path::Connecting(tokio::task::spawn_blocking(move || {
+            Direct::connect(&invite, step)
+        }));
+    }
+
+    /// The direct connection, once it is up (waiting a little for it if it is coming).
+    async fn direct(&mut self) -> Option<&Direct> {
+        if let Path::Connecting(h) = &mut self.direct {
+            self.direct = match tokio::time::timeout(CONNECTING, h).await {
+                Ok(Ok(Ok(d))) => {
+                    tracing::info!(peer = %d.peer, "pages over a direct connection");
+                    Path::Direct(d)
+                }
+                Ok(Ok(Err(e))) => {
+                    tracing::info!("pages over the mesh: no direct connection ({e})");
+                    Path::Mesh
+                }
+                _ => {
+                    tracing::info!("pages over the mesh: the direct connection is slow to come");
+                    Path::Mesh
+                }
+            };
+        }
+        match &self.direct {
+            Path::Direct(d) => Some(d),
+            _ => None,
+        }
     }
 }
 
@@ -117,8 +206,7 @@ const PART_PAGES: usize = 256;
 /// part, encoded, for the message that ends them. An answer other than `PartApplied` (or a
 /// transport error) comes back as it is, for the machine.
 async fn send_parts(
-    node: &Node,
-    to: PeerId,
+    link: &mut Link,
     id: MigrationId,
     pages: Vec<MemoryDelta>,
 ) -> Result<Vec<u8>, Result<ToSource, String>> {
@@ -127,7 +215,7 @@ async fn send_parts(
     let last = parts.pop().expect("a round has at least one part");
     for part in parts {
         let bytes = encode(part).await;
-        match exchange(node, to, ToTarget::Part { id, pages: bytes }).await {
+        match link.exchange(ToTarget::Part { id, pages: bytes }).await {
             Ok(ToSource::PartApplied { .. }) => {}
             other => return Err(other),
         }
@@ -170,6 +258,11 @@ async fn drive(
     let given = offer.epoch + if faulty("source:bad-handoff") { 2 } else { 1 };
     let handoff = node.mesh.sign_handoff(&offer.name, given, to);
     let mut src = Source::new(now(&node), offer, cfg);
+    let mut link = Link {
+        node: node.clone(),
+        to,
+        direct: Path::Mesh,
+    };
     let mut maps: Vec<Vec<Digest>> = Vec::new();
     let migrations = &node.migrations;
     while let Some(action) = src.poll_action() {
@@ -177,16 +270,21 @@ async fn drive(
             SourceAction::Send(msg) => {
                 // After the end an Abort is a courtesy; in doubt, its answer settles things.
                 let courtesy = src.is_finished();
-                let answer = exchange(&node, to, msg).await;
+                let answer = link.exchange(msg).await;
                 if courtesy {
                     continue;
+                }
+                if let Ok(ToSource::Accepted { direct, .. }) = &answer
+                    && !direct.is_empty()
+                {
+                    link.invited(direct.clone());
                 }
                 answer
             }
             SourceAction::SendModule => {
                 migrations.update(id, |p| p.step = "module".into());
                 match node.components.runtime().module_bytes(&handle.digest) {
-                    Ok(wasm) => exchange(&node, to, ToTarget::Module { id, wasm }).await,
+                    Ok(wasm) => link.exchange(ToTarget::Module { id, wasm }).await,
                     Err(e) => {
                         src.abort(now(&node), &format!("the module is not at hand: {e}"));
                         continue;
@@ -208,10 +306,8 @@ async fn drive(
                                 bytes,
                             });
                         });
-                        match send_parts(&node, to, id, r.pages).await {
-                            Ok(pages) => {
-                                exchange(&node, to, ToTarget::Pages { id, round, pages }).await
-                            }
+                        match send_parts(&mut link, id, r.pages).await {
+                            Ok(pages) => link.exchange(ToTarget::Pages { id, round, pages }).await,
                             Err(answer) => answer,
                         }
                     }
@@ -232,7 +328,7 @@ async fn drive(
                         if faulty("source:bad-digest") {
                             digest[0] ^= 1;
                         }
-                        match send_parts(&node, to, id, f.round.pages).await {
+                        match send_parts(&mut link, id, f.round.pages).await {
                             Ok(pages) => {
                                 let last = ToTarget::Final {
                                     id,
@@ -242,7 +338,7 @@ async fn drive(
                                     carried: f.carried,
                                     handoff: handoff.clone(),
                                 };
-                                exchange(&node, to, last).await
+                                link.exchange(last).await
                             }
                             Err(answer) => answer,
                         }

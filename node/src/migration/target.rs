@@ -33,13 +33,7 @@ pub(super) type SharedStaged = Arc<tokio::sync::Mutex<Staged>>;
 /// The target side: answer one message of a migration to this node.
 pub async fn on_message(node: &Arc<Node>, from: PeerId, msg: ToTarget) -> ToSource {
     let id = msg.id();
-    static CUT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    if matches!(msg, ToTarget::Pages { .. } | ToTarget::Part { .. })
-        && faulty("target:cut")
-        && !CUT.swap(true, Ordering::Relaxed)
-    {
-        tracing::error!("fault injection: cutting the connection to {from}");
-        node.mesh.disconnect(from);
+    if cut(node, &msg, from) {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     // A freeze as long as the test likes: the last step waits while the file is there.
@@ -178,6 +172,20 @@ pub async fn on_message(node: &Arc<Node>, from: PeerId, msg: ToTarget) -> ToSour
     answer
 }
 
+/// Fault injection (`target:cut`): on the first round, cut the connections to the source;
+/// whether it did.
+pub(super) fn cut(node: &Node, msg: &ToTarget, from: PeerId) -> bool {
+    static CUT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let cut = matches!(msg, ToTarget::Pages { .. } | ToTarget::Part { .. })
+        && faulty("target:cut")
+        && !CUT.swap(true, Ordering::Relaxed);
+    if cut {
+        tracing::error!("fault injection: cutting the connection to {from}");
+        node.mesh.disconnect(from);
+    }
+    cut
+}
+
 /// The requests in flight a source sent with its last pages, checked against this node's
 /// limits (`None`: it sent none, as an ABI v1 component).
 fn carried_from(node: &Node, bytes: &[u8]) -> Result<Option<Carried>, String> {
@@ -200,6 +208,7 @@ async fn settle(node: &Node, id: MigrationId, st: &mut Staged) {
         return;
     }
     node.migrations.incoming.lock().unwrap().remove(&id);
+    node.migrations.direct.forget(id);
     if st.target.is_host() {
         node.migrations.hosted(id);
     } else {
@@ -293,12 +302,15 @@ async fn offered(node: &Arc<Node>, from: PeerId, offer: Offer) -> ToSource {
         }
     };
     let decision = verdict.map(|m| m.is_some());
-    let (target, answer) = Target::new(
+    let (target, mut answer) = Target::new(
         now(node),
         offer,
         decision,
         step_timeout(node).as_millis() as u64,
     );
+    if let ToSource::Accepted { direct, .. } = &mut answer {
+        *direct = super::direct::invite(node, id, from);
+    }
     if let Some(target) = target {
         let name = target.offer().name.clone();
         tracing::info!(component = %name, %from, id, "migration accepted");

@@ -53,9 +53,10 @@ pub enum Command {
         base: Vec<Vec<Digest>>,
         reply: oneshot::Sender<Result<Captured, String>>,
     },
-    /// The first round, part one: start write tracking; the length of every memory.
+    /// The first round, part one: start write tracking; the length of every memory, and the
+    /// memories themselves to read while the component runs, where that is safe.
     Track {
-        reply: oneshot::Sender<Result<Vec<usize>, String>>,
+        reply: oneshot::Sender<Result<Tracked, String>>,
     },
     /// The first round, part two: copy every memory into `buffers` (sized by `Track`), a
     /// piece at a time between requests, and hand them back filled.
@@ -77,6 +78,8 @@ pub enum Command {
         reply: oneshot::Sender<Result<(u32, Vec<u8>), String>>,
     },
     Unfreeze,
+    /// A checkpoint's copy that ran on the bulk pool is done (see [`CopyOut`]).
+    Copied,
     /// The component lives on `to` now: free the instance, and from here on answer every
     /// request with [`Answer::Moved`] (and send every result on) until the last handle is
     /// dropped. Answers how long each held request waited.
@@ -130,6 +133,32 @@ pub enum Captured {
     /// The first round: a plain copy of each memory, to be hashed off the component's thread
     /// (which goes back to serving after a memcpy rather than after hashing everything).
     Whole(Vec<Vec<u8>>),
+}
+
+/// Write tracking has begun: what the first round reads.
+pub struct Tracked {
+    lens: Vec<usize>,
+    live: Option<Vec<Live>>,
+}
+
+/// A memory of a running component, for another thread to read (see
+/// [`continuum_migrate::LiveMemory`]). The component's thread keeps its instance alive while any
+/// of these is held, and asks their holders to let go (`stopping`) when it must end.
+pub struct Live {
+    pub memory: continuum_migrate::LiveMemory,
+    lease: Arc<Lease>,
+}
+
+impl Live {
+    /// Set once the component's thread wants its instance back: the reader should stop.
+    pub fn stopping(&self) -> &std::sync::atomic::AtomicBool {
+        &self.lease.stopping
+    }
+}
+
+#[derive(Default)]
+struct Lease {
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 /// One pre-copy round.
@@ -202,6 +231,10 @@ impl Back {
     /// A result as it came from another node, encoded.
     pub fn raw(&self, op: u64, result: Vec<u8>, from: Option<PeerId>) {
         let _ = self.0.send(Command::Wake { op, result, from });
+    }
+
+    fn copied(&self) {
+        let _ = self.0.send(Command::Copied);
     }
 }
 
@@ -348,10 +381,25 @@ impl ComponentHandle {
     /// megabyte's copy at most.
     pub async fn round(&self, base: Vec<Vec<Digest>>) -> anyhow::Result<Round> {
         let captured = if base.is_empty() {
-            let lens = self
+            let tracked = self
                 .ask(|reply| Command::Track { reply })
                 .await?
                 .map_err(|e| anyhow::anyhow!(e))?;
+            if let Some(live) = tracked.live {
+                // Read while the component serves on: no copy on its thread first.
+                return crate::bulk::run(move || {
+                    let (pages, maps) = live
+                        .iter()
+                        .map(|l| l.memory.first_round(l.stopping()))
+                        .collect::<Option<Vec<_>>>()?
+                        .into_iter()
+                        .unzip();
+                    Some(Round { pages, maps })
+                })
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("component {} stopped", self.name));
+            }
+            let lens = tracked.lens;
             let buffers = crate::bulk::run(move || {
                 lens.into_iter()
                     .map(continuum_migrate::prefaulted)
@@ -541,12 +589,56 @@ enum Mode {
     Frozen,
 }
 
+/// A checkpoint's copy under way: on this thread, or on the bulk pool.
+enum Copying {
+    Here(CopyJob),
+    Out(CopyOut),
+}
+
 /// The first round's copy, under way.
 struct CopyJob {
     buffers: Vec<Vec<u8>>,
     memory: usize,
     at: usize,
     then: Then,
+}
+
+/// A checkpoint's copy running on the bulk pool, which reads the memories while the component
+/// serves (a [`Live`] view each): the job comes back on `back`, done, or where it stopped once
+/// `stop` was set (then this thread copies the rest itself).
+struct CopyOut {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    back: Receiver<CopyJob>,
+}
+
+impl CopyOut {
+    /// The job, now: stop the copy where it is.
+    fn recall(self) -> Option<CopyJob> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.back.recv().ok()
+    }
+}
+
+/// Go on with `job` from where it is, reading the memories live, until done or `stop`.
+fn copy_live(job: &mut CopyJob, live: &[Live], stop: &std::sync::atomic::AtomicBool) {
+    const STEP: usize = 1 << 20;
+    while let (Some(buf), Some(l)) = (job.buffers.get_mut(job.memory), live.get(job.memory)) {
+        let end = buf.len().min(l.memory.len());
+        while job.at < end {
+            if stop.load(Ordering::Relaxed) || l.stopping().load(Ordering::Relaxed) {
+                return;
+            }
+            let to = (job.at + STEP).min(end);
+            l.memory.read(job.at, &mut buf[job.at..to]);
+            job.at = to;
+        }
+        if end < buf.len() {
+            // The memory is shorter than the buffer: this thread copies the rest.
+            return;
+        }
+        job.memory += 1;
+        job.at = 0;
+    }
 }
 
 /// What a finished copy is for.
@@ -598,6 +690,18 @@ struct Actor<'a> {
     ready: std::collections::VecDeque<(u64, Vec<u8>)>,
     in_flight_gauge: Gauge,
     calls_gauge: Gauge,
+    /// Held by every [`Live`] view of the instance's memories handed out.
+    lease: Arc<Lease>,
+}
+
+impl Drop for Actor<'_> {
+    /// The instance goes with the actor: first every reader of its memories must let go.
+    fn drop(&mut self) {
+        self.lease.stopping.store(true, Ordering::Relaxed);
+        while Arc::strong_count(&self.lease) > 1 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
 }
 
 impl<'a> Actor<'a> {
@@ -631,6 +735,7 @@ impl<'a> Actor<'a> {
                 .clone(),
             in_flight_gauge: metrics.requests_in_flight.get_or_create(&label).clone(),
             calls_gauge: metrics.calls_in_flight.get_or_create(&label).clone(),
+            lease: Arc::default(),
             inst,
             stats,
             metrics,
@@ -1186,10 +1291,10 @@ impl<'a> Actor<'a> {
     }
 
     /// The first round of a migration starts write tracking, so that the later ones, the
-    /// freeze above all, look only at pages written since; then the memories are copied out.
-    /// Track first, then copy: a write in between shows up twice, never not at all, and so
-    /// does one to a part already copied while the rest is.
-    fn track(&mut self) -> Vec<usize> {
+    /// freeze above all, look only at pages written since; then the memories are read out.
+    /// Track first, then read: a write in between shows up twice, never not at all, and so
+    /// does one to a part already read while the rest is.
+    fn track(&mut self) -> Tracked {
         self.tracking = match self.inst.track() {
             Ok(t) => Some(t),
             Err(e) => {
@@ -1197,16 +1302,31 @@ impl<'a> Actor<'a> {
                 None
             }
         };
-        self.inst.memory_lens()
+        // SAFETY: the instance lives as long as this actor, whose drop waits until every
+        // lease handed out here is given back.
+        let live = unsafe { self.inst.live() }.map(|memories| {
+            memories
+                .into_iter()
+                .map(|memory| Live {
+                    memory,
+                    lease: self.lease.clone(),
+                })
+                .collect()
+        });
+        Tracked {
+            lens: self.inst.memory_lens(),
+            live,
+        }
     }
 
-    /// Start a checkpoint a megabyte at a time between requests, if it is worth it and the
-    /// kernel tracks writes (a migration's tracking is not disturbed: then it is taken in one
-    /// go); else hand the reply back.
+    /// Start a checkpoint of a large memory while the component serves, if the kernel tracks
+    /// writes (a migration's tracking is not disturbed: then it is taken in one go); else hand
+    /// the reply back. The copy runs on the bulk pool where the memories can be read live,
+    /// else on this thread a megabyte at a time between requests.
     fn begin_checkpoint(
         &mut self,
         reply: oneshot::Sender<Result<Option<Snapshot>, String>>,
-    ) -> Result<CopyJob, oneshot::Sender<Result<Option<Snapshot>, String>>> {
+    ) -> Result<Copying, oneshot::Sender<Result<Option<Snapshot>, String>>> {
         if self.tracking.is_some() || self.inst.memory_bytes() < CHUNKED_CHECKPOINT {
             return Err(reply);
         }
@@ -1220,7 +1340,7 @@ impl<'a> Actor<'a> {
             .into_iter()
             .map(|len| vec![0u8; len])
             .collect();
-        Ok(CopyJob {
+        let mut job = CopyJob {
             buffers,
             memory: 0,
             at: 0,
@@ -1229,7 +1349,29 @@ impl<'a> Actor<'a> {
                 reply,
                 started: Instant::now(),
             },
-        })
+        };
+        // SAFETY: the leases keep the instance alive while the bulk pool reads.
+        let Some(memories) = (unsafe { self.inst.live() }) else {
+            return Ok(Copying::Here(job));
+        };
+        let live: Vec<Live> = memories
+            .into_iter()
+            .map(|memory| Live {
+                memory,
+                lease: self.lease.clone(),
+            })
+            .collect();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (tx, back) = std::sync::mpsc::channel();
+        let (flag, nudge) = (stop.clone(), self.back.clone());
+        rayon::spawn(move || {
+            copy_live(&mut job, &live, &flag);
+            drop(live);
+            if tx.send(job).is_ok() {
+                nudge.copied();
+            }
+        });
+        Ok(Copying::Out(CopyOut { stop, back }))
     }
 
     /// Finish a copy job: now, whatever is left of it.
@@ -1541,6 +1683,7 @@ fn run(mut a: Actor<'_>, rx: Receiver<Command>) {
     let mut held_wakes: Vec<(u64, Vec<u8>, Option<PeerId>)> = Vec::new();
 
     let mut copying: Option<CopyJob> = None;
+    let mut out: Option<CopyOut> = None;
     // A stop is answered once the instance is gone, so that whoever stopped it (removing the
     // component, say) finds its module no longer in use.
     let mut stopped = None;
@@ -1625,10 +1768,15 @@ fn run(mut a: Actor<'_>, rx: Receiver<Command>) {
         };
         // A checkpoint under way is finished first by anything but requests and results: the
         // migration, update and stop commands need the memory to themselves.
-        if !matches!(cmd, Command::Call { .. } | Command::Wake { .. })
-            && let Some(job) = copying.take_if(|j| matches!(j.then, Then::Checkpoint { .. }))
-        {
-            a.complete(job);
+        if !matches!(
+            cmd,
+            Command::Call { .. } | Command::Wake { .. } | Command::Copied
+        ) {
+            if let Some(job) = copying.take_if(|j| matches!(j.then, Then::Checkpoint { .. })) {
+                a.complete(job);
+            } else if let Some(job) = out.take().and_then(CopyOut::recall) {
+                a.complete(job);
+            }
         }
         match cmd {
             Command::Call { req, ctx, reply } => match &mode {
@@ -1670,8 +1818,12 @@ fn run(mut a: Actor<'_>, rx: Receiver<Command>) {
                     continue;
                 } else if matches!(mode, Mode::Serving) && copying.is_none() {
                     match a.begin_checkpoint(reply) {
-                        Ok(job) => {
+                        Ok(Copying::Here(job)) => {
                             copying = Some(job);
+                            continue;
+                        }
+                        Ok(Copying::Out(o)) => {
+                            out = Some(o);
                             continue;
                         }
                         Err(reply) => reply,
@@ -1740,6 +1892,14 @@ fn run(mut a: Actor<'_>, rx: Receiver<Command>) {
                     let _ = reply.send(Err("the component is frozen already".into()));
                 }
             },
+            Command::Copied => {
+                if let Some(o) = out.take() {
+                    match o.back.try_recv() {
+                        Ok(job) => a.complete(job),
+                        Err(_) => out = Some(o),
+                    }
+                }
+            }
             Command::Unfreeze => {
                 // The migration is over here (aborted, or it never froze): no more tracking.
                 a.tracking = None;

@@ -290,6 +290,16 @@ impl Instance {
         self.state.written(&self.store, tracking, index)
     }
 
+    /// Every memory, readable from another thread while this instance runs; `None` where one
+    /// might move.
+    ///
+    /// # Safety
+    /// The caller must keep this instance alive while any of them is used.
+    pub unsafe fn live(&self) -> Option<Vec<continuum_migrate::LiveMemory>> {
+        // SAFETY: passed on to our caller.
+        unsafe { self.state.live(&self.store) }
+    }
+
     /// Start kernel write tracking of the memories, for the rounds that follow.
     pub fn track(&self) -> std::io::Result<Tracking> {
         self.state.track(&self.store)
