@@ -306,10 +306,21 @@ impl Components {
     pub async fn forget(&self, name: &str) {
         let _op = self.ops.lock().await;
         if self.get(name).is_none() {
-            let _ = std::fs::remove_file(self.dir.snapshot(name));
-            let _ = std::fs::remove_file(self.dir.handoff(name));
+            self.remove_state(name).await;
             self.sweep_modules();
         }
+    }
+
+    /// Delete the saved state of `name`, in the background (see `bulk`): deleting a large file
+    /// frees its pages in one system call, which a request thread woken on that core waits out.
+    async fn remove_state(&self, name: &str) {
+        let files = [self.dir.snapshot(name), self.dir.handoff(name)];
+        let _ = crate::bulk::run(move || {
+            for f in files {
+                let _ = std::fs::remove_file(f);
+            }
+        })
+        .await;
     }
 
     /// Drop a staged component that never became this node's (a migration that failed
@@ -573,8 +584,7 @@ impl Components {
             .ok_or_else(|| not_found(name))?;
         self.metrics.components.set(self.len() as i64);
         handle.stop(false).await;
-        let _ = std::fs::remove_file(self.dir.snapshot(name));
-        let _ = std::fs::remove_file(self.dir.handoff(name));
+        self.remove_state(name).await;
         self.sweep_modules();
         tracing::info!(component = name, "removed");
         Ok(())
