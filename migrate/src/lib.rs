@@ -32,7 +32,7 @@ pub use handshake::{
     TAKEOVER_PROBES, Target, TargetAction, ToSource, ToTarget,
 };
 pub use hash::{Digest, PAGE_SIZE, ZERO_PAGE_DIGEST, digest_hex, page_digests};
-pub use live::LiveMemory;
+pub use live::{FirstRound, LiveMemory};
 pub use prefault::zeroed as prefaulted;
 pub use snapshot::{ComponentMeta, FORMAT_VERSION, MemoryImage, Snapshot, SnapshotError, Value};
 

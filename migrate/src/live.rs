@@ -63,40 +63,102 @@ impl LiveMemory {
             word.copy_from_slice(&w.to_ne_bytes());
         }
     }
+}
 
-    /// Every page that is not zero, with its digest, and the digest of every page: the first
-    /// round of a migration (as [`MemoryImage::changed_since`] with no base), read while the
-    /// component runs. `None` if `stop` was set meanwhile (the component is going away).
-    pub fn first_round(&self, stop: &AtomicBool) -> Option<(MemoryImage, Vec<Digest>)> {
-        let pages = self.len / PAGE_SIZE;
-        let mut map = Vec::with_capacity(pages);
-        let mut present = Vec::new();
-        let mut digests = Vec::new();
-        let mut data: Vec<u8> = Vec::with_capacity(self.len);
-        crate::prefault::advise(data.spare_capacity_mut());
-        let mut bytes = [0u8; PAGE_SIZE];
-        for i in 0..pages {
-            if stop.load(Ordering::Relaxed) {
-                return None;
-            }
-            self.read(i * PAGE_SIZE, &mut bytes);
-            if crate::snapshot::is_zero(&bytes) {
-                map.push(*ZERO_PAGE_DIGEST);
-                continue;
-            }
-            let d = *blake3::hash(&bytes).as_bytes();
-            map.push(d);
-            digests.extend_from_slice(&d);
-            present.push(i as u32);
-            data.extend_from_slice(&bytes);
+/// The first round of a migration read from running memories, a part at a time (as
+/// [`crate::split_round`] would cut [`MemoryImage::changed_since`] with no base): the pages that
+/// are not zero, with their digests, and the digest of every page. Part by part so that the
+/// source holds a part, not a copy of the whole state, and sends each as soon as it is read.
+#[derive(Debug)]
+pub struct FirstRound {
+    memories: Vec<LiveMemory>,
+    /// Where the reading is: memory, page.
+    memory: usize,
+    page: usize,
+    maps: Vec<Vec<Digest>>,
+}
+
+impl FirstRound {
+    pub fn new(memories: Vec<LiveMemory>) -> FirstRound {
+        let maps = memories
+            .iter()
+            .map(|m| Vec::with_capacity(m.len() / PAGE_SIZE))
+            .collect();
+        FirstRound {
+            memories,
+            memory: 0,
+            page: 0,
+            maps,
         }
-        let image = MemoryImage {
-            size: self.len as u64,
-            present,
-            digests,
-            data: data.into(),
-        };
-        Some((image, map))
+    }
+
+    /// The next part: at most `max_pages` pages, every memory named with its size; `None`
+    /// once every page was read, or if `stop` was set (the component is going away).
+    pub fn next_part(&mut self, max_pages: usize, stop: &AtomicBool) -> Option<Vec<MemoryImage>> {
+        let max_pages = max_pages.max(1);
+        if self.memory >= self.memories.len() || stop.load(Ordering::Relaxed) {
+            return None;
+        }
+        let mut part: Vec<MemoryImage> = self
+            .memories
+            .iter()
+            .map(|m| MemoryImage {
+                size: m.len() as u64,
+                present: Vec::new(),
+                digests: Vec::new(),
+                data: Default::default(),
+            })
+            .collect();
+        let mut data = Vec::with_capacity(max_pages.min(self.pages_left()) * PAGE_SIZE);
+        let mut bytes = [0u8; PAGE_SIZE];
+        let mut taken = 0;
+        while let Some(m) = self.memories.get(self.memory) {
+            let (image, map) = (&mut part[self.memory], &mut self.maps[self.memory]);
+            while taken < max_pages && self.page < m.len() / PAGE_SIZE {
+                if stop.load(Ordering::Relaxed) {
+                    return None;
+                }
+                m.read(self.page * PAGE_SIZE, &mut bytes);
+                if crate::snapshot::is_zero(&bytes) {
+                    map.push(*ZERO_PAGE_DIGEST);
+                } else {
+                    let d = *blake3::hash(&bytes).as_bytes();
+                    map.push(d);
+                    image.digests.extend_from_slice(&d);
+                    image.present.push(self.page as u32);
+                    data.extend_from_slice(&bytes);
+                    taken += 1;
+                }
+                self.page += 1;
+            }
+            image.data = std::mem::take(&mut data).into();
+            if taken == max_pages {
+                break;
+            }
+            self.memory += 1;
+            self.page = 0;
+        }
+        Some(part)
+    }
+
+    fn pages_left(&self) -> usize {
+        self.memories[self.memory..]
+            .iter()
+            .map(|m| m.len() / PAGE_SIZE)
+            .sum::<usize>()
+            - self.page
+    }
+
+    /// Whether every page was read.
+    pub fn is_done(&self) -> bool {
+        self.memory >= self.memories.len()
+            || (self.memory + 1 == self.memories.len()
+                && self.page >= self.memories[self.memory].len() / PAGE_SIZE)
+    }
+
+    /// The digest of every page of every memory, once [`Self::is_done`].
+    pub fn into_maps(self) -> Vec<Vec<Digest>> {
+        self.maps
     }
 }
 
@@ -105,18 +167,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_first_round_read_live_is_the_one_taken_from_a_copy() {
+    fn a_first_round_read_live_is_the_one_taken_from_a_copy_in_the_same_parts() {
         let mut mem = vec![0u8; 64 * PAGE_SIZE + PAGE_SIZE];
         let start = mem.as_ptr().align_offset(PAGE_SIZE);
         let mem = &mut mem[start..start + 64 * PAGE_SIZE];
         for (i, b) in mem.iter_mut().enumerate().step_by(5000) {
             *b = (i % 251) as u8 + 1;
         }
-        // SAFETY: `mem` outlives `live`, and nothing else writes it meanwhile.
-        let live = unsafe { LiveMemory::new(mem.as_ptr(), mem.len()) };
-        let (image, map) = live.first_round(&AtomicBool::new(false)).unwrap();
-        let (want, want_map) = MemoryImage::changed_since(mem, &[]);
-        assert_eq!((image, map), (want, want_map));
-        assert!(live.first_round(&AtomicBool::new(true)).is_none());
+        let (a, b) = mem.split_at(16 * PAGE_SIZE);
+        // SAFETY: `mem` outlives the reader, and nothing else writes it meanwhile.
+        let live = unsafe {
+            [
+                LiveMemory::new(a.as_ptr(), a.len()),
+                LiveMemory::new(b.as_ptr(), b.len()),
+            ]
+        };
+        let mut reader = FirstRound::new(live.to_vec());
+        let mut parts = Vec::new();
+        while let Some(part) = reader.next_part(7, &AtomicBool::new(false)) {
+            parts.push(part);
+        }
+        assert!(reader.is_done());
+        let (want_a, map_a) = MemoryImage::changed_since(a, &[]);
+        let (want_b, map_b) = MemoryImage::changed_since(b, &[]);
+        assert_eq!(parts, crate::split_round(&[want_a, want_b], 7));
+        assert_eq!(reader.into_maps(), vec![map_a, map_b]);
+        let mut stopped = FirstRound::new(live.to_vec());
+        assert!(stopped.next_part(7, &AtomicBool::new(true)).is_none());
     }
 }

@@ -106,6 +106,34 @@ impl MemoryImage {
         }
     }
 
+    /// [`Self::capture`] of a copy this image may keep: the pages that are not zero are moved
+    /// down in place, so the image holds no second copy of the memory.
+    pub fn capture_owned(mut mem: Vec<u8>) -> MemoryImage {
+        let size = mem.len() as u64;
+        let mut present = Vec::new();
+        let mut digests = Vec::new();
+        let mut kept = 0;
+        for i in 0..mem.len() / PAGE_SIZE {
+            let at = i * PAGE_SIZE;
+            if is_zero(&mem[at..at + PAGE_SIZE]) {
+                continue;
+            }
+            digests.extend_from_slice(blake3::hash(&mem[at..at + PAGE_SIZE]).as_bytes());
+            present.push(i as u32);
+            if kept != i {
+                mem.copy_within(at..at + PAGE_SIZE, kept * PAGE_SIZE);
+            }
+            kept += 1;
+        }
+        mem.truncate(kept * PAGE_SIZE);
+        MemoryImage {
+            size,
+            present,
+            digests,
+            data: mem.into(),
+        }
+    }
+
     /// Build an image of `mem` holding only the pages in `present`, whose digests are in `all`.
     pub(crate) fn select(mem: &[u8], all: &[Digest], present: Vec<u32>) -> MemoryImage {
         let digests = present.iter().flat_map(|&i| all[i as usize]).collect();
@@ -557,6 +585,22 @@ mod tests {
             vec![MemoryImage::capture(&mem)],
             vec![Value::I32(-5), Value::F64(f64::NAN.to_bits())],
         )
+    }
+
+    #[test]
+    fn an_image_captured_in_place_is_the_one_captured_from_a_copy() {
+        let mut mem = vec![0u8; 40 * PAGE_SIZE];
+        for (i, b) in mem.iter_mut().enumerate().step_by(7000) {
+            *b = (i % 251) as u8 + 1;
+        }
+        assert_eq!(
+            MemoryImage::capture_owned(mem.clone()),
+            MemoryImage::capture(&mem)
+        );
+        assert_eq!(
+            MemoryImage::capture_owned(vec![0; 3 * PAGE_SIZE]),
+            MemoryImage::capture(&[0; 3 * PAGE_SIZE])
+        );
     }
 
     #[test]

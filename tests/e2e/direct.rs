@@ -3,25 +3,15 @@
 //! frame past the bound, one that does not decode, one of another migration. Each is cut off
 //! and counted, and the node serves on. And a real migration takes it.
 
-use crate::migrate::{host_of, keyed, migrate};
+use crate::migrate::{host_of, key_holder, keyed, migrate, offer};
 use crate::support::*;
-use continuum::mesh::rpc::{Reply, Request};
-use continuum_migrate::{Offer, ToSource, ToTarget};
+use continuum::mesh::rpc::Reply;
+use continuum::migration::Invite;
+use continuum_migrate::{ToSource, ToTarget};
 use http::Method;
-use serde::Deserialize;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
-
-/// What a target's `Accepted` invites the source to (CBOR).
-#[derive(Deserialize)]
-struct Invite {
-    addrs: Vec<SocketAddr>,
-    #[serde(with = "serde_bytes")]
-    cert: [u8; 32],
-    #[serde(with = "serde_bytes")]
-    ticket: [u8; 32],
-}
 
 type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 
@@ -101,26 +91,12 @@ async fn a_stranger_on_the_direct_connection_is_cut_off_counted_and_the_node_ser
     assert!(refused_after(addr, cert, [7; 32], Vec::new()).await);
 
     // A key holder's offers, accepted: each comes with a ticket.
-    let mut s = crate::stranger::Stranger::connect(&node).await;
-    let key = std::fs::read_to_string(swarm_key()).unwrap();
-    s.key = Some(continuum_gossip::SwarmKey::parse(&key).unwrap());
-    s.prove().await;
+    let mut s = key_holder(&node).await;
     let mut invites = Vec::new();
     for id in 1..=3u64 {
-        let offer = Request::Migrate(ToTarget::Offer(Offer {
-            id,
-            name: format!("incoming{id}"),
-            version: "1".into(),
-            module_digest: [id as u8; 32],
-            memory_bytes: 1 << 16,
-            epoch: 0,
-            federation: None,
-            require: Default::default(),
-            policy: "pinned".into(),
-        }));
-        match s.ask(&offer).await {
+        match s.ask(&offer(id, id)).await {
             Reply::Migrate(ToSource::Accepted { direct, .. }) => {
-                let invite: Invite = ciborium::from_reader(&direct[..]).unwrap();
+                let invite = Invite::decode(&direct).unwrap();
                 assert_eq!(invite.addrs, vec![addr]);
                 assert_eq!(invite.cert, cert);
                 invites.push(invite.ticket);

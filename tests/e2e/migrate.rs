@@ -586,22 +586,20 @@ async fn a_connection_cut_mid_transfer_aborts_then_a_retry_moves_it() {
     );
 }
 
-/// A key holder offering more migrations at once than a node takes: past the fourth, each is
-/// refused with why and counted, nothing is staged for it, and the node serves on.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn offers_past_the_incoming_bound_are_refused_and_counted() {
-    use continuum::mesh::rpc::{Reply, Request};
-    use continuum_migrate::{Offer, ToSource, ToTarget};
-    let node = TestNode::start(&keyed(&[]));
-    node.ok(&["deploy", &guest("counter"), "--name", "counter"]);
-    let mut s = crate::stranger::Stranger::connect(&node).await;
+/// A raw peer that holds the swarm key and proved it to `node`.
+pub(crate) async fn key_holder(node: &TestNode) -> crate::stranger::Stranger {
+    let mut s = crate::stranger::Stranger::connect(node).await;
     let key = std::fs::read_to_string(swarm_key()).unwrap();
     s.key = Some(continuum_gossip::SwarmKey::parse(&key).unwrap());
     s.prove().await;
-    let max = continuum::migration::MAX_INCOMING as u64;
-    for i in 0..max + 2 {
-        let offer = Request::Migrate(ToTarget::Offer(Offer {
-            id: 100 + i,
+    s
+}
+
+/// Migration `id` offering component `incoming{i}` (64 KiB, a module the node lacks).
+pub(crate) fn offer(id: u64, i: u64) -> continuum::mesh::rpc::Request {
+    continuum::mesh::rpc::Request::Migrate(continuum_migrate::ToTarget::Offer(
+        continuum_migrate::Offer {
+            id,
             name: format!("incoming{i}"),
             version: "1".into(),
             module_digest: [i as u8; 32],
@@ -610,8 +608,22 @@ async fn offers_past_the_incoming_bound_are_refused_and_counted() {
             federation: None,
             require: Default::default(),
             policy: "pinned".into(),
-        }));
-        match s.ask(&offer).await {
+        },
+    ))
+}
+
+/// A key holder offering more migrations at once than a node takes: past the fourth, each is
+/// refused with why and counted, nothing is staged for it, and the node serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offers_past_the_incoming_bound_are_refused_and_counted() {
+    use continuum::mesh::rpc::Reply;
+    use continuum_migrate::ToSource;
+    let node = TestNode::start(&keyed(&[]));
+    node.ok(&["deploy", &guest("counter"), "--name", "counter"]);
+    let mut s = key_holder(&node).await;
+    let max = continuum::migration::MAX_INCOMING as u64;
+    for i in 0..max + 2 {
+        match s.ask(&offer(100 + i, i)).await {
             Reply::Migrate(ToSource::Accepted { need_module, .. }) if i < max => {
                 assert!(need_module)
             }

@@ -44,15 +44,30 @@ const CONNECT: Duration = Duration::from_secs(1);
 const MAX_CONNECTIONS: usize = 2 * super::MAX_INCOMING;
 /// Addresses in an invitation, at most.
 const MAX_ADDRS: usize = 8;
+/// Bytes of an invitation, at most.
+const MAX_INVITE: usize = 4096;
 
 /// What the target's `Accepted` carries for the source (CBOR, in `ToSource::Accepted::direct`).
 #[derive(Serialize, Deserialize)]
-struct Invite {
-    addrs: Vec<SocketAddr>,
+pub struct Invite {
+    /// Where to dial.
+    pub addrs: Vec<SocketAddr>,
+    /// The SHA-256 of the target's certificate, which the source pins.
     #[serde(with = "serde_bytes")]
-    cert: [u8; 32],
+    pub cert: [u8; 32],
+    /// What the source sends first, inside TLS.
     #[serde(with = "serde_bytes")]
-    ticket: [u8; 32],
+    pub ticket: [u8; 32],
+}
+
+impl Invite {
+    /// Decode an invitation (it came from the target over the mesh; bounded all the same).
+    pub fn decode(bytes: &[u8]) -> Result<Invite, String> {
+        if bytes.len() > MAX_INVITE {
+            return Err("the invitation is too large".into());
+        }
+        ciborium::from_reader(bytes).map_err(|e| format!("the invitation does not decode: {e}"))
+    }
 }
 
 /// The tickets this node handed out: one per migration to it, until it is used or the
@@ -258,11 +273,7 @@ pub(super) struct Direct {
 impl Direct {
     /// Connect as invited (blocking, bounded: [`CONNECT`] per address, [`HANDSHAKE`] for TLS).
     pub fn connect(invite: &[u8], step: Duration) -> Result<Direct, String> {
-        if invite.len() > 4096 {
-            return Err("the invitation is too large".into());
-        }
-        let invite: Invite = ciborium::from_reader(invite)
-            .map_err(|e| format!("the invitation does not decode: {e}"))?;
+        let invite = Invite::decode(invite)?;
         let config = crate::tls::rustls_client(invite.cert, ALPN).map_err(|e| format!("{e:#}"))?;
         let mut why = String::from("no address");
         for &addr in invite.addrs.iter().take(MAX_ADDRS) {

@@ -13,7 +13,7 @@ mod direct;
 mod source;
 mod target;
 
-pub use direct::{ALPN as DIRECT_ALPN, accept as accept_direct};
+pub use direct::{ALPN as DIRECT_ALPN, Invite, accept as accept_direct};
 pub use source::{resolve_target, start};
 pub use target::on_message;
 

@@ -5,7 +5,7 @@ use super::{KEEP_FINISHED, Progress, RoundProgress, fault, faulty, now, step_tim
 use crate::components::ApiError;
 use crate::context::Node;
 use crate::metrics::PathLabels;
-use crate::runtime::ComponentHandle;
+use crate::runtime::{ComponentHandle, First, LiveRound};
 use continuum_gossip::PeerId;
 use continuum_migrate::{
     Digest, MemoryDelta, MigrationId, Offer, Outcome, Report, Source, SourceAction, SourceConfig,
@@ -202,25 +202,49 @@ fn page_bytes(pages: &[MemoryDelta]) -> u64 {
 /// own, so that no decode holds up the connection (and the requests it carries) for long.
 const PART_PAGES: usize = 256;
 
-/// Send all but the last part of `pages` as `Part`s, each answered before the next; the last
-/// part, encoded, for the message that ends them. An answer other than `PartApplied` (or a
-/// transport error) comes back as it is, for the machine.
+/// Where a round's parts come from: a round captured whole, cut into parts; or the first
+/// round, read from the running component a part at a time.
+enum Parts {
+    Cut(std::vec::IntoIter<Vec<MemoryDelta>>),
+    Live(LiveRound),
+}
+
+impl Parts {
+    fn cut(pages: &[MemoryDelta]) -> Parts {
+        Parts::Cut(split_round(pages, PART_PAGES).into_iter())
+    }
+
+    async fn next(&mut self) -> Result<Option<Vec<MemoryDelta>>, String> {
+        match self {
+            Parts::Cut(parts) => Ok(parts.next()),
+            Parts::Live(round) => round.next(PART_PAGES).await.map_err(|e| format!("{e:#}")),
+        }
+    }
+}
+
+/// Send all but the last part as `Part`s, each answered before the next; the last part,
+/// encoded, for the message that ends them, and the page bytes of them all. An answer other
+/// than `PartApplied` (or a transport error, or a part that could not be read) comes back as
+/// it is, for the machine.
 async fn send_parts(
     link: &mut Link,
     id: MigrationId,
-    pages: Vec<MemoryDelta>,
-) -> Result<Vec<u8>, Result<ToSource, String>> {
-    let mut parts = split_round(&pages, PART_PAGES);
-    drop(pages);
-    let last = parts.pop().expect("a round has at least one part");
-    for part in parts {
-        let bytes = encode(part).await;
-        match link.exchange(ToTarget::Part { id, pages: bytes }).await {
+    parts: &mut Parts,
+) -> Result<(Vec<u8>, u64), Result<ToSource, String>> {
+    let mut held = parts.next().await.map_err(Err)?.unwrap_or_default();
+    let mut bytes = 0;
+    loop {
+        bytes += page_bytes(&held);
+        let Some(next) = parts.next().await.map_err(Err)? else {
+            return Ok((encode(held).await, bytes));
+        };
+        let encoded = encode(held).await;
+        match link.exchange(ToTarget::Part { id, pages: encoded }).await {
             Ok(ToSource::PartApplied { .. }) => {}
             other => return Err(other),
         }
+        held = next;
     }
-    Ok(encode(last).await)
 }
 
 async fn encode(pages: Vec<MemoryDelta>) -> Vec<u8> {
@@ -292,29 +316,43 @@ async fn drive(
                 }
             }
             SourceAction::SendRound { round } => {
-                match handle.round(std::mem::take(&mut maps)).await {
-                    Ok(r) => {
-                        let bytes = page_bytes(&r.pages);
+                let first = if maps.is_empty() {
+                    handle.first_round().await
+                } else {
+                    handle
+                        .round(std::mem::take(&mut maps))
+                        .await
+                        .map(First::Captured)
+                };
+                let mut parts = match first {
+                    Ok(First::Captured(r)) => {
                         maps = r.maps;
+                        Parts::cut(&r.pages)
+                    }
+                    Ok(First::Live(r)) => Parts::Live(r),
+                    Err(e) => {
+                        src.abort(now(&node), &format!("capturing round {round}: {e:#}"));
+                        continue;
+                    }
+                };
+                migrations.update(id, |p| p.step = format!("round {round}"));
+                match send_parts(&mut link, id, &mut parts).await {
+                    Ok((pages, bytes)) => {
+                        if let Parts::Live(r) = parts {
+                            maps = r.into_maps();
+                        }
                         src.round_sent(now(&node), round, bytes);
                         node.metrics.migration_bytes.inc_by(bytes);
                         migrations.update(id, |p| {
-                            p.step = format!("round {round}");
                             p.rounds.push(RoundProgress {
                                 round,
                                 pages: bytes / continuum_migrate::PAGE_SIZE as u64,
                                 bytes,
                             });
                         });
-                        match send_parts(&mut link, id, r.pages).await {
-                            Ok(pages) => link.exchange(ToTarget::Pages { id, round, pages }).await,
-                            Err(answer) => answer,
-                        }
+                        link.exchange(ToTarget::Pages { id, round, pages }).await
                     }
-                    Err(e) => {
-                        src.abort(now(&node), &format!("capturing round {round}: {e:#}"));
-                        continue;
-                    }
+                    Err(answer) => answer,
                 }
             }
             SourceAction::FreezeAndSendFinal => {
@@ -328,8 +366,8 @@ async fn drive(
                         if faulty("source:bad-digest") {
                             digest[0] ^= 1;
                         }
-                        match send_parts(&mut link, id, f.round.pages).await {
-                            Ok(pages) => {
+                        match send_parts(&mut link, id, &mut Parts::cut(&f.round.pages)).await {
+                            Ok((pages, _)) => {
                                 let last = ToTarget::Final {
                                     id,
                                     pages,

@@ -135,6 +135,49 @@ pub enum Captured {
     Whole(Vec<Vec<u8>>),
 }
 
+/// A migration's first round, as [`ComponentHandle::first_round`] takes it.
+pub enum First {
+    /// Copied out and hashed whole.
+    Captured(Round),
+    /// To be read while the component runs, a part at a time.
+    Live(LiveRound),
+}
+
+/// The first round of a migration, read from the running component's memories on the bulk
+/// pool a part at a time (see [`continuum_migrate::FirstRound`]).
+pub struct LiveRound {
+    reader: Option<continuum_migrate::FirstRound>,
+    live: Option<Vec<Live>>,
+}
+
+impl LiveRound {
+    /// The next part, at most `max_pages` pages; `None` once every page was read.
+    pub async fn next(&mut self, max_pages: usize) -> anyhow::Result<Option<Vec<MemoryDelta>>> {
+        let (Some(mut reader), Some(live)) = (self.reader.take(), self.live.take()) else {
+            return Ok(None);
+        };
+        let (reader, live, part) = crate::bulk::run(move || {
+            let stop = std::sync::atomic::AtomicBool::new(false);
+            let stopping = live.first().map_or(&stop, |l| l.stopping());
+            let part = reader.next_part(max_pages, stopping);
+            (reader, live, part)
+        })
+        .await?;
+        if part.is_none() && !reader.is_done() {
+            anyhow::bail!("the component stopped");
+        }
+        (self.reader, self.live) = (Some(reader), Some(live));
+        Ok(part)
+    }
+
+    /// The digest of every page, once every part was read.
+    pub fn into_maps(self) -> Vec<Vec<Digest>> {
+        self.reader
+            .map(continuum_migrate::FirstRound::into_maps)
+            .unwrap_or_default()
+    }
+}
+
 /// Write tracking has begun: what the first round reads.
 pub struct Tracked {
     lens: Vec<usize>,
@@ -375,43 +418,47 @@ impl ComponentHandle {
         .map_err(|e| anyhow::anyhow!(e))
     }
 
-    /// One pre-copy round (the first when `base` is empty). The first copies the memories out
-    /// whole, into buffers populated off the component's thread, a megabyte at a time between
-    /// requests, and hashes them off it too, at low priority: requests meanwhile wait for a
+    /// The first pre-copy round. Where the memories can be read while the component runs it
+    /// is read on the bulk pool a part at a time, as it is sent ([`LiveRound`]); elsewhere the
+    /// memories are copied out whole, into buffers populated off the component's thread, a
+    /// megabyte at a time between requests, and hashed off it: requests meanwhile wait for a
     /// megabyte's copy at most.
-    pub async fn round(&self, base: Vec<Vec<Digest>>) -> anyhow::Result<Round> {
-        let captured = if base.is_empty() {
-            let tracked = self
-                .ask(|reply| Command::Track { reply })
-                .await?
-                .map_err(|e| anyhow::anyhow!(e))?;
-            if let Some(live) = tracked.live {
-                // Read while the component serves on: no copy on its thread first.
-                return crate::bulk::run(move || {
-                    let (pages, maps) = live
-                        .iter()
-                        .map(|l| l.memory.first_round(l.stopping()))
-                        .collect::<Option<Vec<_>>>()?
-                        .into_iter()
-                        .unzip();
-                    Some(Round { pages, maps })
-                })
-                .await?
-                .ok_or_else(|| anyhow::anyhow!("component {} stopped", self.name));
-            }
-            let lens = tracked.lens;
-            let buffers = crate::bulk::run(move || {
-                lens.into_iter()
-                    .map(continuum_migrate::prefaulted)
-                    .collect::<Vec<_>>()
-            })
+    pub async fn first_round(&self) -> anyhow::Result<First> {
+        let tracked = self
+            .ask(|reply| Command::Track { reply })
+            .await?
+            .map_err(|e| anyhow::anyhow!(e))?;
+        if let Some(live) = tracked.live {
+            return Ok(First::Live(LiveRound {
+                reader: Some(continuum_migrate::FirstRound::new(
+                    live.iter().map(|l| l.memory).collect(),
+                )),
+                live: Some(live),
+            }));
+        }
+        let lens = tracked.lens;
+        let buffers = crate::bulk::run(move || {
+            lens.into_iter()
+                .map(continuum_migrate::prefaulted)
+                .collect::<Vec<_>>()
+        })
+        .await?;
+        let captured = self
+            .ask(move |reply| Command::Copy { buffers, reply })
             .await?;
-            self.ask(move |reply| Command::Copy { buffers, reply })
-                .await?
-        } else {
-            self.ask(move |reply| Command::Round { base, reply })
-                .await?
-        };
+        self.captured(captured).await.map(First::Captured)
+    }
+
+    /// A pre-copy round after the first: the pages changed since `base`.
+    pub async fn round(&self, base: Vec<Vec<Digest>>) -> anyhow::Result<Round> {
+        let captured = self
+            .ask(move |reply| Command::Round { base, reply })
+            .await?;
+        self.captured(captured).await
+    }
+
+    /// What the component's thread handed out for a round, hashed on the bulk pool.
+    async fn captured(&self, captured: Result<Captured, String>) -> anyhow::Result<Round> {
         match captured.map_err(|e| anyhow::anyhow!(e))? {
             Captured::Pages(round) => Ok(round),
             Captured::Written(base, written) => {
@@ -1432,8 +1479,8 @@ impl<'a> Actor<'a> {
         let seconds = self.metrics.checkpoint_seconds.clone();
         rayon::spawn(move || {
             let memories = buffers
-                .iter()
-                .map(|b| continuum_migrate::MemoryImage::capture(b))
+                .into_iter()
+                .map(continuum_migrate::MemoryImage::capture_owned)
                 .collect();
             let snap = Snapshot::new(meta, digest, memories, globals);
             seconds.observe(started.elapsed().as_secs_f64());

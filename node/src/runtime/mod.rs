@@ -8,7 +8,7 @@ mod host;
 mod instance;
 pub mod router;
 
-pub use actor::{Answer, Back, ComponentHandle, ReplyTo, Stats, Unavailable};
+pub use actor::{Answer, Back, ComponentHandle, First, LiveRound, ReplyTo, Stats, Unavailable};
 pub use carried::Carried;
 pub use engine::{EngineError, EngineKind};
 pub use host::now_ms;
