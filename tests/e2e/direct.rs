@@ -178,3 +178,15 @@ async fn a_source_that_cannot_connect_directly_sends_the_pages_over_the_mesh() {
     let (direct, mesh) = move_kv(&[("CONTINUUM_FAULT", "target:bad-direct")]).await;
     assert!(direct == 0 && mesh > 0, "direct {direct}, mesh {mesh}");
 }
+
+/// A direct connection that answers a part late (as one whose thread is starved on a saturated
+/// machine): the source sends the rest of the pages over the mesh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "needs the fault-injection feature (scripts/test.sh turns it on)"
+)]
+async fn a_source_whose_direct_connection_stalls_sends_the_rest_over_the_mesh() {
+    let (direct, mesh) = move_kv(&[("CONTINUUM_FAULT", "target:slow-direct")]).await;
+    assert!(direct == 1 && mesh > 0, "direct {direct}, mesh {mesh}");
+}

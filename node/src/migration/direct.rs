@@ -44,6 +44,8 @@ const CONNECT: Duration = Duration::from_secs(1);
 const MAX_CONNECTIONS: usize = 2 * super::MAX_INCOMING;
 /// Addresses in an invitation, at most.
 const MAX_ADDRS: usize = 8;
+/// How late the first answer comes under `target:slow-direct`: past the source's patience.
+const STARVED_TEST: Duration = Duration::from_secs(3);
 /// Bytes of an invitation, at most.
 const MAX_INVITE: usize = 4096;
 
@@ -230,6 +232,12 @@ fn serve(
         }
         if super::target::cut(node, &msg, from) {
             return Ok(());
+        }
+        // (A direct connection whose first answer comes late, as from a starved thread, under
+        // fault injection: the source should take the mesh for the rest.)
+        static SLOW: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if super::faulty("target:slow-direct") && !SLOW.swap(true, Ordering::Relaxed) {
+            std::thread::sleep(STARVED_TEST);
         }
         let answer = rt.block_on(super::on_message(node, from, msg));
         write_frame(&mut tls, &answer).map_err(|_| "direct_lost")?;

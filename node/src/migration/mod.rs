@@ -130,10 +130,11 @@ impl Migrations {
 /// Fault injection for the tests: with `CONTINUUM_FAULT=POINT`, the process dies (SIGKILL,
 /// as `kill -9`) when a migration reaches POINT: `target:offer`, `target:pages`,
 /// `target:final` (on receipt), `target:ready` (restored, before answering), `source:switch`
-/// (on the target's Ready, before switching). Three do not kill: with `source:bad-digest` the
+/// (on the target's Ready, before switching). Four do not kill: with `source:bad-digest` the
 /// source sends a wrong whole-state digest; with `target:cut` the target cuts its connections
 /// to the source (the direct one too) on the first round it receives (once per process); with `target:bad-direct`
-/// the target invites the source to a port where nothing listens (the pages take the mesh).
+/// the target invites the source to a port where nothing listens (the pages take the mesh);
+/// with `target:slow-direct` its first answer on the direct connection comes 3 s late.
 fn now(node: &Node) -> u64 {
     node.started.elapsed().as_millis() as u64
 }
