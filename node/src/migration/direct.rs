@@ -120,7 +120,8 @@ pub(super) fn invite(node: &Node, id: MigrationId, from: PeerId) -> Vec<u8> {
         return Vec::new();
     };
     let addrs: Vec<SocketAddr> = if http.ip().is_unspecified() {
-        // Listening on every interface: the addresses the mesh listens on, with the HTTP port.
+        // Listening on every interface: the addresses the mesh listens on, with the HTTP port,
+        // loopback last (of use only to a source on this host).
         let mut ips: Vec<IpAddr> = node
             .mesh
             .snapshot()
@@ -129,6 +130,7 @@ pub(super) fn invite(node: &Node, id: MigrationId, from: PeerId) -> Vec<u8> {
             .filter_map(|a| a.split('/').nth(2)?.parse().ok())
             .filter(|ip: &IpAddr| !ip.is_unspecified())
             .collect();
+        ips.sort_by_key(|ip| (ip.is_loopback(), *ip));
         ips.dedup();
         ips.into_iter()
             .take(MAX_ADDRS)
@@ -224,7 +226,18 @@ fn serve(
     let _ = tls.sock.set_read_timeout(Some(step));
     let _ = tls.sock.set_write_timeout(Some(step));
     tracing::debug!(id, %from, "direct connection for the pages");
-    while let Some(frame) = read_frame(&mut tls, MAX_FRAME)? {
+    loop {
+        let frame = match read_frame(&mut tls, MAX_FRAME) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return Ok(()),
+            Err(FrameError::TooLarge) => return Err("direct_too_large"),
+            Err(FrameError::Lost(e)) => {
+                // The source went away or gave up (a migration that failed ends so): not a
+                // refusal.
+                tracing::debug!(id, "direct connection lost: {e}");
+                return Ok(());
+            }
+        };
         let msg: ToTarget = ciborium::from_reader(&frame[..]).map_err(|_| "direct_bad_frame")?;
         drop(frame);
         if msg.id() != id || !carries(&msg) {
@@ -240,26 +253,36 @@ fn serve(
             std::thread::sleep(STARVED_TEST);
         }
         let answer = rt.block_on(super::on_message(node, from, msg));
-        write_frame(&mut tls, &answer).map_err(|_| "direct_lost")?;
+        if let Err(e) = write_frame(&mut tls, &answer) {
+            tracing::debug!(id, "direct connection lost: {e}");
+            return Ok(());
+        }
     }
-    Ok(())
+}
+
+/// Why a frame could not be read.
+enum FrameError {
+    /// It announced more than the bound: refused before any of it is read.
+    TooLarge,
+    /// The connection ended or failed midway.
+    Lost(std::io::Error),
 }
 
 /// The next frame, or `None` at the end of the stream between frames.
-fn read_frame(r: &mut impl Read, max: usize) -> Result<Option<Vec<u8>>, &'static str> {
+fn read_frame(r: &mut impl Read, max: usize) -> Result<Option<Vec<u8>>, FrameError> {
     let mut len = [0u8; 4];
     match r.read(&mut len[..1]) {
         Ok(0) => return Ok(None),
         Ok(_) => {}
-        Err(_) => return Err("direct_lost"),
+        Err(e) => return Err(FrameError::Lost(e)),
     }
-    r.read_exact(&mut len[1..]).map_err(|_| "direct_lost")?;
+    r.read_exact(&mut len[1..]).map_err(FrameError::Lost)?;
     let len = u32::from_le_bytes(len) as usize;
     if len > max {
-        return Err("direct_too_large");
+        return Err(FrameError::TooLarge);
     }
     let mut frame = vec![0u8; len];
-    r.read_exact(&mut frame).map_err(|_| "direct_lost")?;
+    r.read_exact(&mut frame).map_err(FrameError::Lost)?;
     Ok(Some(frame))
 }
 
@@ -354,7 +377,8 @@ fn send_all(
                 Ok(Some(frame)) => ciborium::from_reader(&frame[..])
                     .map_err(|e| format!("the target's answer does not decode: {e}")),
                 Ok(None) => Err("the target closed the direct connection".into()),
-                Err(e) => Err(format!("reading on the direct connection: {e}")),
+                Err(FrameError::TooLarge) => Err("the target's answer is too large".into()),
+                Err(FrameError::Lost(e)) => Err(format!("reading on the direct connection: {e}")),
             });
         let failed = answer.is_err();
         let _ = reply.send(answer);
