@@ -200,6 +200,18 @@ note "- live migration between two nodes on loopback, 5 migrations per row (down
 echo >>"$SUMMARY"
 target/release/examples/migbench --a "$SW/node1" --b "$SW/node2" | tee -a "$SUMMARY"
 stop_swarm
+# The same with the request path at real-time priority (node --realtime, and the client too:
+# here it shares the cores with the migration's bulk work, as a client on another host does not).
+if chrt -r 1 true 2>/dev/null; then
+    echo "==> live migration, --realtime 10"
+    scripts/swarm.sh start 2 --dir "$SW" -- --checkpoint-every 1h --realtime 10 >/dev/null
+    note "- the same with \`--realtime 10\` on both nodes and the client:"
+    echo >>"$SUMMARY"
+    target/release/examples/migbench --a "$SW/node1" --b "$SW/node2" --realtime 10 | tee -a "$SUMMARY"
+    stop_swarm
+else
+    note "- (--realtime rows skipped: this host refuses real-time priority)"
+fi
 fi
 
 if want calls; then

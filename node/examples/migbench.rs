@@ -47,6 +47,11 @@ struct Args {
     /// when it started after the migration did: to see which phase holds them up.
     #[arg(long)]
     slow_ms: Option<f64>,
+    /// Send the requests at this real-time priority, as the nodes' `--realtime`: a client on
+    /// the same cores as a migration's bulk work would otherwise wait for the kernel's tick
+    /// itself (a client on another host does not).
+    #[arg(long, value_name = "PRIORITY")]
+    realtime: Option<u8>,
 }
 
 struct Node {
@@ -160,9 +165,20 @@ fn pct(v: &[Duration], q: f64) -> f64 {
         .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
     let args = Args::parse();
+    if let Some(p) = args.realtime {
+        continuum::priority::realtime(p)?;
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .on_thread_start(continuum::priority::request_path)
+        .enable_all()
+        .build()?
+        .block_on(run(args))
+}
+
+async fn run(args: Args) -> Result<()> {
     let (a, b) = (Node::open(&args.a)?, Node::open(&args.b)?);
     let wasm = std::fs::read(&args.wasm).with_context(|| format!("{}", args.wasm.display()))?;
     println!(

@@ -1,5 +1,6 @@
 //! Bulk work: hashing, encoding, decoding and writing the pages a migration moves, the page
-//! hashing of checkpoints, and compiling modules (Wasmtime compiles in parallel on this pool).
+//! hashing of checkpoints, checkpoints and restores through the API, and compiling modules
+//! (Wasmtime compiles in parallel on this pool).
 //! It runs on rayon's pool, whose threads this node starts as batch work at a slightly lower
 //! priority (SCHED_BATCH, nice 5): they never preempt a thread that wakes to serve a request,
 //! and they yield a share of a busy machine to those threads, without starving (at nice 10 a
@@ -15,26 +16,9 @@ pub fn init() {
     let _ = rayon::ThreadPoolBuilder::new()
         .num_threads(cores.saturating_sub(1).max(1))
         .thread_name(|i| format!("bulk-{i}"))
-        .start_handler(|_| background())
+        .start_handler(|_| crate::priority::bulk())
         .panic_handler(|_| tracing::error!("bulk work panicked"))
         .build_global();
-}
-
-/// Lower this thread's priority to that of bulk work (see above): the pool's threads, and
-/// those of migrations' direct connections.
-pub fn background() {
-    #[cfg(target_os = "linux")]
-    // SAFETY: plain system calls on this thread's own id (Linux keeps the policy and the nice
-    // value per thread), with a live struct of the declared layout.
-    unsafe {
-        // Zeroed: musl's struct has more fields than glibc's; priority 0 is what batch needs.
-        let param: libc::sched_param = std::mem::zeroed();
-        libc::sched_setscheduler(0, libc::SCHED_BATCH, &param);
-        // The raw system call: glibc's gettid() wrapper is newer (2.30) than the 2.28 the
-        // release builds for glibc hosts link against.
-        let tid = libc::syscall(libc::SYS_gettid);
-        libc::setpriority(libc::PRIO_PROCESS as _, tid as _, 5);
-    }
 }
 
 /// Run `f` on the bulk pool and wait for it without holding an async worker.

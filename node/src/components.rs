@@ -120,12 +120,13 @@ pub fn check_name(name: &str) -> Result<(), ApiError> {
     }
 }
 
+/// Checkpoints, decoding, compiling: bulk work, off the request path.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
+    crate::bulk::run(f)
         .await
-        .map_err(|e| ApiError::Internal(format!("worker failed: {e}")))
+        .map_err(|e| ApiError::Internal(format!("{e:#}")))
 }
 
 impl Components {

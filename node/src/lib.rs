@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod migration;
 pub mod node;
 pub mod peer;
+pub mod priority;
 pub mod routing;
 pub mod runtime;
 mod tasks;

@@ -238,6 +238,9 @@ async fn run_node(config: NodeConfig, dir: DataDir, key: libp2p::identity::Keypa
     .collect::<Vec<_>>();
     dir.write_node_json(&info)?;
     tracing::info!(http = %info.http, "node ready: HTTP/1.1 on TCP and HTTP/3 on UDP {addr}");
+    if let Some(p) = crate::priority::realtime_priority() {
+        tracing::info!("requests served at real-time priority {p} (SCHED_RR)");
+    }
 
     shutdown_signal().await?;
     tracing::info!("stopping: final checkpoint of every component");

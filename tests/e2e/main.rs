@@ -23,6 +23,7 @@ mod names;
 mod newcomers;
 mod open_swarm;
 mod placement;
+mod realtime;
 mod rpc;
 mod single_node;
 mod stranger;

@@ -201,6 +201,11 @@ impl TestNode {
         self.info.p2p[0].clone()
     }
 
+    /// The node's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("node is running").id()
+    }
+
     pub fn peer_id(&self) -> &str {
         &self.info.peer_id
     }

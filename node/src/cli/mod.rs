@@ -71,8 +71,13 @@ impl Cli {
     pub fn run(self) -> ExitCode {
         let is_node = matches!(self.command, Command::Node(_));
         init_tracing(if is_node { "info" } else { "warn" });
+        let priority = match &self.command {
+            Command::Node(a) => a.set_priority(),
+            _ => Ok(()),
+        };
         let rt = if is_node {
             tokio::runtime::Builder::new_multi_thread()
+                .on_thread_start(crate::priority::request_path)
                 .enable_all()
                 .build()
         } else {
@@ -80,25 +85,27 @@ impl Cli {
                 .enable_all()
                 .build()
         };
-        let result = rt.context("starting the async runtime").and_then(|rt| {
-            rt.block_on(async {
-                match self.command {
-                    Command::Node(a) => a.run().await,
-                    Command::Deploy(a) => a.run().await,
-                    Command::Ls(a) => a.run().await,
-                    Command::Status(a) => a.run().await,
-                    Command::Call(a) => a.run().await,
-                    Command::Checkpoint(a) => a.run().await,
-                    Command::Restore(a) => a.run().await,
-                    Command::Rm(a) => a.run().await,
-                    Command::Migrate(a) => a.run().await,
-                    Command::Update(a) => a.run().await,
-                    Command::Keygen(a) => a.run().await,
-                    Command::Federate(a) => a.run().await,
-                    Command::Compile(a) => a.run(),
-                }
-            })
-        });
+        let result = priority
+            .and_then(|()| rt.context("starting the async runtime"))
+            .and_then(|rt| {
+                rt.block_on(async {
+                    match self.command {
+                        Command::Node(a) => a.run().await,
+                        Command::Deploy(a) => a.run().await,
+                        Command::Ls(a) => a.run().await,
+                        Command::Status(a) => a.run().await,
+                        Command::Call(a) => a.run().await,
+                        Command::Checkpoint(a) => a.run().await,
+                        Command::Restore(a) => a.run().await,
+                        Command::Rm(a) => a.run().await,
+                        Command::Migrate(a) => a.run().await,
+                        Command::Update(a) => a.run().await,
+                        Command::Keygen(a) => a.run().await,
+                        Command::Federate(a) => a.run().await,
+                        Command::Compile(a) => a.run(),
+                    }
+                })
+            });
         match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -89,9 +89,23 @@ pub struct NodeArgs {
     /// and memory on Cranelift.
     #[arg(long)]
     no_compile: bool,
+    /// Serve requests at real-time priority (SCHED_RR, 1 to 98): the HTTP and mesh threads and
+    /// each component's thread preempt any other work on the host at once, a migration's bulk
+    /// work above all (it is batch work). Needs root, CAP_SYS_NICE or `ulimit -r`.
+    #[arg(long, value_name = "PRIORITY", env = "CONTINUUM_REALTIME",
+          value_parser = clap::value_parser!(u8).range(1..=98))]
+    realtime: Option<u8>,
 }
 
 impl NodeArgs {
+    /// Before the runtime starts its threads, so that they start on the request path.
+    pub fn set_priority(&self) -> Result<()> {
+        if let Some(p) = self.realtime {
+            crate::priority::realtime(p)?;
+        }
+        Ok(())
+    }
+
     pub async fn run(self) -> Result<()> {
         let mut c = NodeConfig::load(self.config.as_deref())?;
         if let Some(d) = self.data_dir {

@@ -224,6 +224,7 @@ impl Mesh {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("mesh")
+            .on_thread_start(crate::priority::request_path)
             .enable_all()
             .build()
             .context("starting the mesh's runtime")?;

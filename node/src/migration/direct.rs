@@ -177,7 +177,7 @@ pub fn accept(node: Arc<Node>, stream: tokio::net::TcpStream, guard: impl Send +
     let spawned = std::thread::Builder::new()
         .name("direct-in".into())
         .spawn(move || {
-            crate::bulk::background();
+            crate::priority::bulk();
             let _guard = guard;
             match stream.into_std() {
                 Ok(stream) => {
@@ -314,7 +314,7 @@ impl Direct {
                     std::thread::Builder::new()
                         .name("direct-out".into())
                         .spawn(move || {
-                            crate::bulk::background();
+                            crate::priority::bulk();
                             send_all(tls, rx)
                         })
                         .map_err(|e| e.to_string())?;

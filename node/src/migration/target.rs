@@ -89,7 +89,7 @@ pub async fn on_message(node: &Arc<Node>, from: PeerId, msg: ToTarget) -> ToSour
                     .failed("the module sent does not match the digest offered".into())
             } else {
                 let rt = node.components.runtime().clone();
-                match tokio::task::spawn_blocking(move || rt.load(&wasm)).await {
+                match crate::bulk::run(move || rt.load(&wasm)).await {
                     Ok(Ok(m)) => {
                         st.module = Some(m);
                         st.target.module_stored(now(node))
@@ -281,12 +281,10 @@ async fn decide(
     node.admit(&bounds, Some(&from))?;
     let rt = node.components.runtime().clone();
     let digest = offer.module_digest;
-    Ok(
-        tokio::task::spawn_blocking(move || rt.load_digest(&digest).ok())
-            .await
-            .ok()
-            .flatten(),
-    )
+    Ok(crate::bulk::run(move || rt.load_digest(&digest).ok())
+        .await
+        .ok()
+        .flatten())
 }
 
 async fn offered(node: &Arc<Node>, from: PeerId, offer: Offer) -> ToSource {

@@ -336,6 +336,7 @@ impl ComponentHandle {
         std::thread::Builder::new()
             .name(format!("c:{}", meta.name))
             .spawn(move || {
+                crate::priority::request_path();
                 let span = tracing::info_span!("component", name = %meta.name);
                 let _entered = span.enter();
                 let actor = Actor::new(

@@ -117,6 +117,7 @@ impl Runtime {
         std::thread::Builder::new()
             .name("epoch".into())
             .spawn(move || {
+                crate::priority::clock();
                 while !s.load(Ordering::Relaxed) {
                     std::thread::sleep(EPOCH);
                     e.increment_epoch();
