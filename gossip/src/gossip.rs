@@ -24,6 +24,7 @@ use crate::federation::{
 };
 use crate::membership::{Heard, View};
 use crate::naming::{Found, open_name, record_key, seal_name};
+use crate::recruit::{Recruiter, Want};
 use crate::verified::Verified;
 use crate::wire::{
     Body, Known, MAX_DIRECT_BYTES, MAX_GOSSIP_BYTES, Message, Reject, SwarmKey, SyncEntry,
@@ -78,6 +79,16 @@ pub struct Config {
     /// A name in use is looked for again this often, so a finder learns of a move even if
     /// nothing tells it sooner.
     pub name_refresh_ms: u64,
+    /// Scoped to neighbours: whether federations recruit beyond the neighbourhood (see
+    /// [`crate::recruit`]): the node provides its labels in the distributed hash table, an
+    /// owner looks up its members there and tells them directly ([`Output::Tell`]).
+    pub recruit: bool,
+    /// A node provides its labels again this often (the table forgets what is not).
+    pub provide_every_ms: u64,
+    /// An owner looks for new members every third of its federation's lease, but no more
+    /// often than the first and no less than the second.
+    pub recruit_min_ms: u64,
+    pub recruit_max_ms: u64,
 }
 
 /// How far membership reaches.
@@ -112,6 +123,10 @@ impl Default for Config {
             name_refile_ms: 300_000,
             name_ttl_ms: 60_000,
             name_refresh_ms: 10_000,
+            recruit: false,
+            provide_every_ms: 300_000,
+            recruit_min_ms: 5_000,
+            recruit_max_ms: 60_000,
         }
     }
 }
@@ -140,6 +155,16 @@ pub enum Output {
     /// Look in the distributed hash table for the records under `key`, and hand each one
     /// found to [`Gossip::handle_name_record`].
     Find { key: Vec<u8> },
+    /// A federation message for a peer that may not be a neighbour (an owner's invitation or
+    /// renewal, a member's renewal to its owner): sent straight to it, taken by
+    /// [`Gossip::handle_told`] whether or not it has room for another neighbour.
+    Tell { to: PeerId, bytes: Vec<u8> },
+    /// List this node in the distributed hash table as a provider of `key` (one of its labels).
+    Provide { key: Vec<u8> },
+    /// Stop listing this node under `key`.
+    Unprovide { key: Vec<u8> },
+    /// Look up the providers of `key` and hand them to [`Gossip::handle_providers`].
+    FindProviders { key: Vec<u8> },
 }
 
 /// What happened, for logs and status.
@@ -203,6 +228,7 @@ pub struct Gossip {
     /// What this node filed for each name it hosts, and when it files them all again.
     filed: BTreeMap<String, Hosted>,
     next_refile: u64,
+    recruiter: Recruiter,
 }
 
 impl Gossip {
@@ -219,6 +245,7 @@ impl Gossip {
     ) -> Gossip {
         let me = id.public().to_peer_id();
         let feds = Federations::new(cfg.max_lease_ms);
+        let recruiter = Recruiter::new(&me, cfg.provide_every_ms);
         let mut g = Gossip {
             id,
             me,
@@ -249,9 +276,11 @@ impl Gossip {
             found: Found::default(),
             filed: BTreeMap::new(),
             next_refile: u64::MAX,
+            recruiter,
         };
         g.sync_every = g.cfg.sync_min_ms;
         g.publish_advert(now);
+        g.provide_labels(now, true);
         g
     }
 
@@ -378,6 +407,100 @@ impl Gossip {
         }
         self.local = local;
         self.file_names(now, false);
+        self.provide_labels(now, false);
+    }
+
+    /// Provide this node's labels that are new (all of them, `again`), drop those it lost.
+    fn provide_labels(&mut self, now: u64, again: bool) {
+        if !self.recruits() {
+            return;
+        }
+        let neighbours = !self.connected.is_empty();
+        let wants = self.recruiter.labels(now, &self.local, neighbours, again);
+        self.want(wants);
+    }
+
+    fn recruits(&self) -> bool {
+        self.cfg.recruit && self.cfg.federations && self.cfg.scope == Scope::Neighbours
+    }
+
+    fn want(&mut self, wants: Vec<Want>) {
+        self.out.extend(wants.into_iter().map(|w| match w {
+            Want::Provide(key) => Output::Provide { key },
+            Want::Unprovide(key) => Output::Unprovide { key },
+            Want::FindProviders(key) => Output::FindProviders { key },
+        }));
+    }
+
+    /// A federation message: to the neighbours, and, recruiting, told straight to those it
+    /// is for that are not neighbours (an announcement to the owner's members, a member's
+    /// message to the owner).
+    fn federation_out(&mut self, msg: FederationMsg) {
+        let far: Vec<PeerId> = if self.recruits() {
+            match &msg {
+                FederationMsg::Announce(spec) => self
+                    .feds
+                    .get(&spec.name)
+                    .map(|f| f.members.keys().copied().collect())
+                    .unwrap_or_default(),
+                FederationMsg::Member { owner, .. } => {
+                    PeerId::from_bytes(owner).into_iter().collect()
+                }
+            }
+        } else {
+            Vec::new()
+        };
+        let bytes = self.seal(Body::Federation(msg));
+        for to in far {
+            if to != self.me && !self.connected.contains(&to) {
+                self.out.push_back(Output::Tell {
+                    to,
+                    bytes: bytes.clone(),
+                });
+            }
+        }
+        self.emit(bytes);
+    }
+
+    /// The providers of `key` found in the table: each federation this node owns that
+    /// recruits under `key` invites those that are neither members nor neighbours (the
+    /// neighbours heard its announcement).
+    pub fn handle_providers(&mut self, _now: u64, key: &[u8], providers: &[PeerId]) {
+        if !self.recruits() {
+            return;
+        }
+        let (me, connected) = (self.me, &self.connected);
+        let skip = |p: &PeerId| *p == me || connected.contains(p);
+        let found = self
+            .recruiter
+            .found(&self.feds, key, providers, skip, self.cfg.max_members);
+        for (spec, invite) in found {
+            let bytes = self.seal(Body::Federation(FederationMsg::Announce(spec)));
+            for to in invite {
+                self.out.push_back(Output::Tell {
+                    to,
+                    bytes: bytes.clone(),
+                });
+            }
+        }
+    }
+
+    /// A federation message told straight to this node by a peer that need not be a
+    /// neighbour: only federation messages come this way.
+    pub fn handle_told(&mut self, now: u64, from: PeerId, bytes: &[u8]) -> Result<(), Reject> {
+        let opened = open_with(bytes, self.key.as_ref(), MAX_GOSSIP_BYTES, None, Some(from))?;
+        if opened.signer != from {
+            return Err(Reject::WrongPeer {
+                claimed: from.to_string(),
+                signer: opened.signer.to_string(),
+            });
+        }
+        if !matches!(opened.message.body, Body::Federation(_)) {
+            return Err(Reject::Malformed(
+                "only federation messages may be told by a peer that is not a neighbour".into(),
+            ));
+        }
+        self.on_gossip(now, from, opened.message, bytes)
     }
 
     /// File the records of the names this node hosts that changed since it last filed them
@@ -487,6 +610,9 @@ impl Gossip {
         self.schedule_advert(now + 1_000);
         self.connected.insert(peer);
         self.sync_soon(now);
+        if self.recruits() && self.recruiter.provided_alone() {
+            self.provide_labels(now, true);
+        }
     }
 
     /// The last connection to a peer closed. Scoped to neighbours, a peer is heard only while
@@ -617,7 +743,7 @@ impl Gossip {
                     spec,
                 );
                 if let Some(msg) = msg {
-                    self.publish(Body::Federation(msg));
+                    self.federation_out(msg);
                 }
                 self.events.extend(event.map(Event::Federation));
             }
@@ -838,10 +964,24 @@ impl Gossip {
         }
         let (msgs, events) = self.feds.handle_timeout(now, self.me);
         for m in msgs {
-            self.publish(Body::Federation(m));
+            self.federation_out(m);
         }
         self.events
             .extend(events.into_iter().map(Event::Federation));
+        self.recruit(now);
+    }
+
+    /// Provide the labels again and look up members, where due.
+    fn recruit(&mut self, now: u64) {
+        if !self.recruits() {
+            return;
+        }
+        let (min, max) = (self.cfg.recruit_min_ms, self.cfg.recruit_max_ms);
+        let wants = self.recruiter.due(now, &self.feds, min, max);
+        self.want(wants);
+        if self.recruiter.refresh_due(now) {
+            self.provide_labels(now, true);
+        }
     }
 
     /// When [`Self::handle_timeout`] should next be called.
@@ -853,6 +993,9 @@ impl Gossip {
             self.feds.next_timeout(),
             (self.next_sync != u64::MAX).then_some(self.next_sync),
             (self.next_refile != u64::MAX).then_some(self.next_refile),
+            self.recruits()
+                .then(|| self.recruiter.next_timeout())
+                .flatten(),
         ]
         .into_iter()
         .flatten()
@@ -880,16 +1023,17 @@ impl Gossip {
         }
         let (msgs, events) = self.feds.create(now, self.me, &self.local, spec)?;
         for m in msgs {
-            self.publish(Body::Federation(m));
+            self.federation_out(m);
         }
         self.events
             .extend(events.into_iter().map(Event::Federation));
+        self.recruit(now);
         Ok(())
     }
 
     pub fn join_federation(&mut self, now: u64, name: &str) -> Result<(), FederationError> {
         let msg = self.feds.join(now, self.me, &self.local, name)?;
-        self.publish(Body::Federation(msg));
+        self.federation_out(msg);
         self.events
             .push_back(Event::Federation(FederationEvent::Joined(name.to_string())));
         Ok(())
@@ -897,7 +1041,7 @@ impl Gossip {
 
     pub fn leave_federation(&mut self, name: &str) -> Result<(), FederationError> {
         let msg = self.feds.leave(self.me, name)?;
-        self.publish(Body::Federation(msg));
+        self.federation_out(msg);
         self.events
             .push_back(Event::Federation(FederationEvent::Left(name.to_string())));
         Ok(())

@@ -14,6 +14,7 @@ mod membership;
 mod naming;
 mod placement;
 mod policy;
+mod recruit;
 mod verified;
 mod wire;
 
@@ -31,6 +32,10 @@ pub use naming::{
 };
 pub use placement::{Candidate, Need, Placement, place};
 pub use policy::{Decision, PeerLoad, Placed, Placer, Policy, PolicyConfig};
+pub use recruit::{
+    LABEL_KEY_PREFIX, LABEL_SHARDS, MAX_LABEL_KEY_BYTES, MAX_PROVIDERS, is_label_key, label_key,
+    shard_of,
+};
 pub use verified::Verified;
 pub use wire::{
     Body, Known, MAX_DIRECT_BYTES, MAX_GOSSIP_BYTES, Message, Opened, Reject, SwarmKey, SyncEntry,

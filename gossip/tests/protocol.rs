@@ -38,6 +38,10 @@ struct Net {
     /// The distributed hash table, as one store everyone reaches: each key's record, kept
     /// as a store keeps it (only a record that supersedes it replaces it).
     table: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// Its provider records: who provides each key.
+    providers: BTreeMap<Vec<u8>, BTreeSet<PeerId>>,
+    /// Federation messages told to a peer, for the tests of who hears what.
+    told: Vec<(usize, usize)>,
 }
 
 impl Net {
@@ -70,6 +74,8 @@ impl Net {
             published: Vec::new(),
             rejected: Vec::new(),
             table: BTreeMap::new(),
+            providers: BTreeMap::new(),
+            told: Vec::new(),
         };
         for &(i, j) in links {
             let (a, b) = (net.nodes[i].me(), net.nodes[j].me());
@@ -115,6 +121,35 @@ impl Net {
                             {
                                 self.rejected.push(e);
                             }
+                        }
+                        Output::Tell { to, bytes } => {
+                            let Some(j) = self.index(to) else {
+                                continue;
+                            };
+                            self.told.push((i, j));
+                            let from = self.nodes[i].me();
+                            if self.up[j]
+                                && let Err(e) = self.nodes[j].handle_told(self.now, from, &bytes)
+                            {
+                                self.rejected.push(e);
+                            }
+                        }
+                        Output::Provide { key } => {
+                            let me = self.nodes[i].me();
+                            self.providers.entry(key).or_default().insert(me);
+                        }
+                        Output::Unprovide { key } => {
+                            let me = self.nodes[i].me();
+                            self.providers.entry(key).or_default().remove(&me);
+                        }
+                        Output::FindProviders { key } => {
+                            let found: Vec<PeerId> = self
+                                .providers
+                                .get(&key)
+                                .map(|p| p.iter().copied().collect())
+                                .unwrap_or_default();
+                            let now = self.now;
+                            self.nodes[i].handle_providers(now, &key, &found);
                         }
                         Output::File { key, record } => self.file(key, record),
                         Output::Find { key } => {
@@ -1091,4 +1126,136 @@ fn a_name_beyond_the_neighbourhood_is_found_through_its_hosts_record_and_follows
         refused(net.nodes[2].handle_direct(now, ids[1], &record)),
         "malformed"
     );
+}
+
+#[test]
+fn a_federation_recruits_beyond_the_neighbourhood_and_costs_nothing_outside_it() {
+    let cfg = Config {
+        scope: Scope::Neighbours,
+        recruit: true,
+        recruit_min_ms: 1_000,
+        ..Config::with_ttl(3_000)
+    };
+    // A line: the owner (zone a) - b - b - b - a. Nodes 2 and 3 are not the owner's
+    // neighbours, node 4 matches nothing.
+    let line = [(0, 1), (1, 2), (2, 3), (3, 4)];
+    let mut net = Net::with(&["a", "b", "b", "b", "a"], None, cfg, &line);
+    let ids: Vec<PeerId> = net.nodes.iter().map(|n| n.me()).collect();
+    net.run_until(100);
+    let providers: BTreeSet<PeerId> = (0..continuum_gossip::LABEL_SHARDS)
+        .flat_map(|s| {
+            let key = continuum_gossip::label_key("zone", "b", s);
+            net.providers.get(&key).cloned().unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(providers, BTreeSet::from([ids[1], ids[2], ids[3]]));
+    let spec = FederationSpec {
+        name: "edge".into(),
+        objective: "cameras".into(),
+        require: BTreeMap::from([("zone".into(), "b".into())]),
+        min_members: 3,
+        lease_ms: 3_000,
+    };
+    let now = net.now;
+    net.nodes[0].create_federation(now, spec).unwrap();
+    net.run_until(200);
+    let members = |net: &Net| -> BTreeSet<PeerId> {
+        net.nodes[0]
+            .federations()
+            .get("edge")
+            .unwrap()
+            .members
+            .keys()
+            .copied()
+            .collect()
+    };
+    assert_eq!(members(&net), BTreeSet::from([ids[1], ids[2], ids[3]]));
+    assert!(net.nodes[0].federations().get("edge").unwrap().formed());
+    for i in [2, 3] {
+        let f = net.nodes[i].federations().get("edge").unwrap();
+        assert_eq!((f.owner, f.mine), (ids[0], Mine::Member), "node {i}");
+    }
+    // Nothing reached the node outside it, and only the owner and its members were told.
+    assert!(net.nodes[4].federations().get("edge").is_none());
+    assert!(
+        net.told.iter().all(|&(i, j)| i != 4 && j != 4),
+        "{:?}",
+        net.told
+    );
+
+    // Renewed straight between owner and members for many leases.
+    net.run_until(20_000);
+    assert_eq!(members(&net), BTreeSet::from([ids[1], ids[2], ids[3]]));
+    assert!(net.nodes[3].federations().get("edge").is_some());
+
+    // A far member that dies drops out at its lease; one that leaves, at once.
+    net.up[3] = false;
+    let now = net.now;
+    net.nodes[2].leave_federation("edge").unwrap();
+    net.run_until(now + 100);
+    assert_eq!(members(&net), BTreeSet::from([ids[1], ids[3]]));
+    net.run_until(now + 4_000);
+    assert_eq!(members(&net), BTreeSet::from([ids[1]]));
+
+    // Only federation messages may be told by a peer that is not a neighbour.
+    let advert = net.nodes[4].local().clone();
+    let told = seal_direct(
+        None,
+        &Message {
+            seq: 1 << 40,
+            body: Body::Advert(ResourceAdvert {
+                peer: ids[4].to_bytes(),
+                ttl_ms: 3_000,
+                resources: advert,
+            }),
+        },
+    );
+    let now = net.now;
+    assert_eq!(
+        net.nodes[0]
+            .handle_told(now, ids[4], &told)
+            .unwrap_err()
+            .reason(),
+        "malformed"
+    );
+}
+
+#[test]
+fn an_owner_invites_only_nodes_listed_under_every_label_it_requires() {
+    let cfg = Config {
+        scope: Scope::Neighbours,
+        recruit: true,
+        ..Config::with_ttl(3_000)
+    };
+    let line = [(0, 1), (1, 2), (2, 3), (3, 4)];
+    let mut net = Net::with(&["a", "b", "b", "b", "b"], None, cfg, &line);
+    let ids: Vec<PeerId> = net.nodes.iter().map(|n| n.me()).collect();
+    // Nodes 3 and 4 carry a camera too; zone=b alone is the broad label.
+    for i in [3, 4] {
+        let mut r = net.nodes[i].local().clone();
+        r.labels.insert("sensor".into(), "camera".into());
+        net.nodes[i].set_local(0, r);
+    }
+    net.run_until(100);
+    let spec = FederationSpec {
+        name: "cams".into(),
+        objective: "cameras of zone b".into(),
+        require: BTreeMap::from([
+            ("sensor".into(), "camera".into()),
+            ("zone".into(), "b".into()),
+        ]),
+        min_members: 2,
+        lease_ms: 3_000,
+    };
+    let now = net.now;
+    net.nodes[0].create_federation(now, spec).unwrap();
+    net.run_until(10_000);
+    let f = net.nodes[0].federations().get("cams").unwrap();
+    assert_eq!(
+        f.members.keys().copied().collect::<BTreeSet<_>>(),
+        BTreeSet::from([ids[3], ids[4]])
+    );
+    // Node 2, beyond the neighbourhood with zone=b alone, was never told anything.
+    assert!(net.told.iter().all(|&(_, j)| j != 2), "{:?}", net.told);
+    assert!(net.nodes[2].federations().get("cams").is_none());
 }

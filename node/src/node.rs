@@ -177,6 +177,8 @@ async fn run_node(config: NodeConfig, dir: DataDir, key: libp2p::identity::Keypa
             // holds stays flat as the swarm grows.
             scope: continuum_gossip::Scope::Neighbours,
             names: true,
+            // Federations recruit beyond the neighbourhood, through label providers.
+            recruit: true,
             // A neighbour's connection closes only after seconds of silence (see the mesh
             // driver's QUIC_IDLE): by then a reconnect is not worth waiting long for.
             suspect_ms: 1_000,

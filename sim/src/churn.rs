@@ -30,6 +30,9 @@ pub struct Churn {
     /// federation of the west zone with a 30 s lease, and at the end it dies, so the
     /// federation must dissolve.
     pub federation: bool,
+    /// Scoped to neighbours: federations recruit beyond the neighbourhood through label
+    /// providers in the table (the node's way); without, an owner's neighbours alone hear it.
+    pub recruit: bool,
 }
 
 /// The federation `churn` forms with `federation`.
@@ -63,6 +66,7 @@ pub struct Outcome {
 pub fn run(c: &Churn) -> Outcome {
     let cfg = Config {
         scope: c.scope,
+        recruit: c.recruit,
         ..Config::default()
     };
     let mut w = World::new(c.seed, NetConfig::default(), cfg);
@@ -241,6 +245,12 @@ pub fn run(c: &Churn) -> Outcome {
             out.federated_min * 100.0,
             out.federated_wrong,
             out.dissolved
+        );
+        let k = &w.counters;
+        let _ = write!(
+            out.summary,
+            "\nrecruiting: {} label listings, {} lookups of providers, {} federation messages told beyond neighbours",
+            k.provided, k.provider_lookups, k.told
         );
     }
     out.trace_hash = w.trace_hash();

@@ -45,6 +45,10 @@ struct Args {
     /// churn: node 0 proposes a federation of the west zone, and dies at the end.
     #[arg(long)]
     federation: bool,
+    /// churn scoped to neighbours: federations reach their owner's neighbours only, as before
+    /// they recruited through label providers (a baseline).
+    #[arg(long)]
+    no_recruit: bool,
     /// churn and convergence: who hears whom, `swarm` (every node every node) or `neighbours`
     /// (each node the peers it is connected to).
     #[arg(long, default_value = "swarm")]
@@ -107,6 +111,7 @@ fn main() -> Result<()> {
                 partition_s: 0,
                 scope,
                 federation: a.federation,
+                recruit: !a.no_recruit,
             });
             let known = vec![
                 ("mean".into(), column(&o.csv, 0, |v| v[2])),
@@ -253,6 +258,7 @@ fn main() -> Result<()> {
                     partition_s: 0,
                     scope,
                     federation: false,
+                    recruit: true,
                 });
                 let ms = o.converged_ms.unwrap_or(seconds * 1000) as f64;
                 let per_node = column(&o.csv, 0, |v| v[5]);

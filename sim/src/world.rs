@@ -12,7 +12,7 @@ use continuum_gossip::{
 };
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 /// Frames the shared signature cache remembers: about 25 s of the distinct frames 10,000 nodes
@@ -26,12 +26,18 @@ enum Ev {
     Timer { node: usize, generation: u64 },
     /// A gossip publication reaches a node.
     Gossip { to: usize, bytes: Arc<[u8]> },
-    /// A direct message (a sync) reaches a node.
+    /// A direct message (a sync, or a federation message `told` to a peer that need not be a
+    /// neighbour) reaches a node.
     Direct {
         to: usize,
         from: PeerId,
         bytes: Arc<[u8]>,
+        told: bool,
     },
+    /// A node's provider record for `key` reaches the table, its lookup done.
+    Provided { key: Vec<u8>, provider: PeerId },
+    /// A node's lookup of the providers of `key` is done: it gets those listed then.
+    LookedProviders { node: usize, key: Vec<u8> },
     /// A record a host filed reaches the table, its lookup done.
     Filed { key: Vec<u8>, record: Vec<u8> },
     /// A node's lookup of `key` in the table is done: it gets the record held then, if any.
@@ -82,6 +88,10 @@ pub struct Counters {
     pub lookups_found: u64,
     /// Lookups that reached no node (every try lost or cut off).
     pub lookups_lost: u64,
+    /// Federations: label provider records filed, lookups of providers, messages told.
+    pub provided: u64,
+    pub provider_lookups: u64,
+    pub told: u64,
 }
 
 pub struct World {
@@ -105,6 +115,10 @@ pub struct World {
     /// in is decided by the table's rule the node applies (`continuum_gossip::file_over`).
     /// Not modelled: the store's nodes failing (Kademlia keeps eight copies).
     names: HashMap<Vec<u8>, (Vec<u8>, u64)>,
+    /// The table's provider records (label keys), each provider until it lapses; at most
+    /// `MAX_PROVIDERS` a key, the first come kept, as the node's store keeps them. A provider
+    /// that stops providing stays listed until its record lapses, as in Kademlia.
+    providers: BTreeMap<Vec<u8>, BTreeMap<PeerId, u64>>,
 }
 
 impl World {
@@ -127,6 +141,7 @@ impl World {
             counters: Counters::default(),
             verified: Verified::new(VERIFIED_FRAMES),
             names: HashMap::new(),
+            providers: BTreeMap::new(),
         }
     }
 
@@ -269,7 +284,35 @@ impl World {
                             to,
                             from,
                             bytes: bytes.into(),
+                            told: false,
                         });
+                    }
+                }
+                Output::Tell { to, bytes } => {
+                    if let Some(&j) = self.index.get(&to) {
+                        self.counters.told += 1;
+                        let from = self.nodes[i].id;
+                        self.send(i, j, |to| Ev::Direct {
+                            to,
+                            from,
+                            bytes: bytes.into(),
+                            told: true,
+                        });
+                    }
+                }
+                Output::Provide { key } => {
+                    self.counters.provided += 1;
+                    if let Some(d) = self.lookup_us(i) {
+                        let provider = self.nodes[i].id;
+                        self.queue.after(d, Ev::Provided { key, provider });
+                    }
+                }
+                // Only the node's own listing goes; the table's copies lapse.
+                Output::Unprovide { .. } => {}
+                Output::FindProviders { key } => {
+                    self.counters.provider_lookups += 1;
+                    if let Some(d) = self.lookup_us(i) {
+                        self.queue.after(d, Ev::LookedProviders { node: i, key });
                     }
                 }
                 Output::File { key, record } => {
@@ -313,7 +356,14 @@ impl World {
         let mut total = 0;
         for _ in 0..rounds {
             let leg = (0..3).find_map(|_| {
-                let j = self.rng.random_range(0..self.nodes.len());
+                // A walk visits peers the table knows: ones that started (and may have died
+                // since), never one that has not started yet.
+                let j = loop {
+                    let j = self.rng.random_range(0..self.nodes.len());
+                    if self.nodes[j].incarnation > 0 {
+                        break j;
+                    }
+                };
                 let (a, b) = ((i, self.nodes[i].pos), (j, self.nodes[j].pos));
                 let there = self.net.delay_us(&mut self.rng, a, b)?;
                 let back = self.net.delay_us(&mut self.rng, b, a)?;
@@ -410,14 +460,49 @@ impl World {
                         self.flush(to);
                     }
                 }
-                Ev::Direct { to, from, bytes } => {
+                Ev::Direct {
+                    to,
+                    from,
+                    bytes,
+                    told,
+                } => {
                     self.trace(5, to, &bytes);
                     if let Some(g) = self.nodes[to].gossip.as_mut() {
                         self.counters.direct_delivered += 1;
-                        if g.handle_direct(now, from, &bytes).is_err() {
+                        let result = if told {
+                            g.handle_told(now, from, &bytes)
+                        } else {
+                            g.handle_direct(now, from, &bytes)
+                        };
+                        if result.is_err() {
                             self.counters.rejected += 1;
                         }
                         self.flush(to);
+                    }
+                }
+                Ev::Provided { key, provider } => {
+                    self.trace(10, 0, &key);
+                    let listed = self.providers.entry(key).or_default();
+                    listed.retain(|_, until| *until > now);
+                    if listed.len() < continuum_gossip::MAX_PROVIDERS
+                        || listed.contains_key(&provider)
+                    {
+                        listed.insert(provider, now + NAME_RECORD_TTL_MS);
+                    }
+                }
+                Ev::LookedProviders { node, key } => {
+                    self.trace(11, node, &key);
+                    let found: Vec<PeerId> = self
+                        .providers
+                        .get(&key)
+                        .into_iter()
+                        .flatten()
+                        .filter(|(_, until)| **until > now)
+                        .map(|(p, _)| *p)
+                        .collect();
+                    if let Some(g) = self.nodes[node].gossip.as_mut() {
+                        g.handle_providers(now, &key, &found);
+                        self.flush(node);
                     }
                 }
                 Ev::Filed { key, record } => {

@@ -14,6 +14,7 @@ fn churn(seed: u64) -> Churn {
         partition_s: 0,
         scope: Scope::Swarm,
         federation: false,
+        recruit: true,
     }
 }
 
@@ -173,4 +174,30 @@ fn a_federation_takes_exactly_its_zone_through_churn_and_dissolves_without_its_o
     assert!(o.federated_min >= 0.9, "min share {}", o.federated_min);
     assert_eq!(o.federated_wrong, 0);
     assert!(o.dissolved);
+}
+
+/// Scoped to neighbours, a federation takes its zone beyond the owner's neighbourhood: its
+/// owner finds the zone's nodes as providers of their label in the table and tells them
+/// directly. Without that, only the owner's neighbours hear of it.
+#[test]
+fn scoped_to_neighbours_a_federation_recruits_its_zone_through_the_table() {
+    let scoped = |recruit| Churn {
+        nodes: 200,
+        seconds: 60,
+        federation: true,
+        scope: Scope::Neighbours,
+        recruit,
+        ..churn(5)
+    };
+    let o = run(&scoped(true));
+    eprintln!("{}\n{}", o.summary, o.csv);
+    assert!(o.federated_min >= 0.9, "min share {}", o.federated_min);
+    assert_eq!(o.federated_wrong, 0);
+    assert!(o.dissolved);
+    let before = run(&scoped(false));
+    assert!(
+        before.federated_min < 0.5,
+        "neighbours alone took {}",
+        before.federated_min
+    );
 }

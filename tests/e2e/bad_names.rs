@@ -1,7 +1,8 @@
 //! Bad name records from a raw libp2p peer that speaks the node's Kademlia: a record that is
 //! not a signed claim, one filed under another name, one signed by a peer that claims a higher
-//! epoch of a name another host holds, with no hand-off. None is stored, each is counted, the
-//! honest record stays what the node hands out, and the node keeps serving.
+//! epoch of a name another host holds, with no hand-off; a provider record under a key that is
+//! not a label's. None is stored, each is counted, the honest record stays what the node hands
+//! out, and the node keeps serving.
 
 use crate::support::{TestNode, guest};
 use continuum_gossip::{Hosted, Keypair, record_key, seal_name};
@@ -55,10 +56,20 @@ async fn bad_name_records_are_refused_counted_and_survived() {
             Quorum::One,
         );
     }
+    // Provider records are kept for label keys only (federations recruit under them).
+    swarm
+        .behaviour_mut()
+        .start_providing(RecordKey::new(&key))
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let _ = tokio::time::timeout(Duration::from_millis(100), swarm.select_next_some()).await;
-        let want = [("malformed", 2), ("superseded_name", 1), ("oversized", 1)];
+        let want = [
+            ("malformed", 2),
+            ("superseded_name", 1),
+            ("oversized", 1),
+            ("not_a_label", 1),
+        ];
         if node.refused(&want).await {
             break;
         }

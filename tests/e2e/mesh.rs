@@ -186,23 +186,10 @@ async fn a_federation_takes_the_matching_nodes_and_dissolves_without_renewal() {
         "2",
     ]);
     let zone_a: BTreeSet<String> = nodes[..3].iter().map(|n| n.peer_id().to_string()).collect();
-    let members = |n: &TestNode| -> Option<BTreeSet<String>> {
-        let list: Vec<serde_json::Value> =
-            serde_json::from_str(&n.ok(&["federate", "ls", "--json"])).unwrap();
-        let f = list.iter().find(|f| f["name"] == "edge")?;
-        Some(
-            f["members"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|m| m.as_str().unwrap().to_string())
-                .collect(),
-        )
-    };
     let wait = |want: Option<BTreeSet<String>>, within: Duration| {
         let started = Instant::now();
         loop {
-            if nodes.iter().all(|n| members(n) == want) {
+            if nodes.iter().all(|n| n.federation_members("edge") == want) {
                 return started.elapsed();
             }
             assert!(

@@ -201,6 +201,20 @@ impl TestNode {
         self.info.p2p[0].clone()
     }
 
+    /// The members this node lists for federation `name` (none if it knows no such one).
+    pub fn federation_members(&self, name: &str) -> Option<std::collections::BTreeSet<String>> {
+        let list: Vec<serde_json::Value> =
+            serde_json::from_str(&self.ok(&["federate", "ls", "--json"])).unwrap();
+        let f = list.iter().find(|f| f["name"] == name)?;
+        Some(
+            f["members"]
+                .as_array()?
+                .iter()
+                .filter_map(|m| Some(m.as_str()?.to_string()))
+                .collect(),
+        )
+    }
+
     /// The node's process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("node is running").id()

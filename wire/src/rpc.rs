@@ -85,7 +85,7 @@ impl Protocol {
     /// The protocol a request belongs on.
     pub fn of(request: &Request) -> Protocol {
         match request {
-            Request::Sync(_) => Protocol::Sync,
+            Request::Sync(_) | Request::Tell(_) => Protocol::Sync,
             Request::Forward { .. } | Request::Wake { .. } | Request::Answer { .. } => {
                 Protocol::Forward
             }
@@ -121,6 +121,10 @@ pub struct Envelope {
 pub enum Request {
     /// A gossip direct message (see `continuum_gossip::Gossip::handle_direct`).
     Sync(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// A federation message from a peer that need not be a neighbour (see
+    /// `continuum_gossip::Gossip::handle_told`): taken whether or not this node has room for
+    /// another neighbour.
+    Tell(#[serde(with = "serde_bytes")] Vec<u8>),
     /// A request for component `name`, in the guest ABI's encoding.
     Forward {
         name: String,

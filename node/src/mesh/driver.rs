@@ -144,6 +144,9 @@ fn kad_config() -> kad::Config {
         // stopped is gone after three missed refilings.
         .set_record_ttl(Some(NAME_RECORD_TTL))
         .set_publication_interval(None)
+        // Nodes provide their labels again every 5 minutes (the gossip machine's timer).
+        .set_provider_publication_interval(None)
+        .set_provider_record_ttl(Some(NAME_RECORD_TTL))
         .set_replication_interval(Some(Duration::from_secs(600)))
         .set_replication_factor(std::num::NonZeroUsize::new(8).expect("not zero"))
         .set_query_timeout(Duration::from_secs(10))
@@ -159,8 +162,10 @@ fn name_store(me: PeerId) -> kad::store::MemoryStore {
         kad::store::MemoryStoreConfig {
             max_records: 4096,
             max_value_bytes: continuum_gossip::MAX_NAME_RECORD_BYTES,
-            max_provided_keys: 0,
-            max_providers_per_key: 0,
+            // Label keys: one per label of this node, and others' (federations recruit under
+            // them), each listing its providers closest to the key.
+            max_provided_keys: 256,
+            max_providers_per_key: continuum_gossip::MAX_PROVIDERS,
         },
     )
 }
@@ -605,7 +610,8 @@ impl Driver {
             return;
         }
         let opened = rpc::open(self.key.as_ref(), &env);
-        let full = !self.gossip.connected().contains(&from)
+        let full = matches!(&opened, Ok(Request::Sync(_)))
+            && !self.gossip.connected().contains(&from)
             && !self.take_on(from)
             && !matches!(&opened, Ok(Request::Sync(b)) if self.make_room(from, b));
         let reply = match opened {
@@ -619,15 +625,8 @@ impl Driver {
                     ),
                 }
             }
-            Ok(Request::Sync(bytes)) => {
-                self.dirty = true;
-                self.metrics.gossip_in(bytes.len());
-                let now = self.now();
-                if let Err(e) = self.gossip.handle_direct(now, from, &bytes) {
-                    self.reject(&e);
-                }
-                Reply::Synced
-            }
+            Ok(Request::Sync(bytes)) => self.on_gossip_direct(from, &bytes, false),
+            Ok(Request::Tell(bytes)) => self.on_gossip_direct(from, &bytes, true),
             Ok(other) => {
                 self.metrics.mesh_reject("wrong_protocol");
                 rpc::misplaced(protocol, &other)
@@ -645,6 +644,22 @@ impl Driver {
             .behaviour_mut()
             .sync
             .send_response(channel, rpc::seal(self.key.as_ref(), &reply));
+    }
+
+    /// A neighbour's direct gossip (a sync), or a federation message `told` by any peer.
+    fn on_gossip_direct(&mut self, from: PeerId, bytes: &[u8], told: bool) -> Reply {
+        self.dirty = true;
+        self.metrics.gossip_in(bytes.len());
+        let now = self.now();
+        let result = if told {
+            self.gossip.handle_told(now, from, bytes)
+        } else {
+            self.gossip.handle_direct(now, from, bytes)
+        };
+        if let Err(e) = result {
+            self.reject(&e);
+        }
+        Reply::Synced
     }
 
     fn on_response(&mut self, protocol: Protocol, id: OutboundRequestId, env: Envelope) {
@@ -776,6 +791,25 @@ impl Driver {
                     self.metrics.gossip_out(bytes.len());
                     let sync = rpc::seal(self.key.as_ref(), &Request::Sync(bytes));
                     self.send(to, Protocol::Sync, sync, Pending::Sync);
+                }
+                Output::Tell { to, bytes } => {
+                    self.metrics.gossip_out(bytes.len());
+                    let tell = rpc::seal(self.key.as_ref(), &Request::Tell(bytes));
+                    self.send(to, Protocol::Sync, tell, Pending::Sync);
+                }
+                Output::Provide { key } => {
+                    let kad = &mut self.swarm.behaviour_mut().kad;
+                    if let Err(e) = kad.start_providing(kad::RecordKey::new(&key)) {
+                        tracing::warn!("a label not provided: {e}");
+                    }
+                }
+                Output::Unprovide { key } => {
+                    let kad = &mut self.swarm.behaviour_mut().kad;
+                    kad.stop_providing(&kad::RecordKey::new(&key));
+                }
+                Output::FindProviders { key } => {
+                    let kad = &mut self.swarm.behaviour_mut().kad;
+                    kad.get_providers(kad::RecordKey::new(&key));
                 }
                 Output::File { key, record } => {
                     let record = kad::Record::new(key, record);
@@ -991,6 +1025,41 @@ impl Driver {
                         self.send_now(peer, protocol, envelope, pending);
                     }
                 }
+            }
+            kad::Event::InboundRequest {
+                request:
+                    kad::InboundRequest::AddProvider {
+                        record: Some(record),
+                    },
+            } => {
+                // Kademlia took it only from the provider itself; a node keeps label keys
+                // alone (federations recruit under them), within the store's bounds.
+                use kad::store::RecordStore;
+                if !continuum_gossip::is_label_key(record.key.as_ref()) {
+                    self.metrics.mesh_reject("not_a_label");
+                } else if self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .store_mut()
+                    .add_provider(record)
+                    .is_err()
+                {
+                    self.metrics.mesh_reject("providers_full");
+                }
+            }
+            kad::Event::OutboundQueryProgressed {
+                result:
+                    kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders {
+                        key,
+                        providers,
+                    })),
+                ..
+            } => {
+                let now = self.now();
+                let providers: Vec<PeerId> = providers.into_iter().collect();
+                self.gossip.handle_providers(now, key.as_ref(), &providers);
+                self.dirty = true;
             }
             kad::Event::OutboundQueryProgressed {
                 result: kad::QueryResult::GetRecord(Ok(kad::GetRecordOk::FoundRecord(found))),
