@@ -24,7 +24,7 @@ use crate::federation::{
 };
 use crate::membership::{Heard, View};
 use crate::naming::{Found, open_name, record_key, seal_name};
-use crate::recruit::{Recruiter, Want};
+use crate::recruit::Recruiter;
 use crate::verified::Verified;
 use crate::wire::{
     Body, Known, MAX_DIRECT_BYTES, MAX_GOSSIP_BYTES, Message, Reject, SwarmKey, SyncEntry,
@@ -417,19 +417,11 @@ impl Gossip {
         }
         let neighbours = !self.connected.is_empty();
         let wants = self.recruiter.labels(now, &self.local, neighbours, again);
-        self.want(wants);
+        self.out.extend(wants);
     }
 
     fn recruits(&self) -> bool {
         self.cfg.recruit && self.cfg.federations && self.cfg.scope == Scope::Neighbours
-    }
-
-    fn want(&mut self, wants: Vec<Want>) {
-        self.out.extend(wants.into_iter().map(|w| match w {
-            Want::Provide(key) => Output::Provide { key },
-            Want::Unprovide(key) => Output::Unprovide { key },
-            Want::FindProviders(key) => Output::FindProviders { key },
-        }));
     }
 
     /// A federation message: to the neighbours, and, recruiting, told straight to those it
@@ -488,13 +480,7 @@ impl Gossip {
     /// A federation message told straight to this node by a peer that need not be a
     /// neighbour: only federation messages come this way.
     pub fn handle_told(&mut self, now: u64, from: PeerId, bytes: &[u8]) -> Result<(), Reject> {
-        let opened = open_with(bytes, self.key.as_ref(), MAX_GOSSIP_BYTES, None, Some(from))?;
-        if opened.signer != from {
-            return Err(Reject::WrongPeer {
-                claimed: from.to_string(),
-                signer: opened.signer.to_string(),
-            });
-        }
+        let opened = self.open_from(from, bytes, MAX_GOSSIP_BYTES, None)?;
         if !matches!(opened.message.body, Body::Federation(_)) {
             return Err(Reject::Malformed(
                 "only federation messages may be told by a peer that is not a neighbour".into(),
@@ -785,24 +771,30 @@ impl Gossip {
         }
     }
 
-    /// A direct message from `from` (a sync request or reply).
-    pub fn handle_direct(&mut self, now: u64, from: PeerId, bytes: &[u8]) -> Result<(), Reject> {
-        // Past the gossip bound a message can only be a sync, sealed for this node alone: not
-        // worth remembering (a neighbour's scoped gossip, which others get too, is).
-        let cache = Some(&self.verified).filter(|_| bytes.len() <= MAX_GOSSIP_BYTES);
-        let opened = open_with(
-            bytes,
-            self.key.as_ref(),
-            MAX_DIRECT_BYTES,
-            cache,
-            Some(from),
-        )?;
+    /// A message sent straight to this node by `from`, opened: it must be `from`'s own.
+    fn open_from(
+        &self,
+        from: PeerId,
+        bytes: &[u8],
+        max: usize,
+        cache: Option<&Verified>,
+    ) -> Result<crate::wire::Opened, Reject> {
+        let opened = open_with(bytes, self.key.as_ref(), max, cache, Some(from))?;
         if opened.signer != from {
             return Err(Reject::WrongPeer {
                 claimed: from.to_string(),
                 signer: opened.signer.to_string(),
             });
         }
+        Ok(opened)
+    }
+
+    /// A direct message from `from` (a sync request or reply).
+    pub fn handle_direct(&mut self, now: u64, from: PeerId, bytes: &[u8]) -> Result<(), Reject> {
+        // Past the gossip bound a message can only be a sync, sealed for this node alone: not
+        // worth remembering (a neighbour's scoped gossip, which others get too, is).
+        let cache = Some(&self.verified).filter(|_| bytes.len() <= MAX_GOSSIP_BYTES);
+        let opened = self.open_from(from, bytes, MAX_DIRECT_BYTES, cache)?;
         // Whatever a known peer sends this node itself proves it alive now (a sync after a
         // reconnect, say, that carries no news).
         if let Some(ttl) = self
@@ -978,7 +970,7 @@ impl Gossip {
         }
         let (min, max) = (self.cfg.recruit_min_ms, self.cfg.recruit_max_ms);
         let wants = self.recruiter.due(now, &self.feds, min, max);
-        self.want(wants);
+        self.out.extend(wants);
         if self.recruiter.refresh_due(now) {
             self.provide_labels(now, true);
         }

@@ -32,10 +32,7 @@ pub use naming::{
 };
 pub use placement::{Candidate, Need, Placement, place};
 pub use policy::{Decision, PeerLoad, Placed, Placer, Policy, PolicyConfig};
-pub use recruit::{
-    LABEL_KEY_PREFIX, LABEL_SHARDS, MAX_LABEL_KEY_BYTES, MAX_PROVIDERS, is_label_key, label_key,
-    shard_of,
-};
+pub use recruit::{LABEL_SHARDS, MAX_PROVIDERS, is_label_key, label_key};
 pub use verified::Verified;
 pub use wire::{
     Body, Known, MAX_DIRECT_BYTES, MAX_GOSSIP_BYTES, Message, Opened, Reject, SwarmKey, SyncEntry,

@@ -2,24 +2,25 @@
 //! its neighbours only, so a matching node two hops away would never hear of the federation;
 //! flooding it to the swarm would make every federation cost every node. Instead each node
 //! lists itself in the distributed hash table as a provider of each of its labels
-//! (`/continuum/label/K=V/S`, refreshed every few minutes, a cost flat in the swarm's size), and
-//! an owner looks up the providers of each label its federation requires and invites those
+//! (`/continuum/label/K=V/S`, refreshed every few minutes, a cost flat in the swarm's size),
+//! and an owner looks up the providers of each label its federation requires and invites those
 //! listed under all of them (a broad label, such as `arch`, then costs no invitations to nodes
-//! that lack the others); members renew with the owner directly. `S` is one of [`LABEL_SHARDS`] shards, by
-//! the provider's id: a store keeps [`MAX_PROVIDERS`] a key, so a label carried by thousands
-//! is found through sixteen keys (stored on sixteen sets of nodes) rather than cut at one's. A federation costs its owner a lookup now
-//! and then and a message per member, its members a message each, and nothing to the nodes
-//! outside it.
+//! that lack the others); members renew with the owner directly. `S` is one of
+//! [`LABEL_SHARDS`] shards, by the provider's id: a store keeps [`MAX_PROVIDERS`] a key, so a
+//! label carried by thousands is found through sixteen keys (stored on sixteen sets of nodes)
+//! rather than cut at one's. A federation costs its owner a lookup now and then and a message
+//! per member, its members a message each, and nothing to the nodes outside it.
 
 use crate::advert::Resources;
 use crate::federation::{FederationSpec, Federations};
+use crate::gossip::Output;
 use libp2p_identity::PeerId;
 use std::collections::{BTreeMap, BTreeSet};
 
-pub const LABEL_KEY_PREFIX: &str = "/continuum/label/";
+const LABEL_KEY_PREFIX: &str = "/continuum/label/";
 
 /// Longest label key a node stores for others (a label's key and value are short words).
-pub const MAX_LABEL_KEY_BYTES: usize = 256;
+const MAX_LABEL_KEY_BYTES: usize = 256;
 
 /// Providers a node keeps for one label key (Kademlia keeps those closest to the key): an
 /// owner asks several nodes, so it finds more than one store's worth.
@@ -34,7 +35,7 @@ pub fn label_key(key: &str, value: &str, shard: u8) -> Vec<u8> {
 }
 
 /// The shard a node provides its labels in.
-pub fn shard_of(peer: &PeerId) -> u8 {
+fn shard_of(peer: &PeerId) -> u8 {
     peer.to_bytes().last().map_or(0, |b| b % LABEL_SHARDS)
 }
 
@@ -82,14 +83,6 @@ pub struct Recruiter {
     rounds: BTreeMap<String, Round>,
 }
 
-/// What the recruiter wants done.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Want {
-    Provide(Vec<u8>),
-    Unprovide(Vec<u8>),
-    FindProviders(Vec<u8>),
-}
-
 impl Recruiter {
     pub fn new(me: &PeerId, every_ms: u64) -> Recruiter {
         Recruiter {
@@ -110,26 +103,25 @@ impl Recruiter {
         local: &Resources,
         neighbours: bool,
         again: bool,
-    ) -> Vec<Want> {
+    ) -> Vec<Output> {
         let shard = self.shard;
         let keys: BTreeSet<Vec<u8>> = local
             .labels
             .iter()
             .map(|(k, v)| label_key(k, v, shard))
             .collect();
-        let mut want: Vec<Want> = self
+        let mut want: Vec<Output> = self
             .provided
             .difference(&keys)
-            .cloned()
-            .map(Want::Unprovide)
+            .map(|key| Output::Unprovide { key: key.clone() })
             .collect();
-        want.extend(
-            keys.iter()
-                .filter(|k| again || !self.provided.contains(*k))
-                .cloned()
-                .map(Want::Provide),
-        );
-        let fresh = want.iter().any(|w| matches!(w, Want::Provide(_)));
+        let provide: Vec<Output> = keys
+            .iter()
+            .filter(|k| again || !self.provided.contains(*k))
+            .map(|key| Output::Provide { key: key.clone() })
+            .collect();
+        let fresh = !provide.is_empty();
+        want.extend(provide);
         if again || fresh {
             self.lonely = !neighbours;
             self.next_provide = now + self.every_ms;
@@ -147,7 +139,7 @@ impl Recruiter {
     /// later, twice as late each time up to a third of the lease (held to `max_ms`), since
     /// nodes that provided their labels while the swarm was young may be listed only later;
     /// forgets those it no longer owns.
-    pub fn due(&mut self, now: u64, feds: &Federations, min_ms: u64, max_ms: u64) -> Vec<Want> {
+    pub fn due(&mut self, now: u64, feds: &Federations, min_ms: u64, max_ms: u64) -> Vec<Output> {
         let owned: BTreeMap<&str, (Vec<Vec<u8>>, u64)> = feds
             .iter()
             .filter(|f| f.owning && !f.spec.require.is_empty())
@@ -172,7 +164,7 @@ impl Recruiter {
                 };
                 *next = now + *gap;
                 self.rounds.insert(name.to_string(), Round::default());
-                want.extend(keys.into_iter().map(Want::FindProviders));
+                want.extend(keys.into_iter().map(|key| Output::FindProviders { key }));
             }
         }
         want

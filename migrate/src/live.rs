@@ -132,11 +132,13 @@ impl FirstRound {
                 self.page += 1;
             }
             image.data = std::mem::take(&mut data).into();
+            if self.page == m.len() / PAGE_SIZE {
+                self.memory += 1;
+                self.page = 0;
+            }
             if taken == max_pages {
                 break;
             }
-            self.memory += 1;
-            self.page = 0;
         }
         Some(part)
     }
@@ -152,8 +154,6 @@ impl FirstRound {
     /// Whether every page was read.
     pub fn is_done(&self) -> bool {
         self.memory >= self.memories.len()
-            || (self.memory + 1 == self.memories.len()
-                && self.page >= self.memories[self.memory].len() / PAGE_SIZE)
     }
 
     /// The digest of every page of every memory, once [`Self::is_done`].

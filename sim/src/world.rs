@@ -276,30 +276,8 @@ impl World {
         for o in outputs {
             match o {
                 Output::Publish(bytes) => self.publish(i, bytes.into()),
-                Output::Send { to, bytes } => {
-                    if let Some(&j) = self.index.get(&to) {
-                        self.counters.direct_sent += 1;
-                        let from = self.nodes[i].id;
-                        self.send(i, j, |to| Ev::Direct {
-                            to,
-                            from,
-                            bytes: bytes.into(),
-                            told: false,
-                        });
-                    }
-                }
-                Output::Tell { to, bytes } => {
-                    if let Some(&j) = self.index.get(&to) {
-                        self.counters.told += 1;
-                        let from = self.nodes[i].id;
-                        self.send(i, j, |to| Ev::Direct {
-                            to,
-                            from,
-                            bytes: bytes.into(),
-                            told: true,
-                        });
-                    }
-                }
+                Output::Send { to, bytes } => self.direct(i, to, bytes, false),
+                Output::Tell { to, bytes } => self.direct(i, to, bytes, true),
                 Output::Provide { key } => {
                     self.counters.provided += 1;
                     if let Some(d) = self.lookup_us(i) {
@@ -423,6 +401,25 @@ impl World {
                 self.send(from, j, |to| Ev::Gossip { to, bytes: b });
             }
         }
+    }
+
+    /// A message from node `i` straight to peer `to` (a sync, or a federation message `told`).
+    fn direct(&mut self, i: usize, to: PeerId, bytes: Vec<u8>, told: bool) {
+        let Some(&j) = self.index.get(&to) else {
+            return;
+        };
+        if told {
+            self.counters.told += 1;
+        } else {
+            self.counters.direct_sent += 1;
+        }
+        let from = self.nodes[i].id;
+        self.send(i, j, |to| Ev::Direct {
+            to,
+            from,
+            bytes: bytes.into(),
+            told,
+        });
     }
 
     fn send(&mut self, from: usize, to: usize, ev: impl FnOnce(usize) -> Ev) {

@@ -146,14 +146,15 @@ pub enum First {
 /// The first round of a migration, read from the running component's memories on the bulk
 /// pool a part at a time (see [`continuum_migrate::FirstRound`]).
 pub struct LiveRound {
-    reader: Option<continuum_migrate::FirstRound>,
-    live: Option<Vec<Live>>,
+    /// The reader and the views it reads (kept alive as long as it reads); `None` once done
+    /// or while a part is being read.
+    reading: Option<(continuum_migrate::FirstRound, Vec<Live>)>,
 }
 
 impl LiveRound {
     /// The next part, at most `max_pages` pages; `None` once every page was read.
     pub async fn next(&mut self, max_pages: usize) -> anyhow::Result<Option<Vec<MemoryDelta>>> {
-        let (Some(mut reader), Some(live)) = (self.reader.take(), self.live.take()) else {
+        let Some((mut reader, live)) = self.reading.take() else {
             return Ok(None);
         };
         let (reader, live, part) = crate::bulk::run(move || {
@@ -166,14 +167,14 @@ impl LiveRound {
         if part.is_none() && !reader.is_done() {
             anyhow::bail!("the component stopped");
         }
-        (self.reader, self.live) = (Some(reader), Some(live));
+        self.reading = Some((reader, live));
         Ok(part)
     }
 
     /// The digest of every page, once every part was read.
     pub fn into_maps(self) -> Vec<Vec<Digest>> {
-        self.reader
-            .map(continuum_migrate::FirstRound::into_maps)
+        self.reading
+            .map(|(reader, _)| reader.into_maps())
             .unwrap_or_default()
     }
 }
@@ -430,11 +431,10 @@ impl ComponentHandle {
             .await?
             .map_err(|e| anyhow::anyhow!(e))?;
         if let Some(live) = tracked.live {
+            let reader =
+                continuum_migrate::FirstRound::new(live.iter().map(|l| l.memory).collect());
             return Ok(First::Live(LiveRound {
-                reader: Some(continuum_migrate::FirstRound::new(
-                    live.iter().map(|l| l.memory).collect(),
-                )),
-                live: Some(live),
+                reading: Some((reader, live)),
             }));
         }
         let lens = tracked.lens;
